@@ -1,0 +1,172 @@
+"""Evaluation job: score the trained model on the held-out test split.
+
+Writes `evaluation.json` in SageMaker's model-quality metrics format (the file the Model
+Registry shows as ModelMetrics) plus a flat `metrics` section the pipeline's quality gate
+reads with JsonGet, whatever the number of classes. Also draws the diagnostic plots.
+Runs on the stock scikit-learn image: imports nothing from `pipelines/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+
+def fail(message: str) -> None:
+    output_dir = Path(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output"))
+    if output_dir.is_dir():
+        (output_dir / "message").write_text(message)
+    sys.exit(f"ERROR: {message}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", default="/opt/ml/processing/model")
+    parser.add_argument("--test-dir", default="/opt/ml/processing/test")
+    parser.add_argument("--output-dir", default="/opt/ml/processing/evaluation")
+    return parser.parse_args(argv)
+
+
+def load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
+    archive = model_dir / "model.tar.gz"
+    target = Path(tempfile.mkdtemp())
+    with tarfile.open(archive) as tar:
+        if hasattr(tarfile, "data_filter"):  # refuse path tricks where Python supports it
+            tar.extractall(target, filter="data")
+        else:  # pragma: no cover - older Python in older images
+            tar.extractall(target)
+    return joblib.load(target / "model.joblib"), json.loads((target / "metadata.json").read_text())
+
+
+def stat(value: float) -> dict[str, Any]:
+    return {"value": float(value), "standard_deviation": "NaN"}
+
+
+def classification_report(model: Any, x: pd.DataFrame, y: pd.Series, classes: list[Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    predicted = model.predict(x)
+    binary = len(classes) == 2
+    average = "binary" if binary else "weighted"
+    positive = classes[-1]
+    kwargs = {"average": average, "zero_division": 0}
+    if binary:
+        kwargs["pos_label"] = positive
+    values = {
+        "accuracy": skm.accuracy_score(y, predicted),
+        "precision": skm.precision_score(y, predicted, **kwargs),
+        "recall": skm.recall_score(y, predicted, **kwargs),
+        "f1": skm.f1_score(y, predicted, **kwargs),
+    }
+    section: dict[str, Any] = {name: stat(value) for name, value in values.items()}
+    matrix = skm.confusion_matrix(y, predicted, labels=classes)
+    section["confusion_matrix"] = {
+        str(actual): {str(pred): int(matrix[i][j]) for j, pred in enumerate(classes)} for i, actual in enumerate(classes)
+    }
+    plots: dict[str, Any] = {"confusion_matrix": (matrix, classes)}
+    if hasattr(model, "predict_proba"):
+        proba = model.predict_proba(x)
+        if binary:
+            scores = proba[:, list(model.classes_).index(positive)]
+            values["auc"] = skm.roc_auc_score(y == positive, scores)
+            fpr, tpr, _ = skm.roc_curve(y == positive, scores)
+            section["receiver_operating_characteristic_curve"] = {
+                "false_positive_rates": fpr.round(6).tolist(),
+                "true_positive_rates": tpr.round(6).tolist(),
+            }
+            plots["roc"] = (fpr, tpr, values["auc"])
+        else:
+            values["auc"] = skm.roc_auc_score(y, proba, multi_class="ovr", average="weighted", labels=list(model.classes_))
+        section["auc"] = stat(values["auc"])
+    kind = "binary_classification_metrics" if binary else "multiclass_classification_metrics"
+    return kind, section, {"values": values, "plots": plots}
+
+
+def regression_report(model: Any, x: pd.DataFrame, y: pd.Series) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    predicted = model.predict(x)
+    mse = skm.mean_squared_error(y, predicted)
+    values = {
+        "mse": mse,
+        "rmse": math.sqrt(mse),
+        "mae": skm.mean_absolute_error(y, predicted),
+        "r2": skm.r2_score(y, predicted),
+    }
+    plots = {"residuals": (np.asarray(predicted), np.asarray(y) - np.asarray(predicted))}
+    return "regression_metrics", {name: stat(v) for name, v in values.items()}, {"values": values, "plots": plots}
+
+
+def draw(plots: dict[str, Any], output: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the stock image may lack matplotlib: metrics matter, plots are a bonus
+        print("evaluate: matplotlib not installed, skipping plots")
+        return []
+    written = []
+    for name, data in plots.items():
+        figure, axes = plt.subplots(figsize=(5, 4))
+        if name == "confusion_matrix":
+            matrix, classes = data
+            skm.ConfusionMatrixDisplay(matrix, display_labels=classes).plot(ax=axes, colorbar=False)
+        elif name == "roc":
+            fpr, tpr, auc = data
+            axes.plot(fpr, tpr, label=f"AUC = {auc:.3f}")
+            axes.plot([0, 1], [0, 1], linestyle="--", color="grey")
+            axes.set(xlabel="False positive rate", ylabel="True positive rate", title="ROC curve")
+            axes.legend(loc="lower right")
+        else:
+            predicted, residuals = data
+            axes.scatter(predicted, residuals, s=8, alpha=0.6)
+            axes.axhline(0, color="grey", linestyle="--")
+            axes.set(xlabel="Predicted", ylabel="Residual (actual - predicted)", title="Residuals")
+        figure.tight_layout()
+        figure.savefig(output / f"{name}.png", dpi=80)
+        plt.close(figure)
+        written.append(f"{name}.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        model, metadata = load_model(Path(args.model_dir))
+    except (OSError, tarfile.TarError, KeyError, json.JSONDecodeError) as error:
+        fail(f"cannot load the trained model from {args.model_dir}: {error}")
+        return
+    test = pd.read_csv(Path(args.test_dir) / "test.csv")
+    x, y = test[metadata["features"]], test[metadata["target"]]
+    if metadata["task"] == "classification":
+        kind, section, extra = classification_report(model, x, y, metadata["classes"])
+    else:
+        kind, section, extra = regression_report(model, x, y)
+    values = extra["values"]
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        fail(f"metric(s) {', '.join(bad)} are not finite on the test split ({len(test)} rows)")
+        return
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    report = {
+        kind: section,
+        "metrics": {name: {"value": round(float(value), 6)} for name, value in values.items()},
+        "test_rows": len(test),
+        "plots": draw(extra["plots"], output),
+    }
+    (output / "evaluation.json").write_text(json.dumps(report, indent=2))
+    print("evaluate: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Preprocess job: check the raw CSV against the model's schema, coerce types, split it.
+
+Runs inside SageMaker's stock scikit-learn processing image, so it imports nothing from
+`pipelines/`. Every rejection names the file, column, row and value, and writes the reason
+where SageMaker surfaces it (`/opt/ml/output/message`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+MIN_ROWS = 10
+
+
+class DataError(Exception):
+    """Input data that cannot be trained on."""
+
+
+def fail(message: str, kind: str = "message") -> None:
+    output_dir = Path(os.environ.get("SM_OUTPUT_DIR", "/opt/ml/output"))
+    if output_dir.is_dir():
+        (output_dir / kind).write_text(message)
+    sys.exit(f"ERROR: {message}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input-dir", default="/opt/ml/processing/input/data")
+    parser.add_argument("--output-dir", default="/opt/ml/processing/output")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--features", default="", help="comma-separated; empty = all but target")
+    parser.add_argument("--task", choices=["classification", "regression"], required=True)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--random-state", type=int, default=42)
+    return parser.parse_args(argv)
+
+
+def read_csvs(input_dir: Path) -> tuple[pd.DataFrame, list[Path]]:
+    files = sorted(p for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".csv")
+    if not files:
+        raise DataError(f"{input_dir}: no .csv file in the input data")
+    frames = []
+    for path in files:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path.name}: file is empty")
+        try:
+            frame = pd.read_csv(path, skipinitialspace=True)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path.name}: file has no header and no rows") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise DataError(f"{path.name}: malformed CSV: {error}") from None
+        if frame.empty:
+            raise DataError(f"{path.name}: header only, no data rows")
+        frame.attrs["file"] = path.name
+        frames.append(frame)
+    columns = list(frames[0].columns)
+    for frame in frames[1:]:
+        if list(frame.columns) != columns:
+            raise DataError(f"{frame.attrs['file']}: columns differ from {frames[0].attrs['file']}")
+    return pd.concat(frames, ignore_index=True), files
+
+
+def check_columns(frame: pd.DataFrame, name: str, target: str, features: list[str]) -> list[str]:
+    unnamed = [c for c in frame.columns if str(c).startswith("Unnamed:")]
+    if unnamed:
+        raise DataError(f"{name}: header has an empty column name at position {list(frame.columns).index(unnamed[0]) + 1}")
+    if target not in frame.columns:
+        raise DataError(f"{name}: target column {target!r} not found (columns: {', '.join(map(str, frame.columns))})")
+    features = features or [c for c in frame.columns if c != target]
+    missing = [c for c in features if c not in frame.columns]
+    if missing:
+        raise DataError(f"{name}: feature column(s) not found: {', '.join(missing)}")
+    if target in features:
+        raise DataError(f"{name}: target column {target!r} is also listed as a feature")
+    if not features:
+        raise DataError(f"{name}: no feature columns besides the target {target!r}")
+    return features
+
+
+def coerce_numeric(frame: pd.DataFrame, name: str, columns: list[str]) -> pd.DataFrame:
+    """Every feature must be a finite number; report the first offending cell (1-based data row)."""
+    out = frame.copy()
+    for column in columns:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if bad.any():
+            row = int(bad.idxmax())
+            raise DataError(
+                f"{name}: column {column!r} has a non-numeric value {frame[column][row]!r} at data row {row + 1}"
+            )
+        missing = values.isna()
+        if missing.any():
+            raise DataError(
+                f"{name}: column {column!r} has {int(missing.sum())} missing (NaN) value(s), "
+                f"first at data row {int(missing.idxmax()) + 1}"
+            )
+        infinite = ~values.abs().lt(float("inf"))
+        if infinite.any():
+            raise DataError(f"{name}: column {column!r} has an infinite value at data row {int(infinite.idxmax()) + 1}")
+        out[column] = values.astype("float64")
+    return out
+
+
+def check_target(frame: pd.DataFrame, name: str, target: str, task: str) -> pd.DataFrame:
+    missing = frame[target].isna()
+    if missing.any():
+        raise DataError(
+            f"{name}: target column {target!r} has {int(missing.sum())} missing value(s), "
+            f"first at data row {int(missing.idxmax()) + 1}"
+        )
+    if task == "regression":
+        return coerce_numeric(frame, name, [target])
+    classes = frame[target].unique()
+    if len(classes) < 2:
+        raise DataError(f"{name}: target column {target!r} has a single class ({classes[0]!r}); classification needs two or more")
+    return frame
+
+
+def split(frame: pd.DataFrame, args: argparse.Namespace, target: str, name: str) -> dict[str, pd.DataFrame]:
+    if len(frame) < MIN_ROWS:
+        raise DataError(f"{name}: {len(frame)} data rows is too few to split into train/validation/test (need {MIN_ROWS})")
+    stratify = frame[target] if args.task == "classification" else None
+    try:
+        rest, test = train_test_split(
+            frame, test_size=args.test_fraction, random_state=args.random_state, stratify=stratify
+        )
+        parts = {"test": test}
+        if args.validation_fraction > 0:
+            share = args.validation_fraction / (1 - args.test_fraction)
+            stratify = rest[target] if args.task == "classification" else None
+            rest, validation = train_test_split(rest, test_size=share, random_state=args.random_state, stratify=stratify)
+            parts["validation"] = validation
+    except ValueError as error:
+        raise DataError(f"{name}: cannot split {len(frame)} rows ({error})") from None
+    parts["train"] = rest
+    return parts
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        frame, files = read_csvs(Path(args.input_dir))
+        name = files[0].name if len(files) == 1 else f"{len(files)} files in {args.input_dir}"
+        requested = [f.strip() for f in args.features.split(",") if f.strip()]
+        features = check_columns(frame, name, args.target, requested)
+        frame = coerce_numeric(frame, name, features)
+        frame = check_target(frame, name, args.target, args.task)[features + [args.target]]
+        parts = split(frame, args, args.target, name)
+    except DataError as error:
+        fail(str(error))
+        return
+    output = Path(args.output_dir)
+    for part, rows in parts.items():
+        (output / part).mkdir(parents=True, exist_ok=True)
+        rows.to_csv(output / part / f"{part}.csv", index=False)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    schema = {
+        "task": args.task,
+        "target": args.target,
+        "features": features,
+        "classes": sorted(frame[args.target].unique().tolist()) if args.task == "classification" else None,
+        "rows": {part: len(rows) for part, rows in parts.items()},
+        "source": {"files": [p.name for p in files], "sha256": digest.hexdigest(), "rows": len(frame)},
+    }
+    (output / "schema").mkdir(parents=True, exist_ok=True)
+    (output / "schema" / "schema.json").write_text(json.dumps(schema, indent=2))
+    print(f"preprocess: {len(frame)} rows, {len(features)} features -> " + ", ".join(f"{k}={len(v)}" for k, v in parts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""One YAML file per model: load it, apply CLI overrides, validate it with precise errors.
+
+Every error names the file, the dotted field path and the offending value, because the
+people who read these messages are editing that file right now.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "auc")
+REGRESSION_METRICS = ("r2", "rmse", "mse", "mae")
+
+
+class ConfigError(ValueError):
+    """A model config that cannot be used; the message is meant for the user as is."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    source: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+    features: list[str] | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    random_state: int = 42
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> DataConfig:
+        if self.test_fraction + self.validation_fraction >= 0.9:
+            raise ValueError(
+                "test_fraction + validation_fraction must leave at least 10% for training, "
+                f"got {self.test_fraction} + {self.validation_fraction}"
+            )
+        return self
+
+
+class ModelSpec(_Strict):
+    class_: str = Field(alias="class", pattern=r"^sklearn\.[A-Za-z0-9_.]+\.[A-Za-z0-9_]+$")
+    hyperparameters: dict[str, int | float | bool | str | None] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TrainingConfig(_Strict):
+    platform: Literal["local", "sagemaker"] = "local"
+    deployment_target: Literal["local", "sagemaker_serverless", "sagemaker_realtime"] = "local"
+    instance_type: str = Field("ml.m5.large", pattern=r"^(ml\.[a-z0-9]+\.[a-z0-9]+|local)$")
+    processing_instance_type: str = Field("ml.m5.large", pattern=r"^(ml\.[a-z0-9]+\.[a-z0-9]+|local)$")
+    max_runtime_seconds: int = Field(3600, ge=60, le=432000)
+
+
+class Threshold(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold needs min, max or both")
+        for bound in (self.min, self.max):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"threshold bounds must be finite numbers, got {bound}")
+        return self
+
+
+class QualityGate(_Strict):
+    metrics: dict[str, Threshold] = Field(min_length=1)
+
+
+class DeploymentConfig(_Strict):
+    """Where and how the model is served (the serving issue uses these; validated now)."""
+
+    type: Literal["serverless", "realtime"] = "serverless"
+    instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    min_instances: int = Field(0, ge=0)
+    max_instances: int = Field(1, ge=1)
+    scale_in_cooldown: int = Field(300, ge=0)
+    scale_out_cooldown: int = Field(60, ge=0)
+    target_invocations_per_instance: float = Field(1.0, gt=0)
+    memory_size_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = 2048
+    max_concurrency: int = Field(5, ge=1, le=200)
+    champion_tolerance: float = Field(0.01, ge=0)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> DeploymentConfig:
+        if self.min_instances > self.max_instances:
+            raise ValueError(f"min_instances ({self.min_instances}) > max_instances ({self.max_instances})")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    task: Literal["classification", "regression"]
+    data: DataConfig
+    model: ModelSpec
+    training: TrainingConfig = TrainingConfig()
+    quality_gate: QualityGate
+    deployment: DeploymentConfig = DeploymentConfig()
+
+    @field_validator("quality_gate")
+    @classmethod
+    def _known_metrics(cls, gate: QualityGate, info: Any) -> QualityGate:
+        task = info.data.get("task")
+        allowed = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+        for metric in gate.metrics:
+            if task and metric not in allowed:
+                raise ValueError(f"unknown {task} metric {metric!r}; allowed: {', '.join(allowed)}")
+        return gate
+
+    @model_validator(mode="after")
+    def _estimator_matches_task(self) -> ModelConfig:
+        estimator = load_estimator_class(self.model.class_)
+        kind = getattr(estimator, "_estimator_type", None)
+        if kind is None:  # sklearn >= 1.6 moved it to tags
+            kind = estimator().__sklearn_tags__().estimator_type
+        expected = "classifier" if self.task == "classification" else "regressor"
+        if kind != expected:
+            raise ValueError(f"model.class {self.model.class_} is a {kind}, task {self.task} needs a {expected}")
+        check_hyperparameters(estimator, self.model.hyperparameters)
+        return self
+
+    @property
+    def target_data_key(self) -> str:
+        return f"training-data/{self.name}/data.csv"
+
+
+def load_estimator_class(dotted: str) -> type:
+    module_name, _, class_name = dotted.rpartition(".")
+    try:
+        estimator = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"unknown model class {dotted!r}") from None
+    if not hasattr(estimator, "fit") or not hasattr(estimator, "get_params"):
+        raise ValueError(f"model class {dotted!r} is not a scikit-learn estimator")
+    return estimator
+
+
+def check_hyperparameters(estimator: type, hyperparameters: dict[str, Any]) -> None:
+    """Reject names the estimator lacks and values sklearn's own constraints refuse."""
+    instance = estimator()
+    known = instance.get_params()
+    for key in hyperparameters:
+        if key not in known:
+            raise ValueError(
+                f"model.hyperparameters.{key}: {estimator.__name__} has no such parameter "
+                f"(known: {', '.join(sorted(known))})"
+            )
+    try:
+        instance.set_params(**hyperparameters)
+        validate = getattr(instance, "_validate_params", None)
+        if validate:
+            validate()
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"model.hyperparameters: {error}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` → (["a","b","c"], value parsed as YAML, so 8 is an int and null is None)."""
+    path, sep, raw = text.partition("=")
+    if not sep or not path.strip():
+        raise ConfigError(f"--set {text!r}: expected FIELD.PATH=VALUE")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path.strip().split("."), value
+
+
+def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = document
+        for key in keys[:-1]:
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {key} is not a mapping")
+            node = child
+        node[keys[-1]] = value
+    return document
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    path = path.replace("class_", "class")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown field"
+    if error["type"] == "missing":
+        return f"{path}: required field is missing"
+    return f"{path}: {message} (got {error.get('input')!r})"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ModelConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: model config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read model config: {error}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(document).__name__}")
+    document = apply_overrides(document, overrides or [])
+    try:
+        config = ModelConfig.model_validate(document)
+    except ValidationError as error:
+        details = "\n  ".join(_describe(e) for e in error.errors())
+        raise ConfigError(f"{path}: invalid model config:\n  {details}") from None
+    return _resolve_source(config, path)
+
+
+def _resolve_source(config: ModelConfig, path: Path) -> ModelConfig:
+    """Local data paths are relative to the project (the folder above `models/`)."""
+    source = config.data.source
+    if source.startswith("s3://") or Path(source).is_absolute():
+        return config
+    base = path.resolve().parent.parent if path.resolve().parent.name == "models" else Path.cwd()
+    data = config.data.model_copy(update={"source": str((base / source).resolve())})
+    return config.model_copy(update={"data": data})
+
+
+def model_yaml(config: ModelConfig) -> str:
+    return yaml.safe_dump(config.model_dump(by_alias=True), sort_keys=False)

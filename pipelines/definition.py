@@ -1,0 +1,322 @@
+"""The SageMaker pipeline: preprocess → train → evaluate → quality gate → register | fail.
+
+One builder serves AWS and local mode. The only difference is the SageMaker Model Registry
+step (`ModelStep(model.register())`), which the SDK's local executor refuses: local runs
+leave it out and rely on the MLflow register job, which runs in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sagemaker.model_metrics import MetricsSource, ModelMetrics
+from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
+from sagemaker.session import Session
+from sagemaker.sklearn.estimator import SKLearn
+from sagemaker.sklearn.model import SKLearnModel
+from sagemaker.sklearn.processing import SKLearnProcessor
+from sagemaker.workflow.condition_step import ConditionStep
+from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo, ConditionLessThanOrEqualTo
+from sagemaker.workflow.execution_variables import ExecutionVariables
+from sagemaker.workflow.fail_step import FailStep
+from sagemaker.workflow.functions import Join, JsonGet
+from sagemaker.workflow.model_step import ModelStep
+from sagemaker.workflow.parameters import (
+    Parameter,
+    ParameterBoolean,
+    ParameterFloat,
+    ParameterInteger,
+    ParameterString,
+)
+from sagemaker.workflow.pipeline import Pipeline
+from sagemaker.workflow.properties import PropertyFile
+from sagemaker.workflow.steps import ProcessingStep, TrainingStep
+from sagemaker.inputs import TrainingInput
+
+from pipelines.config import ModelConfig
+from pipelines.state import Project
+
+CONTAINERS = Path(__file__).resolve().parent.parent / "containers"
+SKLEARN_VERSION = "1.2-1"
+REGISTER_STEP = "RegisterModelPackage"
+PROCESSING_ROOT = "/opt/ml/processing"
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+
+
+def _hyperparameter_parameter(name: str, value: Any) -> Parameter | str:
+    """Typed pipeline parameter per hyperparameter; null stays a fixed value (no null parameters)."""
+    parameter_name = f"Hp{_camel(name)}"
+    if isinstance(value, bool):
+        return ParameterBoolean(parameter_name, default_value=value)
+    if isinstance(value, int):
+        return ParameterInteger(parameter_name, default_value=value)
+    if isinstance(value, float):
+        return ParameterFloat(parameter_name, default_value=value)
+    if isinstance(value, str):
+        return ParameterString(parameter_name, default_value=value)
+    return json.dumps(value)
+
+
+def threshold_parameter_name(metric: str, bound: str) -> str:
+    return f"{_camel(metric)}{bound.capitalize()}"
+
+
+def _s3(project: Project, *parts: Any) -> Join:
+    return Join(on="/", values=["s3:/", project.bucket, *parts])
+
+
+def default_input_uri(config: ModelConfig, project: Project) -> str:
+    if config.data.source.startswith("s3://"):
+        return config.data.source
+    return f"s3://{project.bucket}/{config.target_data_key}"
+
+
+def mlflow_tracking_server_arn(project: Project) -> str:
+    return f"arn:aws:sagemaker:{project.region}:{project.account}:mlflow-tracking-server/{project.prefix}-{project.environment}-mlflow"
+
+
+def registered_model_name(config: ModelConfig, project: Project) -> str:
+    return f"{project.prefix}-{project.environment}-{config.name}"
+
+
+def build_pipeline(config: ModelConfig, project: Project, session: Session, *, local: bool) -> Pipeline:
+    name = config.name
+    execution = ExecutionVariables.PIPELINE_EXECUTION_ID
+    role = project.training_role_arn
+
+    input_uri = ParameterString("InputDataUri", default_value=default_input_uri(config, project))
+    processing_instance = ParameterString("ProcessingInstanceType", default_value=config.training.processing_instance_type)
+    training_instance = ParameterString("TrainingInstanceType", default_value=config.training.instance_type)
+    tracking_uri = ParameterString("MlflowTrackingUri", default_value=mlflow_tracking_server_arn(project))
+    register_image = ParameterString(
+        "RegisterImageUri",
+        default_value=f"{project.account}.dkr.ecr.{project.region}.amazonaws.com/{project.prefix}-register:latest",
+    )
+    approval = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
+    hyperparameters = {k: _hyperparameter_parameter(k, v) for k, v in config.model.hyperparameters.items()}
+    thresholds = {
+        (metric, bound): ParameterFloat(threshold_parameter_name(metric, bound), default_value=value)
+        for metric, threshold in config.quality_gate.metrics.items()
+        for bound, value in (("min", threshold.min), ("max", threshold.max))
+        if value is not None
+    }
+
+    processor = SKLearnProcessor(
+        framework_version=SKLEARN_VERSION,
+        role=role,
+        instance_type=processing_instance,
+        instance_count=1,
+        base_job_name=f"{project.prefix}-{name}-preprocess",
+        sagemaker_session=session,
+    )
+    split_outputs = ["train", "validation", "test", "schema"]
+    step_preprocess = ProcessingStep(
+        name="PreprocessData",
+        step_args=processor.run(
+            code=str(CONTAINERS / "preprocess" / "preprocess.py"),
+            inputs=[ProcessingInput(source=input_uri, destination=f"{PROCESSING_ROOT}/input/data")],
+            outputs=[
+                ProcessingOutput(
+                    output_name=part,
+                    source=f"{PROCESSING_ROOT}/output/{part}",
+                    destination=_s3(project, "training-data", name, execution, part),
+                )
+                for part in split_outputs
+            ],
+            arguments=[
+                "--target", config.data.target,
+                "--task", config.task,
+                "--test-fraction", str(config.data.test_fraction),
+                "--validation-fraction", str(config.data.validation_fraction),
+                "--random-state", str(config.data.random_state),
+                *(["--features", ",".join(config.data.features)] if config.data.features else []),
+            ],
+        ),
+    )
+
+    def split_uri(part: str) -> Any:
+        return step_preprocess.properties.ProcessingOutputConfig.Outputs[part].S3Output.S3Uri
+
+    estimator = SKLearn(
+        entry_point="train.py",
+        source_dir=str(CONTAINERS / "train"),
+        framework_version=SKLEARN_VERSION,
+        py_version="py3",
+        role=role,
+        instance_type=training_instance,
+        instance_count=1,
+        max_run=config.training.max_runtime_seconds,
+        output_path=f"s3://{project.bucket}/models/{name}",
+        code_location=f"s3://{project.bucket}/training-code/{name}",
+        base_job_name=f"{project.prefix}-{name}-train",
+        hyperparameters={"model_class": config.model.class_, **hyperparameters},
+        sagemaker_session=session,
+        disable_profiler=True,
+    )
+    step_train = TrainingStep(
+        name="TrainModel",
+        step_args=estimator.fit(
+            {
+                "train": TrainingInput(split_uri("train"), content_type="text/csv"),
+                "schema": TrainingInput(split_uri("schema"), content_type="application/json"),
+            }
+        ),
+    )
+    model_data = step_train.properties.ModelArtifacts.S3ModelArtifacts
+
+    evaluation_report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
+    evaluator = SKLearnProcessor(
+        framework_version=SKLEARN_VERSION,
+        role=role,
+        instance_type=processing_instance,
+        instance_count=1,
+        base_job_name=f"{project.prefix}-{name}-evaluate",
+        sagemaker_session=session,
+    )
+    step_evaluate = ProcessingStep(
+        name="EvaluateModel",
+        step_args=evaluator.run(
+            code=str(CONTAINERS / "evaluate" / "evaluate.py"),
+            inputs=[
+                ProcessingInput(source=model_data, destination=f"{PROCESSING_ROOT}/model"),
+                ProcessingInput(source=split_uri("test"), destination=f"{PROCESSING_ROOT}/test"),
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name="evaluation",
+                    source=f"{PROCESSING_ROOT}/evaluation",
+                    destination=_s3(project, "evaluation", name, execution),
+                )
+            ],
+        ),
+        property_files=[evaluation_report],
+    )
+    evaluation_uri = step_evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
+
+    def metric(metric_name: str) -> JsonGet:
+        return JsonGet(step_name=step_evaluate.name, property_file=evaluation_report, json_path=f"metrics.{metric_name}.value")
+
+    conditions = [
+        (ConditionGreaterThanOrEqualTo if bound == "min" else ConditionLessThanOrEqualTo)(left=metric(m), right=p)
+        for (m, bound), p in thresholds.items()
+    ]
+    failure_parts: list[Any] = [f"Quality gate failed for {name}:"]
+    for (m, bound), p in thresholds.items():
+        failure_parts += [f" {m}=", metric(m), f" (needs {'>=' if bound == 'min' else '<='} ", p, ");"]
+    step_fail = FailStep(name="QualityGateFailed", error_message=Join(on="", values=failure_parts))
+
+    registrar = ScriptProcessor(
+        image_uri=register_image,
+        command=["python3"],
+        role=role,
+        instance_type=processing_instance,
+        instance_count=1,
+        base_job_name=f"{project.prefix}-{name}-register",
+        sagemaker_session=session,
+    )
+    step_register_mlflow = ProcessingStep(
+        name="RegisterMlflowModel",
+        step_args=registrar.run(
+            code=str(CONTAINERS / "register" / "register.py"),
+            inputs=[
+                ProcessingInput(source=model_data, destination=f"{PROCESSING_ROOT}/model"),
+                ProcessingInput(source=evaluation_uri, destination=f"{PROCESSING_ROOT}/evaluation"),
+                ProcessingInput(source=split_uri("schema"), destination=f"{PROCESSING_ROOT}/schema"),
+            ],
+            outputs=[
+                ProcessingOutput(
+                    output_name="registration",
+                    source=f"{PROCESSING_ROOT}/registration",
+                    destination=_s3(project, "models", name, "registrations", execution),
+                )
+            ],
+            arguments=[
+                "--tracking-uri", tracking_uri,
+                "--experiment", registered_model_name(config, project),
+                "--registered-model-name", registered_model_name(config, project),
+                "--execution-id", execution,
+                "--model-data-uri", model_data,
+            ],
+        ),
+    )
+    if_steps: list[Any] = [step_register_mlflow]
+    if not local:
+        if_steps.append(_model_registry_step(config, project, session, model_data, evaluation_uri, approval))
+
+    step_gate = ConditionStep(
+        name="CheckQualityGate",
+        conditions=conditions,
+        if_steps=if_steps,
+        else_steps=[step_fail],
+    )
+    return Pipeline(
+        name=project.pipeline_name(name),
+        parameters=[
+            input_uri,
+            processing_instance,
+            training_instance,
+            tracking_uri,
+            register_image,
+            approval,
+            *[p for p in hyperparameters.values() if isinstance(p, Parameter)],
+            *thresholds.values(),
+        ],
+        steps=[step_preprocess, step_train, step_evaluate, step_gate],
+        sagemaker_session=session,
+    )
+
+
+def _model_registry_step(
+    config: ModelConfig, project: Project, session: Session, model_data: Any, evaluation_uri: Any, approval: Any
+) -> ModelStep:
+    model = SKLearnModel(
+        name=f"{project.prefix}-{project.environment}-{config.name}",
+        model_data=model_data,
+        role=project.training_role_arn,
+        entry_point="inference.py",
+        source_dir=str(CONTAINERS / "inference"),
+        framework_version=SKLEARN_VERSION,
+        py_version="py3",
+        code_location=f"s3://{project.bucket}/training-code/{config.name}",
+        sagemaker_session=session,
+    )
+    metrics = ModelMetrics(
+        model_statistics=MetricsSource(
+            s3_uri=Join(on="/", values=[evaluation_uri, "evaluation.json"]), content_type="application/json"
+        )
+    )
+    return ModelStep(
+        name=REGISTER_STEP,
+        step_args=model.register(
+            content_types=["text/csv", "application/json"],
+            response_types=["application/json", "text/csv"],
+            inference_instances=[config.deployment.instance_type],
+            transform_instances=[config.deployment.instance_type],
+            model_package_group_name=project.model_package_group(config.name),
+            approval_status=approval,
+            model_metrics=metrics,
+        ),
+    )
+
+
+def definition_json(config: ModelConfig, project: Project, *, local: bool = False) -> str:
+    """The JSON `upsert` would send, built offline: the SDK's code uploads go to moto."""
+    from moto import mock_aws
+
+    from pipelines.sessions import aws_session, local_session
+
+    with mock_aws():
+        if local:
+            import tempfile
+
+            session: Session = local_session(project, config.name, Path(tempfile.mkdtemp()))
+        else:
+            session = aws_session(project, config.name)
+        session.boto_session.client("s3").create_bucket(Bucket=project.bucket)
+        pipeline = build_pipeline(config, project, session, local=local)
+        return json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True)

@@ -1,0 +1,185 @@
+"""Run one SageMaker job from the SDK's docker-compose file, as a subprocess instead of a container.
+
+Usage: `python -m pipelines.local.container docker-compose.yaml` (the SDK launches it; see
+`sdk_patch`). The job gets the contract a SageMaker container gets:
+- every `/opt/ml/...` path it is given (arguments, environment) resolves to the host folder the
+  SDK mounted there, via the compose file's volumes;
+- processing jobs run their entrypoint and arguments as given;
+- training jobs get what the SageMaker training toolkit provides: the `sagemaker_submit_directory`
+  code unpacked into a code folder, `SM_*` variables (SM_MODEL_DIR, SM_CHANNEL_*, SM_HPS, ...),
+  and the user hyperparameters as `--name value` arguments to `sagemaker_program`.
+A failing job's reason (`/opt/ml/output/failure` or `/message`) is printed last and, when
+`SAGEGATE_FAILURE_LOG` is set, appended there as JSON so the caller can report it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+OPT_ML = "/opt/ml"
+
+
+class Volumes:
+    """Container path -> host path, longest mount point first (mounts nest)."""
+
+    def __init__(self, specs: list[str]) -> None:
+        pairs = []
+        for spec in specs:
+            host, container = spec.split(":")[:2]
+            pairs.append((container.rstrip("/"), host))
+        self.pairs = sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
+
+    def host_path(self, container_path: str) -> str:
+        for mount, host in self.pairs:
+            if container_path == mount or container_path.startswith(mount + "/"):
+                return host + container_path[len(mount):]
+        return container_path
+
+    def rewrite(self, value: str) -> str:
+        return self.host_path(value) if value.startswith(OPT_ML) else value
+
+
+def _environment(service: dict) -> dict[str, str]:
+    env = dict(os.environ)
+    for item in service.get("environment", []):
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def _python(argv: list[str]) -> list[str]:
+    """The image's `python3` is this interpreter (it has the image's packages)."""
+    if argv and Path(argv[0]).name in {"python", "python3"}:
+        return [sys.executable, *argv[1:]]
+    return argv
+
+
+def _fetch_code(uri: str, volumes: Volumes, code_dir: Path) -> None:
+    """What the training toolkit does with sagemaker_submit_directory."""
+    code_dir.mkdir(parents=True, exist_ok=True)
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        import boto3
+
+        body = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
+        with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+            tar.extractall(code_dir, filter="data")
+        return
+    source = Path(volumes.rewrite(parsed.path if parsed.scheme == "file" else uri))
+    if source.is_file():
+        with tarfile.open(source) as tar:
+            tar.extractall(code_dir, filter="data")
+    else:
+        for item in source.iterdir():
+            target = code_dir / item.name
+            if not target.exists():
+                target.symlink_to(item.resolve())
+
+
+def training_command(volumes: Volumes, env: dict[str, str], code_dir: Path) -> tuple[list[str], dict[str, str]]:
+    config_dir = Path(volumes.host_path(f"{OPT_ML}/input/config"))
+    raw = json.loads((config_dir / "hyperparameters.json").read_text())
+    hyperparameters = {key: json.loads(value) if isinstance(value, str) else value for key, value in raw.items()}
+    channels = sorted(json.loads((config_dir / "inputdataconfig.json").read_text()))
+    resources = json.loads((config_dir / "resourceconfig.json").read_text())
+    _fetch_code(hyperparameters["sagemaker_submit_directory"], volumes, code_dir)
+    program = hyperparameters["sagemaker_program"]
+    user_hps = {k: v for k, v in hyperparameters.items() if not k.startswith("sagemaker_")}
+    args = []
+    for key, value in user_hps.items():
+        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    env.update(
+        {
+            "SM_MODEL_DIR": volumes.host_path(f"{OPT_ML}/model"),
+            "SM_INPUT_DIR": volumes.host_path(f"{OPT_ML}/input"),
+            "SM_INPUT_CONFIG_DIR": str(config_dir),
+            "SM_OUTPUT_DIR": volumes.host_path(f"{OPT_ML}/output"),
+            "SM_OUTPUT_DATA_DIR": volumes.host_path(f"{OPT_ML}/output/data"),
+            "SM_CHANNELS": json.dumps(channels),
+            "SM_HPS": json.dumps(user_hps),
+            "SM_USER_ARGS": json.dumps(args),
+            "SM_USER_ENTRY_POINT": program,
+            "SM_MODULE_DIR": hyperparameters["sagemaker_submit_directory"],
+            "SM_CURRENT_HOST": resources["current_host"],
+            "SM_HOSTS": json.dumps(resources["hosts"]),
+            "SM_NUM_CPUS": str(os.cpu_count() or 1),
+            "SM_NUM_GPUS": "0",
+            "SM_LOG_LEVEL": "20",
+        }
+    )
+    for channel in channels:
+        env[f"SM_CHANNEL_{channel.upper()}"] = volumes.host_path(f"{OPT_ML}/input/data/{channel}")
+    for key, value in user_hps.items():
+        env[f"SM_HP_{key.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    env["SM_TRAINING_ENV"] = json.dumps({k[3:].lower(): v for k, v in env.items() if k.startswith("SM_")})
+    return [sys.executable, program, *args], env
+
+
+def _job_name(volumes: Volumes, env: dict[str, str]) -> str:
+    config = Path(volumes.host_path(f"{OPT_ML}/config/processingjobconfig.json"))
+    if config.is_file():
+        return json.loads(config.read_text())["ProcessingJobName"]
+    return env.get("TRAINING_JOB_NAME", "job")
+
+
+def _report_failure(volumes: Volumes, job: str, code: int) -> None:
+    output = Path(volumes.host_path(f"{OPT_ML}/output"))
+    reason = next(
+        (p.read_text().strip() for p in (output / "failure", output / "message") if p.is_file() and p.read_text().strip()),
+        f"job exited with code {code}",
+    )
+    print(f"FAILED {job}: {reason}", flush=True)
+    log = os.environ.get("SAGEGATE_FAILURE_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"job": job, "reason": reason}) + "\n")
+
+
+def run_service(service: dict, workdir: Path) -> int:
+    volumes = Volumes(service.get("volumes", []))
+    env = _environment(service)
+    env["SM_OUTPUT_DIR"] = volumes.host_path(f"{OPT_ML}/output")
+    env["PYTHONUNBUFFERED"] = "1"
+    if "entrypoint" in service:
+        command = _python([volumes.rewrite(arg) for arg in service["entrypoint"]])
+        cwd = workdir
+    elif service.get("command") == "train":
+        code_dir = workdir / "code"
+        command, env = training_command(volumes, env, code_dir)
+        cwd = code_dir
+    else:
+        print(f"unsupported local job command {service.get('command')!r}", file=sys.stderr)
+        return 2
+    code = subprocess.call(command, env=env, cwd=cwd)
+    if code != 0:
+        _report_failure(volumes, _job_name(volumes, env), code)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        print("usage: python -m pipelines.local.container docker-compose.yaml", file=sys.stderr)
+        return 2
+    compose_file = Path(args[0])
+    compose = yaml.safe_load(compose_file.read_text())
+    for host, service in compose["services"].items():
+        workdir = compose_file.parent / f"{host}-workdir"
+        workdir.mkdir(exist_ok=True)
+        code = run_service(service, workdir)
+        if code != 0:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""The one place where sagegate patches sagemaker SDK internals.
+
+`LocalPipelineSession` runs each job through `sagemaker.local.image._SageMakerContainer`,
+which writes a docker-compose file and hands it to `docker compose up`. We keep everything
+the SDK does (input download, config files, volume layout, artifact upload) and replace
+only the command it launches: `_compose()` returns a call to `pipelines.local.container`,
+which runs the job as a subprocess from that same compose file. Also patched: the compose
+binary lookup (there is no Docker), the ECR login (no registry), and the credential probe.
+
+The patched names are private, so the SDK is pinned exactly; `tests/test_sdk_patch.py`
+fails if an upgrade moves or reshapes any of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import Any
+
+import sagemaker
+from sagemaker.local import image
+
+PINNED_SAGEMAKER_VERSION = "2.257.7"
+RUNNER_MODULE = "pipelines.local.container"
+
+# name -> parameters the SDK calls it with (checked at install time)
+_EXPECTED_SIGNATURES = {
+    "_SageMakerContainer._compose": ["self", "detached"],
+    "_SageMakerContainer._get_compose_cmd_prefix": [],
+    "_ecr_login_if_needed": ["boto_session", "image"],
+    "_aws_credentials": ["session"],
+}
+
+
+class SdkPatchError(RuntimeError):
+    """The installed sagemaker SDK no longer has the internals the local runner replaces."""
+
+
+def _target(dotted: str) -> Any:
+    owner: Any = image
+    for part in dotted.split("."):
+        owner = getattr(owner, part, None)
+        if owner is None:
+            raise SdkPatchError(f"sagemaker {sagemaker.__version__}: sagemaker.local.image.{dotted} is gone")
+    return owner
+
+
+def check_sdk() -> None:
+    for dotted, expected in _EXPECTED_SIGNATURES.items():
+        found = list(inspect.signature(_target(dotted)).parameters)
+        if found != expected:
+            raise SdkPatchError(
+                f"sagemaker {sagemaker.__version__}: sagemaker.local.image.{dotted} takes {found}, "
+                f"the local runner was written for {expected} (pinned {PINNED_SAGEMAKER_VERSION})"
+            )
+    if not hasattr(image, "DOCKER_COMPOSE_FILENAME"):
+        raise SdkPatchError("sagemaker.local.image.DOCKER_COMPOSE_FILENAME is gone")
+
+
+def _compose(self: Any, detached: bool = False) -> list[str]:
+    if detached:
+        raise NotImplementedError("local endpoints are served by sagegate's endpoint manager, not the SDK")
+    return [sys.executable, "-m", RUNNER_MODULE, os.path.join(self.container_root, image.DOCKER_COMPOSE_FILENAME)]
+
+
+def _no_compose_binary() -> list[str]:
+    return []
+
+
+def _no_ecr_login(boto_session: Any, image: str) -> bool:
+    return False
+
+
+def _credentials_from_environment(session: Any) -> None:
+    """Jobs inherit the parent's environment (local S3 endpoint and its test credentials)."""
+    return None
+
+
+def install() -> None:
+    """Idempotent. Raises SdkPatchError instead of half-patching an SDK it does not know."""
+    check_sdk()
+    image._SageMakerContainer._compose = _compose
+    image._SageMakerContainer._get_compose_cmd_prefix = staticmethod(_no_compose_binary)
+    image._ecr_login_if_needed = _no_ecr_login
+    image._aws_credentials = _credentials_from_environment

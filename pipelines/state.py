@@ -1,0 +1,96 @@
+"""Where local state lives and how AWS resources are named.
+
+One folder (default `.sagegate/`, or `$SAGEGATE_HOME`) holds everything a local run
+leaves behind, so it survives restarts and can be deleted in one go.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PROJECT = "sagegate"
+DEFAULT_ENVIRONMENT = "development"
+DEFAULT_REGION = "us-east-1"
+DEFAULT_ACCOUNT = "123456789012"
+ENVIRONMENTS = ("development", "staging", "production")
+
+
+@dataclass(frozen=True)
+class Project:
+    """Naming of every AWS resource: `{project}-{env}-...`."""
+
+    prefix: str = DEFAULT_PROJECT
+    environment: str = DEFAULT_ENVIRONMENT
+    region: str = DEFAULT_REGION
+    account: str = DEFAULT_ACCOUNT
+
+    def __post_init__(self) -> None:
+        if self.environment not in ENVIRONMENTS:
+            raise ValueError(f"environment {self.environment!r}: expected one of {', '.join(ENVIRONMENTS)}")
+
+    @classmethod
+    def from_env(cls) -> Project:
+        return cls(
+            prefix=os.environ.get("SAGEGATE_PROJECT", DEFAULT_PROJECT),
+            environment=os.environ.get("SAGEGATE_ENVIRONMENT", DEFAULT_ENVIRONMENT),
+            region=os.environ.get("AWS_DEFAULT_REGION", DEFAULT_REGION),
+            account=os.environ.get("SAGEGATE_ACCOUNT_ID", DEFAULT_ACCOUNT),
+        )
+
+    @property
+    def bucket(self) -> str:
+        return f"{self.prefix}-{self.environment}-training"
+
+    def pipeline_name(self, model: str) -> str:
+        return f"{self.prefix}-{self.environment}-{model}-training"
+
+    def model_package_group(self, model: str) -> str:
+        return f"{self.prefix}-{self.environment}-{model}"
+
+    @property
+    def training_role_arn(self) -> str:
+        return f"arn:aws:iam::{self.account}:role/{self.prefix}-{self.environment}-sagemaker-training"
+
+
+@dataclass(frozen=True)
+class StateHome:
+    """The local state folder and its fixed layout."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> StateHome:
+        return cls(Path(os.environ.get("SAGEGATE_HOME", ".sagegate")).resolve())
+
+    @property
+    def s3(self) -> Path:
+        """Mirror of the local S3 buckets: `s3/{bucket}/{key}`."""
+        return self.root / "s3"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow" / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlflow" / "artifacts"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def jobs(self) -> Path:
+        """Scratch space for local job containers (the SDK's `container_root`)."""
+        return self.root / "jobs"
+
+    def ensure(self) -> StateHome:
+        for folder in (self.s3, self.mlflow_db.parent, self.mlflow_artifacts, self.runs, self.jobs):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
