@@ -129,6 +129,8 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 for part in split_outputs
             ],
             arguments=[
+                "--input-dir", f"{PROCESSING_ROOT}/input/data",
+                "--output-dir", f"{PROCESSING_ROOT}/output",
                 "--target", config.data.target,
                 "--task", config.task,
                 "--test-fraction", str(config.data.test_fraction),
@@ -193,6 +195,11 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                     destination=_s3(project, "evaluation", name, execution),
                 )
             ],
+            arguments=[
+                "--model-dir", f"{PROCESSING_ROOT}/model",
+                "--test-dir", f"{PROCESSING_ROOT}/test",
+                "--output-dir", f"{PROCESSING_ROOT}/evaluation",
+            ],
         ),
         property_files=[evaluation_report],
     )
@@ -236,6 +243,10 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 )
             ],
             arguments=[
+                "--model-dir", f"{PROCESSING_ROOT}/model",
+                "--evaluation-dir", f"{PROCESSING_ROOT}/evaluation",
+                "--schema-dir", f"{PROCESSING_ROOT}/schema",
+                "--output-dir", f"{PROCESSING_ROOT}/registration",
                 "--tracking-uri", tracking_uri,
                 "--experiment", registered_model_name(config, project),
                 "--registered-model-name", registered_model_name(config, project),

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     except TrainingError as error:
         fail(str(error))
         return
+    except (OSError, KeyError, json.JSONDecodeError) as error:
+        fail(f"training inputs are incomplete: {error}")
+        return
     except ValueError as error:  # sklearn refuses data or a parameter combination at fit time
         fail(f"training {args.model_class} failed: {error}")
         return

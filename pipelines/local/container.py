@@ -9,7 +9,8 @@ Usage: `python -m pipelines.local.container docker-compose.yaml` (the SDK launch
   code unpacked into a code folder, `SM_*` variables (SM_MODEL_DIR, SM_CHANNEL_*, SM_HPS, ...),
   and the user hyperparameters as `--name value` arguments to `sagemaker_program`.
 A failing job's reason (`/opt/ml/output/failure` or `/message`) is printed last and, when
-`SAGEGATE_FAILURE_LOG` is set, appended there as JSON so the caller can report it.
+`SAGEGATE_FAILURE_LOG` is set, appended there as JSON so the caller can report it. With
+`SAGEGATE_JOB_LOGS` set, the job's output goes to `{job}.log` in that folder (CloudWatch's role).
 """
 
 from __future__ import annotations
@@ -29,23 +30,36 @@ OPT_ML = "/opt/ml"
 
 
 class Volumes:
-    """Container path -> host path, longest mount point first (mounts nest)."""
+    """The container's filesystem as a folder: `root/opt/ml/...`, each mount a symlink to its host folder.
 
-    def __init__(self, specs: list[str]) -> None:
+    A path under a mount resolves to the host folder (as a bind mount would); any other
+    `/opt/ml` path, such as the parent of several mounted outputs, resolves inside `root`.
+    """
+
+    def __init__(self, specs: list[str], root: Path) -> None:
+        self.root = root
         pairs = []
         for spec in specs:
             host, container = spec.split(":")[:2]
             pairs.append((container.rstrip("/"), host))
         self.pairs = sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
 
+    def materialize(self) -> None:
+        for mount, host in sorted(self.pairs, key=lambda pair: len(pair[0])):
+            Path(host).mkdir(parents=True, exist_ok=True)  # docker creates missing mount sources
+            link = self.root / mount.lstrip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(host, target_is_directory=True)
+
     def host_path(self, container_path: str) -> str:
         for mount, host in self.pairs:
             if container_path == mount or container_path.startswith(mount + "/"):
                 return host + container_path[len(mount):]
-        return container_path
+        return str(self.root / container_path.lstrip("/"))
 
     def rewrite(self, value: str) -> str:
-        return self.host_path(value) if value.startswith(OPT_ML) else value
+        return self.host_path(value) if value == OPT_ML or value.startswith(OPT_ML + "/") else value
 
 
 def _environment(service: dict) -> dict[str, str]:
@@ -145,7 +159,8 @@ def _report_failure(volumes: Volumes, job: str, code: int) -> None:
 
 
 def run_service(service: dict, workdir: Path) -> int:
-    volumes = Volumes(service.get("volumes", []))
+    volumes = Volumes(service.get("volumes", []), workdir / "root")
+    volumes.materialize()
     env = _environment(service)
     env["SM_OUTPUT_DIR"] = volumes.host_path(f"{OPT_ML}/output")
     env["PYTHONUNBUFFERED"] = "1"
@@ -159,9 +174,15 @@ def run_service(service: dict, workdir: Path) -> int:
     else:
         print(f"unsupported local job command {service.get('command')!r}", file=sys.stderr)
         return 2
-    code = subprocess.call(command, env=env, cwd=cwd)
+    job = _job_name(volumes, env)
+    log_dir = os.environ.get("SAGEGATE_JOB_LOGS")
+    if log_dir:
+        with open(Path(log_dir) / f"{job}.log", "w", encoding="utf-8") as log:
+            code = subprocess.call(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        code = subprocess.call(command, env=env, cwd=cwd)
     if code != 0:
-        _report_failure(volumes, _job_name(volumes, env), code)
+        _report_failure(volumes, job, code)
     return code
 
 
