@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sagemaker.inputs import TrainingInput
 from sagemaker.model_metrics import MetricsSource, ModelMetrics
 from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
 from sagemaker.session import Session
@@ -33,7 +34,6 @@ from sagemaker.workflow.parameters import (
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep
-from sagemaker.inputs import TrainingInput
 
 from pipelines.config import ModelConfig
 from pipelines.state import Project
@@ -77,7 +77,8 @@ def default_input_uri(config: ModelConfig, project: Project) -> str:
 
 
 def mlflow_tracking_server_arn(project: Project) -> str:
-    return f"arn:aws:sagemaker:{project.region}:{project.account}:mlflow-tracking-server/{project.prefix}-{project.environment}-mlflow"
+    server = f"{project.prefix}-{project.environment}-mlflow"
+    return f"arn:aws:sagemaker:{project.region}:{project.account}:mlflow-tracking-server/{server}"
 
 
 def registered_model_name(config: ModelConfig, project: Project) -> str:
@@ -90,7 +91,9 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     role = project.training_role_arn
 
     input_uri = ParameterString("InputDataUri", default_value=default_input_uri(config, project))
-    processing_instance = ParameterString("ProcessingInstanceType", default_value=config.training.processing_instance_type)
+    processing_instance = ParameterString(
+        "ProcessingInstanceType", default_value=config.training.processing_instance_type
+    )
     training_instance = ParameterString("TrainingInstanceType", default_value=config.training.instance_type)
     tracking_uri = ParameterString("MlflowTrackingUri", default_value=mlflow_tracking_server_arn(project))
     register_image = ParameterString(
@@ -129,13 +132,20 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 for part in split_outputs
             ],
             arguments=[
-                "--input-dir", f"{PROCESSING_ROOT}/input/data",
-                "--output-dir", f"{PROCESSING_ROOT}/output",
-                "--target", config.data.target,
-                "--task", config.task,
-                "--test-fraction", str(config.data.test_fraction),
-                "--validation-fraction", str(config.data.validation_fraction),
-                "--random-state", str(config.data.random_state),
+                "--input-dir",
+                f"{PROCESSING_ROOT}/input/data",
+                "--output-dir",
+                f"{PROCESSING_ROOT}/output",
+                "--target",
+                config.data.target,
+                "--task",
+                config.task,
+                "--test-fraction",
+                str(config.data.test_fraction),
+                "--validation-fraction",
+                str(config.data.validation_fraction),
+                "--random-state",
+                str(config.data.random_state),
                 *(["--features", ",".join(config.data.features)] if config.data.features else []),
             ],
         ),
@@ -196,9 +206,12 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 )
             ],
             arguments=[
-                "--model-dir", f"{PROCESSING_ROOT}/model",
-                "--test-dir", f"{PROCESSING_ROOT}/test",
-                "--output-dir", f"{PROCESSING_ROOT}/evaluation",
+                "--model-dir",
+                f"{PROCESSING_ROOT}/model",
+                "--test-dir",
+                f"{PROCESSING_ROOT}/test",
+                "--output-dir",
+                f"{PROCESSING_ROOT}/evaluation",
             ],
         ),
         property_files=[evaluation_report],
@@ -206,7 +219,9 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     evaluation_uri = step_evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
 
     def metric(metric_name: str) -> JsonGet:
-        return JsonGet(step_name=step_evaluate.name, property_file=evaluation_report, json_path=f"metrics.{metric_name}.value")
+        return JsonGet(
+            step_name=step_evaluate.name, property_file=evaluation_report, json_path=f"metrics.{metric_name}.value"
+        )
 
     conditions = [
         (ConditionGreaterThanOrEqualTo if bound == "min" else ConditionLessThanOrEqualTo)(left=metric(m), right=p)
@@ -243,15 +258,24 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 )
             ],
             arguments=[
-                "--model-dir", f"{PROCESSING_ROOT}/model",
-                "--evaluation-dir", f"{PROCESSING_ROOT}/evaluation",
-                "--schema-dir", f"{PROCESSING_ROOT}/schema",
-                "--output-dir", f"{PROCESSING_ROOT}/registration",
-                "--tracking-uri", tracking_uri,
-                "--experiment", registered_model_name(config, project),
-                "--registered-model-name", registered_model_name(config, project),
-                "--execution-id", execution,
-                "--model-data-uri", model_data,
+                "--model-dir",
+                f"{PROCESSING_ROOT}/model",
+                "--evaluation-dir",
+                f"{PROCESSING_ROOT}/evaluation",
+                "--schema-dir",
+                f"{PROCESSING_ROOT}/schema",
+                "--output-dir",
+                f"{PROCESSING_ROOT}/registration",
+                "--tracking-uri",
+                tracking_uri,
+                "--experiment",
+                registered_model_name(config, project),
+                "--registered-model-name",
+                registered_model_name(config, project),
+                "--execution-id",
+                execution,
+                "--model-data-uri",
+                model_data,
             ],
         ),
     )

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ def run_local(
 ) -> RunRecord:
     home.ensure()
     started = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     attempt = uuid.uuid4().hex[:8]
     logs = home.runs / "logs" / attempt
     logs.mkdir(parents=True, exist_ok=True)
@@ -140,9 +140,11 @@ def run_local(
     os.environ["SAGEGATE_JOB_LOGS"] = str(logs)
     handler = _StepProgress(progress) if progress else None
     sdk_logger = logging.getLogger("sagemaker.local.entities")
+    saved = (sdk_logger.level, sdk_logger.propagate)
     if handler:
         sdk_logger.addHandler(handler)
         sdk_logger.setLevel(logging.INFO)
+        sdk_logger.propagate = False
     try:
         with LocalS3(home.s3, project.region) as s3:
             s3.ensure_bucket(project.bucket)
@@ -164,6 +166,7 @@ def run_local(
     finally:
         if handler:
             sdk_logger.removeHandler(handler)
+            sdk_logger.level, sdk_logger.propagate = saved
         os.environ.pop("SAGEGATE_FAILURE_LOG", None)
         os.environ.pop("SAGEGATE_JOB_LOGS", None)
     for job_dir in home.jobs.iterdir():  # the SDK leaves its container roots behind

@@ -12,10 +12,10 @@ from typing import Any
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
-import boto3  # noqa: E402
-from sagemaker.workflow.pipeline_context import LocalPipelineSession, PipelineSession  # noqa: E402
+import boto3
+from sagemaker.workflow.pipeline_context import LocalPipelineSession, PipelineSession
 
-from pipelines.state import Project  # noqa: E402
+from pipelines.state import Project
 
 SDK_CONFIG: dict[str, Any] = {
     "SchemaVersion": "1.0",

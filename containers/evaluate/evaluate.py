@@ -54,7 +54,9 @@ def stat(value: float) -> dict[str, Any]:
     return {"value": float(value), "standard_deviation": "NaN"}
 
 
-def classification_report(model: Any, x: pd.DataFrame, y: pd.Series, classes: list[Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def classification_report(
+    model: Any, x: pd.DataFrame, y: pd.Series, classes: list[Any]
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
     predicted = model.predict(x)
     binary = len(classes) == 2
     average = "binary" if binary else "weighted"
@@ -71,7 +73,8 @@ def classification_report(model: Any, x: pd.DataFrame, y: pd.Series, classes: li
     section: dict[str, Any] = {name: stat(value) for name, value in values.items()}
     matrix = skm.confusion_matrix(y, predicted, labels=classes)
     section["confusion_matrix"] = {
-        str(actual): {str(pred): int(matrix[i][j]) for j, pred in enumerate(classes)} for i, actual in enumerate(classes)
+        str(actual): {str(pred): int(matrix[i][j]) for j, pred in enumerate(classes)}
+        for i, actual in enumerate(classes)
     }
     plots: dict[str, Any] = {"confusion_matrix": (matrix, classes)}
     if hasattr(model, "predict_proba"):
@@ -86,7 +89,9 @@ def classification_report(model: Any, x: pd.DataFrame, y: pd.Series, classes: li
             }
             plots["roc"] = (fpr, tpr, values["auc"])
         else:
-            values["auc"] = skm.roc_auc_score(y, proba, multi_class="ovr", average="weighted", labels=list(model.classes_))
+            values["auc"] = skm.roc_auc_score(
+                y, proba, multi_class="ovr", average="weighted", labels=list(model.classes_)
+            )
         section["auc"] = stat(values["auc"])
     kind = "binary_classification_metrics" if binary else "multiclass_classification_metrics"
     return kind, section, {"values": values, "plots": plots}

@@ -72,7 +72,9 @@ def read_csvs(input_dir: Path) -> tuple[pd.DataFrame, list[Path]]:
 def check_columns(frame: pd.DataFrame, name: str, target: str, features: list[str]) -> list[str]:
     unnamed = [c for c in frame.columns if str(c).startswith("Unnamed:")]
     if unnamed:
-        raise DataError(f"{name}: header has an empty column name at position {list(frame.columns).index(unnamed[0]) + 1}")
+        raise DataError(
+            f"{name}: header has an empty column name at position {list(frame.columns).index(unnamed[0]) + 1}"
+        )
     if target not in frame.columns:
         raise DataError(f"{name}: target column {target!r} not found (columns: {', '.join(map(str, frame.columns))})")
     features = features or [c for c in frame.columns if c != target]
@@ -121,13 +123,17 @@ def check_target(frame: pd.DataFrame, name: str, target: str, task: str) -> pd.D
         return coerce_numeric(frame, name, [target])
     classes = frame[target].unique()
     if len(classes) < 2:
-        raise DataError(f"{name}: target column {target!r} has a single class ({classes[0]!r}); classification needs two or more")
+        raise DataError(
+            f"{name}: target column {target!r} has a single class ({classes[0]!r}); classification needs two or more"
+        )
     return frame
 
 
 def split(frame: pd.DataFrame, args: argparse.Namespace, target: str, name: str) -> dict[str, pd.DataFrame]:
     if len(frame) < MIN_ROWS:
-        raise DataError(f"{name}: {len(frame)} data rows is too few to split into train/validation/test (need {MIN_ROWS})")
+        raise DataError(
+            f"{name}: {len(frame)} data rows is too few to split into train/validation/test (need {MIN_ROWS})"
+        )
     stratify = frame[target] if args.task == "classification" else None
     try:
         rest, test = train_test_split(
@@ -137,7 +143,9 @@ def split(frame: pd.DataFrame, args: argparse.Namespace, target: str, name: str)
         if args.validation_fraction > 0:
             share = args.validation_fraction / (1 - args.test_fraction)
             stratify = rest[target] if args.task == "classification" else None
-            rest, validation = train_test_split(rest, test_size=share, random_state=args.random_state, stratify=stratify)
+            rest, validation = train_test_split(
+                rest, test_size=share, random_state=args.random_state, stratify=stratify
+            )
             parts["validation"] = validation
     except ValueError as error:
         raise DataError(f"{name}: cannot split {len(frame)} rows ({error})") from None
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         requested = [f.strip() for f in args.features.split(",") if f.strip()]
         features = check_columns(frame, name, args.target, requested)
         frame = coerce_numeric(frame, name, features)
-        frame = check_target(frame, name, args.target, args.task)[features + [args.target]]
+        frame = check_target(frame, name, args.target, args.task)[[*features, args.target]]
         parts = split(frame, args, args.target, name)
     except DataError as error:
         fail(str(error))
@@ -175,7 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     (output / "schema").mkdir(parents=True, exist_ok=True)
     (output / "schema" / "schema.json").write_text(json.dumps(schema, indent=2))
-    print(f"preprocess: {len(frame)} rows, {len(features)} features -> " + ", ".join(f"{k}={len(v)}" for k, v in parts.items()))
+    print(
+        f"preprocess: {len(frame)} rows, {len(features)} features -> "
+        + ", ".join(f"{k}={len(v)}" for k, v in parts.items())
+    )
 
 
 if __name__ == "__main__":

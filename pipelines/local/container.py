@@ -55,7 +55,7 @@ class Volumes:
     def host_path(self, container_path: str) -> str:
         for mount, host in self.pairs:
             if container_path == mount or container_path.startswith(mount + "/"):
-                return host + container_path[len(mount):]
+                return host + container_path[len(mount) :]
         return str(self.root / container_path.lstrip("/"))
 
     def rewrite(self, value: str) -> str:
@@ -148,7 +148,11 @@ def _job_name(volumes: Volumes, env: dict[str, str]) -> str:
 def _report_failure(volumes: Volumes, job: str, code: int) -> None:
     output = Path(volumes.host_path(f"{OPT_ML}/output"))
     reason = next(
-        (p.read_text().strip() for p in (output / "failure", output / "message") if p.is_file() and p.read_text().strip()),
+        (
+            p.read_text().strip()
+            for p in (output / "failure", output / "message")
+            if p.is_file() and p.read_text().strip()
+        ),
         f"job exited with code {code}",
     )
     print(f"FAILED {job}: {reason}", flush=True)

@@ -1,0 +1,39 @@
+"""Read the MLflow model registry of the local state folder (what `sagegate models` shows)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from pipelines.state import StateHome
+
+
+def list_versions(home: StateHome) -> list[dict[str, Any]]:
+    if not home.mlflow_db.is_file():
+        return []
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+    rows = []
+    for model in client.search_registered_models():
+        for version in client.search_model_versions(f"name='{model.name}'"):
+            tags = version.tags or {}
+            rows.append(
+                {
+                    "name": version.name,
+                    "version": version.version,
+                    "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+                    .isoformat(timespec="seconds")
+                    .replace("+00:00", "Z"),
+                    "execution_id": tags.get("sagemaker.pipeline_execution_id", ""),
+                    "data_sha256": tags.get("data.sha256", ""),
+                    "run_id": version.run_id,
+                    "aliases": list(getattr(version, "aliases", []) or []),
+                    "metrics": {
+                        k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")
+                    },
+                }
+            )
+    return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
