@@ -1,0 +1,110 @@
+"""The container job scripts on bad input: a clear reason naming file/column/value, no outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import DATA, ROOT
+
+
+def load_job(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "containers" / name / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+preprocess = load_job("preprocess")
+train = load_job("train")
+
+
+def run_preprocess(tmp_path: Path, csv_text: str | None, *extra: str, monkeypatch=None):
+    data = tmp_path / "input"
+    data.mkdir()
+    if csv_text is not None:
+        (data / "data.csv").write_text(csv_text)
+    output, failure = tmp_path / "output", tmp_path / "sm-output"
+    failure.mkdir()
+    if monkeypatch:
+        monkeypatch.setenv("SM_OUTPUT_DIR", str(failure))
+    args = ["--input-dir", str(data), "--output-dir", str(output), "--target", "label", "--task", "classification"]
+    preprocess.main([*args, *extra])
+    return output
+
+
+GOOD_ROWS = "a,b,label\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(40))
+
+
+def test_good_csv_is_split_and_fingerprinted(tmp_path):
+    output = run_preprocess(tmp_path, GOOD_ROWS)
+    sizes = {part: len(pd.read_csv(output / part / f"{part}.csv")) for part in ("train", "validation", "test")}
+    assert sum(sizes.values()) == 40 and sizes["test"] == 8
+    schema = json.loads((output / "schema" / "schema.json").read_text())
+    assert schema["features"] == ["a", "b"] and schema["classes"] == [0, 1]
+    assert len(schema["source"]["sha256"]) == 64
+
+
+@pytest.mark.parametrize(
+    ("csv_text", "extra", "expected"),
+    [
+        (None, [], "no .csv file"),
+        ("", [], "data.csv: file is empty"),
+        ("a,b,label\n", [], "data.csv: header only, no data rows"),
+        ('a,b,label\n1,2,0\n3,"4,1\n', [], "data.csv: malformed CSV"),
+        ("a,b\n1,2\n", [], "data.csv: target column 'label' not found (columns: a, b)"),
+        (GOOD_ROWS, ["--features", "a,zzz"], "feature column(s) not found: zzz"),
+        (GOOD_ROWS.replace("\n5,10,1\n", "\n5,ten,1\n"), [], "column 'b' has a non-numeric value 'ten' at data row 6"),
+        (GOOD_ROWS.replace("\n5,10,1\n", "\n5,,1\n"), [], "column 'b' has 1 missing (NaN) value(s), first at data row 6"),
+        (GOOD_ROWS.replace("\n5,10,1\n", "\n5,10,\n"), [], "target column 'label' has 1 missing value(s)"),
+        ("a,b,label\n" + "1,2,yes\n" * 30, [], "single class ('yes')"),
+        ("a,b,label\n1,2,0\n3,4,1\n5,6,0\n", [], "3 data rows is too few to split"),
+        ("a,b,label\n" + "1,2,0\n" * 20 + "1,2,1\n", [], "cannot split 21 rows"),
+    ],
+)
+def test_bad_data_fails_with_a_named_reason_and_writes_nothing(tmp_path, monkeypatch, csv_text, extra, expected):
+    with pytest.raises(SystemExit) as stop:
+        run_preprocess(tmp_path, csv_text, *extra, monkeypatch=monkeypatch)
+    assert expected in str(stop.value)
+    assert expected in (tmp_path / "sm-output" / "message").read_text()
+    assert not (tmp_path / "output").exists()
+
+
+def test_training_script_takes_hyperparameters_as_sagemaker_passes_them(tmp_path, monkeypatch):
+    output = run_preprocess(tmp_path, (DATA / "breast_cancer.csv").read_text().replace("label", "label", 1))
+    model_dir = tmp_path / "model"
+    monkeypatch.setenv("SM_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(output / "train"))
+    monkeypatch.setenv("SM_CHANNEL_SCHEMA", str(output / "schema"))
+    train.main(["--model_class", "sklearn.linear_model.LogisticRegression", "--C", "0.5", "--max_iter", "500",
+                "--fit_intercept", "True", "--class_weight", "null"])
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert metadata["hyperparameters"] == {"C": 0.5, "max_iter": 500, "fit_intercept": True, "class_weight": None}
+    assert (model_dir / "model.joblib").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--model_class", "sklearn.tree.NoTree"], "no such scikit-learn estimator"),
+        (["--model_class", "sklearn.tree.DecisionTreeClassifier", "--depth", "3"], "depth not accepted"),
+        (["--model_class", "sklearn.tree.DecisionTreeClassifier", "--max_depth", "-2"], "max_depth"),
+        (["--model_class", "os.path.join"], "only scikit-learn estimators"),
+    ],
+)
+def test_training_script_rejects_bad_hyperparameters(tmp_path, monkeypatch, argv, expected):
+    output = run_preprocess(tmp_path, GOOD_ROWS)
+    failure = tmp_path / "sm-output"
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(failure))
+    monkeypatch.setenv("SM_CHANNEL_TRAIN", str(output / "train"))
+    monkeypatch.setenv("SM_CHANNEL_SCHEMA", str(output / "schema"))
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "model"))
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    assert expected in str(stop.value)
+    assert expected in (failure / "failure").read_text()
+    assert not (tmp_path / "model").exists()

@@ -1,0 +1,87 @@
+"""The pipeline definition: offline, deterministic, and local mode differs only in the registry step."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.config import load_config
+from pipelines.definition import REGISTER_STEP, definition_json
+from pipelines.state import Project
+from tests.conftest import MODELS
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config(MODELS / "breast-cancer.yaml")
+
+
+@pytest.fixture(scope="module")
+def aws(config):
+    return json.loads(definition_json(config, Project()))
+
+
+def steps_by_name(definition: dict) -> dict:
+    found = {}
+    for step in definition["Steps"]:
+        found[step["Name"]] = step
+        for branch in ("IfSteps", "ElseSteps"):
+            for inner in step.get("Arguments", {}).get(branch, []):
+                found[inner["Name"]] = inner
+    return found
+
+
+def test_structure_parameters_and_gate(aws):
+    steps = steps_by_name(aws)
+    assert {"PreprocessData", "TrainModel", "EvaluateModel", "CheckQualityGate", "RegisterMlflowModel",
+            "QualityGateFailed", f"{REGISTER_STEP}-RegisterModel"} <= set(steps)
+    names = {p["Name"] for p in aws["Parameters"]}
+    assert {"InputDataUri", "TrainingInstanceType", "ProcessingInstanceType", "HpMaxDepth", "HpNEstimators",
+            "AccuracyMin", "F1Min", "MlflowTrackingUri"} <= names
+    conditions = steps["CheckQualityGate"]["Arguments"]["Conditions"]
+    assert {c["LeftValue"]["Std:JsonGet"]["Path"] for c in conditions} == {"metrics.accuracy.value", "metrics.f1.value"}
+    message = json.dumps(steps["QualityGateFailed"]["Arguments"]["ErrorMessage"])
+    assert "accuracy=" in message and "f1=" in message and "Parameters.AccuracyMin" in message
+    hyperparameters = steps["TrainModel"]["Arguments"]["HyperParameters"]
+    assert hyperparameters["max_depth"] == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.HpMaxDepth"}]}}
+    package = steps[f"{REGISTER_STEP}-RegisterModel"]["Arguments"]
+    assert package["ModelPackageGroupName"] == "sagegate-development-breast-cancer"
+    assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["ContentType"] == "application/json"
+
+
+def test_bucket_key_layout(aws):
+    text = json.dumps(aws)
+    for prefix in ("training-data/", "training-code/breast-cancer", "models/breast-cancer", "evaluation"):
+        assert prefix in text
+    assert "s3://sagegate-development-training/training-data/breast-cancer/data.csv" in text
+
+
+def test_definition_is_deterministic(config, aws):
+    assert json.loads(definition_json(config, Project())) == aws
+
+
+def test_local_definition_differs_only_in_the_registry_step(config, aws):
+    local = json.loads(definition_json(config, Project(), local=True))
+    aws = copy.deepcopy(aws)
+    gate = next(s for s in aws["Steps"] if s["Name"] == "CheckQualityGate")
+    removed = [s for s in gate["Arguments"]["IfSteps"] if s["Name"].startswith(REGISTER_STEP)]
+    assert len(removed) == 1
+    gate["Arguments"]["IfSteps"].remove(removed[0])
+    assert local == aws
+
+
+def test_console_script_needs_no_credentials_and_no_network(config, aws, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "HOME": str(tmp_path)})
+    out = tmp_path / "definition.json"
+    subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "get-pipeline-definition"), str(MODELS / "breast-cancer.yaml"),
+         "-f", str(out)],
+        check=True, env=env, capture_output=True,
+    )
+    assert json.loads(out.read_text()) == aws
