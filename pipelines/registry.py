@@ -23,7 +23,7 @@ def list_versions(home: StateHome) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "name": version.name,
-                    "version": version.version,
+                    "version": str(version.version),
                     "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
                     .isoformat(timespec="seconds")
                     .replace("+00:00", "Z"),

@@ -52,7 +52,11 @@ def test_overrides_are_typed_and_reach_nested_fields(tmp_path):
         (VALID, ["model.hyperparameters.n_estimators=-5"], "n_estimators"),
         (VALID, ["model.hyperparameters.n_estimators=many"], "n_estimators"),
         (VALID, ["task=clustering"], "task: Input should be 'classification' or 'regression'"),
-        (VALID, ["task=regression", "quality_gate.metrics={r2: {min: 0.5}}"], "is a classifier, task regression needs a regressor"),
+        (
+            VALID,
+            ["task=regression", "quality_gate.metrics={r2: {min: 0.5}}"],
+            "is a classifier, task regression needs a regressor",
+        ),
         (VALID, ["quality_gate.metrics.r2.min=0.5"], "unknown classification metric 'r2'"),
         (VALID, ["quality_gate.metrics.accuracy={}"], "a threshold needs min, max or both"),
         (VALID, ["data.test_fraction=1.5"], "data.test_fraction"),
@@ -71,5 +75,5 @@ def test_bad_config_is_rejected_with_the_field_and_file(tmp_path, text, override
 
 
 def test_missing_config_file_is_named(tmp_path):
-    with pytest.raises(ConfigError, match="missing.yaml: model config file not found"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: model config file not found"):
         load_config(tmp_path / "missing.yaml")

@@ -59,7 +59,11 @@ def test_good_csv_is_split_and_fingerprinted(tmp_path):
         ("a,b\n1,2\n", [], "data.csv: target column 'label' not found (columns: a, b)"),
         (GOOD_ROWS, ["--features", "a,zzz"], "feature column(s) not found: zzz"),
         (GOOD_ROWS.replace("\n5,10,1\n", "\n5,ten,1\n"), [], "column 'b' has a non-numeric value 'ten' at data row 6"),
-        (GOOD_ROWS.replace("\n5,10,1\n", "\n5,,1\n"), [], "column 'b' has 1 missing (NaN) value(s), first at data row 6"),
+        (
+            GOOD_ROWS.replace("\n5,10,1\n", "\n5,,1\n"),
+            [],
+            "column 'b' has 1 missing (NaN) value(s), first at data row 6",
+        ),
         (GOOD_ROWS.replace("\n5,10,1\n", "\n5,10,\n"), [], "target column 'label' has 1 missing value(s)"),
         ("a,b,label\n" + "1,2,yes\n" * 30, [], "single class ('yes')"),
         ("a,b,label\n1,2,0\n3,4,1\n5,6,0\n", [], "3 data rows is too few to split"),
@@ -80,8 +84,20 @@ def test_training_script_takes_hyperparameters_as_sagemaker_passes_them(tmp_path
     monkeypatch.setenv("SM_MODEL_DIR", str(model_dir))
     monkeypatch.setenv("SM_CHANNEL_TRAIN", str(output / "train"))
     monkeypatch.setenv("SM_CHANNEL_SCHEMA", str(output / "schema"))
-    train.main(["--model_class", "sklearn.linear_model.LogisticRegression", "--C", "0.5", "--max_iter", "500",
-                "--fit_intercept", "True", "--class_weight", "null"])
+    train.main(
+        [
+            "--model_class",
+            "sklearn.linear_model.LogisticRegression",
+            "--C",
+            "0.5",
+            "--max_iter",
+            "500",
+            "--fit_intercept",
+            "True",
+            "--class_weight",
+            "null",
+        ]
+    )
     metadata = json.loads((model_dir / "metadata.json").read_text())
     assert metadata["hyperparameters"] == {"C": 0.5, "max_iter": 500, "fit_intercept": True, "class_weight": None}
     assert (model_dir / "model.joblib").stat().st_size > 0

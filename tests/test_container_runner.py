@@ -84,7 +84,9 @@ def test_failing_job_reason_is_reported_and_exit_code_kept(tmp_path):
     log = tmp_path / "failures.jsonl"
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.local.container", str(compose_file)],
-        capture_output=True, text=True, env={**__import__("os").environ, "SAGEGATE_FAILURE_LOG": str(log)},
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "SAGEGATE_FAILURE_LOG": str(log)},
     )
     assert result.returncode == 3
     assert "FAILED TrainModel-1: bad value x" in result.stdout

@@ -38,11 +38,26 @@ def steps_by_name(definition: dict) -> dict:
 
 def test_structure_parameters_and_gate(aws):
     steps = steps_by_name(aws)
-    assert {"PreprocessData", "TrainModel", "EvaluateModel", "CheckQualityGate", "RegisterMlflowModel",
-            "QualityGateFailed", f"{REGISTER_STEP}-RegisterModel"} <= set(steps)
+    assert {
+        "PreprocessData",
+        "TrainModel",
+        "EvaluateModel",
+        "CheckQualityGate",
+        "RegisterMlflowModel",
+        "QualityGateFailed",
+        f"{REGISTER_STEP}-RegisterModel",
+    } <= set(steps)
     names = {p["Name"] for p in aws["Parameters"]}
-    assert {"InputDataUri", "TrainingInstanceType", "ProcessingInstanceType", "HpMaxDepth", "HpNEstimators",
-            "AccuracyMin", "F1Min", "MlflowTrackingUri"} <= names
+    assert {
+        "InputDataUri",
+        "TrainingInstanceType",
+        "ProcessingInstanceType",
+        "HpMaxDepth",
+        "HpNEstimators",
+        "AccuracyMin",
+        "F1Min",
+        "MlflowTrackingUri",
+    } <= names
     conditions = steps["CheckQualityGate"]["Arguments"]["Conditions"]
     assert {c["LeftValue"]["Std:JsonGet"]["Path"] for c in conditions} == {"metrics.accuracy.value", "metrics.f1.value"}
     message = json.dumps(steps["QualityGateFailed"]["Arguments"]["ErrorMessage"])
@@ -80,8 +95,14 @@ def test_console_script_needs_no_credentials_and_no_network(config, aws, tmp_pat
     env.update({"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "HOME": str(tmp_path)})
     out = tmp_path / "definition.json"
     subprocess.run(
-        [os.path.join(os.path.dirname(sys.executable), "get-pipeline-definition"), str(MODELS / "breast-cancer.yaml"),
-         "-f", str(out)],
-        check=True, env=env, capture_output=True,
+        [
+            os.path.join(os.path.dirname(sys.executable), "get-pipeline-definition"),
+            str(MODELS / "breast-cancer.yaml"),
+            "-f",
+            str(out),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
     )
     assert json.loads(out.read_text()) == aws

@@ -1,0 +1,163 @@
+"""End to end: the real definition through the SDK's LocalPipelineSession, jobs as subprocesses.
+
+One state folder is shared by the module, so the tests also show that the registry and the
+bucket mirror persist across runs (each run starts a fresh local S3 server from the mirror).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from pipelines.config import load_config
+from pipelines.local_run import RunError, list_records, run_local
+from pipelines.registry import list_versions
+from pipelines.state import Project, StateHome
+from tests.conftest import DATA, MODELS
+
+BUCKET = "sagegate-development-training"
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory) -> StateHome:
+    return StateHome(tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture(scope="module")
+def first_run(state):
+    return run_local(load_config(MODELS / "breast-cancer.yaml"), Project(), state)
+
+
+def versions(state: StateHome) -> list[str]:
+    return [v["version"] for v in list_versions(state) if v["name"] == "sagegate-development-breast-cancer"]
+
+
+def sagegate(state: StateHome, *args: str) -> subprocess.CompletedProcess:
+    exe = os.path.join(os.path.dirname(sys.executable), "sagegate")
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, env={**os.environ, "SAGEGATE_HOME": str(state.root)}
+    )
+
+
+def test_pipeline_runs_every_step_and_registers_in_mlflow(state, first_run):
+    assert first_run.status == "Succeeded", first_run.failure_reason
+    assert [s.name for s in first_run.steps] == [
+        "PreprocessData",
+        "TrainModel",
+        "EvaluateModel",
+        "CheckQualityGate",
+        "RegisterMlflowModel",
+    ]
+    assert all(s.status == "Succeeded" and s.duration_seconds is not None for s in first_run.steps)
+    assert first_run.gate == "passed"
+    assert first_run.metrics["accuracy"] >= 0.85 and first_run.metrics["f1"] >= 0.85
+    assert first_run.registered_version == "1"
+
+    client = mlflow.MlflowClient(tracking_uri=state.mlflow_tracking_uri)
+    version = client.get_model_version("sagegate-development-breast-cancer", "1")
+    assert version.tags["sagemaker.pipeline_execution_id"] == first_run.run_id
+    assert len(version.tags["data.sha256"]) == 64
+    run = client.get_run(version.run_id)
+    assert run.data.params["max_depth"] == "5" and run.data.params["model_class"].endswith("RandomForestClassifier")
+    assert run.data.metrics["accuracy"] == pytest.approx(first_run.metrics["accuracy"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/evaluation.json", "evaluation/confusion_matrix.png", "evaluation/roc.png"} <= artifacts
+    mlflow.set_tracking_uri(state.mlflow_tracking_uri)
+    loaded = mlflow.sklearn.load_model("models:/sagegate-development-breast-cancer/1")
+    rows = pd.read_csv(DATA / "breast_cancer.csv")
+    assert (loaded.predict(rows.drop(columns="label")[:50]) == rows["label"][:50]).mean() > 0.8
+
+
+def test_artifacts_use_the_aws_bucket_key_layout(state, first_run):
+    bucket = state.s3 / BUCKET
+    assert (bucket / "training-data/breast-cancer/data.csv").is_file()
+    for part in ("train", "validation", "test"):
+        assert (bucket / f"training-data/breast-cancer/{first_run.run_id}/{part}/{part}.csv").is_file()
+    assert list((bucket / "training-code/breast-cancer").rglob("sourcedir.tar.gz"))
+    assert Path(first_run.artifacts["model"]).is_file() and "models/breast-cancer/" in first_run.artifacts["model"]
+    report = json.loads((bucket / f"evaluation/breast-cancer/{first_run.run_id}/evaluation.json").read_text())
+    assert report["binary_classification_metrics"]["accuracy"]["value"] == pytest.approx(first_run.metrics["accuracy"])
+    assert "receiver_operating_characteristic_curve" in report["binary_classification_metrics"]
+    assert list(state.jobs.iterdir()) == []  # job scratch folders are cleaned up
+
+
+def test_false_condition_ends_in_the_fail_step_and_registers_nothing(state, first_run):
+    result = sagegate(
+        state, "run", str(MODELS / "breast-cancer.yaml"), "--set", "quality_gate.metrics.accuracy.min=0.999"
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "QualityGateFailed" in result.stdout
+    assert "Quality gate failed for breast-cancer: accuracy=0.95" in result.stdout
+    assert "(needs >= 0.999)" in result.stdout and "Nothing was registered." in result.stdout
+    assert versions(state) == ["1"]
+    record = list_records(state)[-1]
+    assert record.gate == "failed" and record.status == "Failed"
+    assert [s.name for s in record.steps][-1] == "QualityGateFailed"
+
+
+BAD_DATA = {
+    "empty.csv": ("", "empty.csv: file is empty"),
+    "no_target.csv": ("a,b\n" + "1,2\n" * 20, "target column 'label' not found"),
+    "text.csv": (
+        "a,b,label\n" + "1,2,0\n1,2,1\n" * 10 + "x,2,1\n",
+        "column 'a' has a non-numeric value 'x' at data row 21",
+    ),
+    "nan.csv": ("a,b,label\n" + "1,2,0\n1,,1\n" * 10, "column 'b' has 10 missing (NaN) value(s), first at data row 2"),
+    "one_class.csv": ("a,b,label\n" + "1,2,0\n" * 20, "target column 'label' has a single class"),
+    "tiny.csv": ("a,b,label\n1,2,0\n3,4,1\n", "2 data rows is too few to split"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DATA))
+def test_bad_data_stops_the_run_with_a_named_reason_and_keeps_the_registry(state, first_run, tmp_path, name):
+    text, expected = BAD_DATA[name]
+    path = tmp_path / "data.csv"  # the staged key is always data.csv; the reason names it
+    path.write_text(text)
+    record = run_local(load_config(MODELS / "breast-cancer.yaml", [f"data.source={path}"]), Project(), state)
+    assert record.status == "Failed"
+    assert expected.replace(name, "data.csv") in record.failure_reason
+    assert record.steps[-1].name == "PreprocessData" and record.registered_version is None
+    assert versions(state) == ["1"]
+
+
+def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp_path):
+    with pytest.raises(RunError, match=r"data\.source: file not found: .*nope\.csv"):
+        run_local(
+            load_config(MODELS / "breast-cancer.yaml", [f"data.source={tmp_path / 'nope.csv'}"]), Project(), state
+        )
+    assert versions(state) == ["1"]
+
+
+def test_bad_config_exits_2_with_the_field(state):
+    result = sagegate(state, "run", str(MODELS / "breast-cancer.yaml"), "--set", "model.hyperparameters.max_depth=-1")
+    assert result.returncode == 2
+    assert "breast-cancer.yaml" in result.stderr and "max_depth" in result.stderr
+
+
+def test_second_run_sees_the_first_runs_registry_and_objects(state, first_run):
+    result = sagegate(
+        state, "run", str(MODELS / "breast-cancer.yaml"), "--json", "--set", "model.hyperparameters.max_depth=8"
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["registered_version"] == "2" and versions(state) == ["1", "2"]
+    # the first run's evaluation survived a fresh local S3 server
+    assert (state.s3 / BUCKET / f"evaluation/breast-cancer/{first_run.run_id}/evaluation.json").is_file()
+    listing = sagegate(state, "runs")
+    assert first_run.run_id in listing.stdout and record["run_id"] in listing.stdout
+    models = sagegate(state, "models", "--json")
+    assert [m["version"] for m in json.loads(models.stdout)] == ["1", "2"]
+
+
+def test_regression_example_passes_its_r2_gate(state):
+    record = run_local(load_config(MODELS / "friedman1.yaml"), Project(), state)
+    assert record.status == "Succeeded", record.failure_reason
+    assert record.metrics["r2"] >= 0.7 and record.registered_version == "1"
+    assert (Path(record.artifacts["evaluation"]) / "residuals.png").is_file()
