@@ -62,6 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.local_run import run_local
 
     config = _config(args)
+    if config.training.platform != "local":
+        raise ConfigError(
+            f"{args.config}: training.platform is {config.training.platform!r}; `sagegate run` executes the pipeline "
+            "locally. On AWS, upsert `get-pipeline-definition` output and call start-pipeline-execution, or run "
+            "locally with --set training.platform=local"
+        )
     project = _project(args)
     home = StateHome.from_env()
     if not args.json:

@@ -141,6 +141,13 @@ def test_bad_config_exits_2_with_the_field(state):
     assert "breast-cancer.yaml" in result.stderr and "max_depth" in result.stderr
 
 
+def test_sagemaker_platform_is_not_silently_run_locally(state, first_run):
+    result = sagegate(state, "run", str(MODELS / "breast-cancer.yaml"), "--set", "training.platform=sagemaker")
+    assert result.returncode == 2
+    assert "training.platform is 'sagemaker'" in result.stderr
+    assert versions(state) == ["1"]
+
+
 def test_second_run_sees_the_first_runs_registry_and_objects(state, first_run):
     result = sagegate(
         state, "run", str(MODELS / "breast-cancer.yaml"), "--json", "--set", "model.hyperparameters.max_depth=8"
