@@ -131,7 +131,7 @@ class ModelConfig(_Strict):
         return self
 
     @property
-    def target_data_key(self) -> str:
+    def staged_data_key(self) -> str:
         return f"training-data/{self.name}/data.csv"
 
 

@@ -73,7 +73,7 @@ def _s3(project: Project, *parts: Any) -> Join:
 def default_input_uri(config: ModelConfig, project: Project) -> str:
     if config.data.source.startswith("s3://"):
         return config.data.source
-    return f"s3://{project.bucket}/{config.target_data_key}"
+    return f"s3://{project.bucket}/{config.staged_data_key}"
 
 
 def mlflow_tracking_server_arn(project: Project) -> str:

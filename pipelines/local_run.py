@@ -93,8 +93,8 @@ def _stage_data(config: ModelConfig, project: Project, s3: LocalS3) -> str:
     path = Path(source)
     if not path.is_file():
         raise RunError(f"data.source: file not found: {path}")
-    s3.client.upload_file(str(path), project.bucket, config.target_data_key)
-    return f"s3://{project.bucket}/{config.target_data_key}"
+    s3.client.upload_file(str(path), project.bucket, config.staged_data_key)
+    return f"s3://{project.bucket}/{config.staged_data_key}"
 
 
 def _ensure_experiment(home: StateHome, name: str) -> None:
