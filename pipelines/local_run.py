@@ -169,8 +169,10 @@ def run_local(
             sdk_logger.level, sdk_logger.propagate = saved
         os.environ.pop("SAGEGATE_FAILURE_LOG", None)
         os.environ.pop("SAGEGATE_JOB_LOGS", None)
-    for job_dir in home.jobs.iterdir():  # the SDK leaves its container roots behind
-        shutil.rmtree(job_dir, ignore_errors=True)
+        for job_dir in home.jobs.iterdir():  # the SDK leaves its container roots behind
+            shutil.rmtree(job_dir, ignore_errors=True)
+        if "record" not in locals():  # the run never started: no record to attach logs to
+            shutil.rmtree(logs, ignore_errors=True)
     final_logs = home.runs / "logs" / record.run_id
     logs.rename(final_logs)
     record.artifacts["logs"] = str(final_logs)

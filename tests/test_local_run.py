@@ -133,6 +133,8 @@ def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp
             load_config(MODELS / "breast-cancer.yaml", [f"data.source={tmp_path / 'nope.csv'}"]), Project(), state
         )
     assert versions(state) == ["1"]
+    recorded = {r.run_id for r in list_records(state)}
+    assert {p.name for p in (state.runs / "logs").iterdir()} <= recorded  # no orphaned log folder
 
 
 def test_bad_config_exits_2_with_the_field(state):
