@@ -29,6 +29,7 @@ def list_versions(home: StateHome) -> list[dict[str, Any]]:
                     .replace("+00:00", "Z"),
                     "execution_id": tags.get("sagemaker.pipeline_execution_id", ""),
                     "data_sha256": tags.get("data.sha256", ""),
+                    "model_data_uri": tags.get("model_data_uri", ""),
                     "run_id": version.run_id,
                     "aliases": list(getattr(version, "aliases", []) or []),
                     "metrics": {

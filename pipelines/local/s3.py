@@ -39,7 +39,12 @@ class LocalS3:
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10)
-        env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
+        env = {
+            **FAKE_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "MOTO_PORT": str(port),  # where moto's Step Functions interpreter sends its service calls
+        }
         self._saved_env = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         self._load()

@@ -1,0 +1,60 @@
+"""Record a deployed version: MLflow alias `champion`, approval tag, and the Model Registry status.
+
+Runs as the state machine's RecordChampion task, after the endpoint serves the new version.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.parser import ValidationError, parse
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict, Field
+
+SERVICE = "sagegate-gate"
+logger = Logger(service=SERVICE)
+tracer = Tracer(service=SERVICE)
+
+
+class PromotionInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    registered_model: str = Field(min_length=1)
+    version: str = Field(pattern=r"^[1-9][0-9]*$")
+    model_package_arn: str | None = None
+    endpoint_name: str = Field(min_length=1)
+    execution_name: str = Field(min_length=1)
+
+
+@logger.inject_lambda_context(correlation_id_path="execution_name", clear_state=True)
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        request = parse(event=event, model=PromotionInput)
+    except ValidationError as error:
+        raise ValueError(f"bad promotion input: {error}") from None
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        previous = str(client.get_model_version_by_alias(request.registered_model, "champion").version)
+    except MlflowException:
+        previous = None
+    client.set_registered_model_alias(request.registered_model, "champion", request.version)
+    for key, value in {
+        "approval_status": "Approved",
+        "deployed.endpoint": request.endpoint_name,
+        "deployed.execution": request.execution_name,
+    }.items():
+        client.set_model_version_tag(request.registered_model, request.version, key, value)
+    if request.model_package_arn:
+        boto3.client("sagemaker").update_model_package(
+            ModelPackageArn=request.model_package_arn, ModelApprovalStatus="Approved"
+        )
+    result = {"registered_model": request.registered_model, "champion": request.version, "previous": previous}
+    logger.info("champion recorded", extra=result)
+    return result

@@ -1,0 +1,318 @@
+"""The deployment quality gate: a Step Functions state machine built with the Data Science SDK.
+
+Evaluate (Lambda) → Choice on its decision → realtime branch | serverless branch | Rejected.
+Each deploy branch creates the Model and an endpoint config, creates the endpoint or updates
+it (blue/green: the old config serves until the new one is InService), polls describeEndpoint
+with Wait/Choice, and ends by recording the champion. The exported ASL is what CloudFormation
+deploys (with `${...}` DefinitionSubstitutions) and what runs locally in moto's interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+
+from stepfunctions.steps import Catch, Chain, Choice, ChoiceRule, Fail, Retry, Succeed, Task, Wait
+from stepfunctions.steps.states import Graph
+
+from pipelines.state import Project
+
+# DefinitionSubstitutions filled in by the CloudFormation template (and by the local runner).
+EVALUATOR_ARN = "${EvaluatorFunctionArn}"
+PROMOTER_ARN = "${PromoterFunctionArn}"
+INFERENCE_ROLE_ARN = "${InferenceRoleArn}"
+SUBSTITUTIONS = ("EvaluatorFunctionArn", "PromoterFunctionArn", "InferenceRoleArn")
+
+DECISIONS = ("deploy_realtime", "deploy_serverless", "reject")
+TRANSIENT_LAMBDA_ERRORS = [
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+    "Lambda.TooManyRequestsException",
+]
+SAGEMAKER = "arn:aws:states:::sagemaker:"
+SAGEMAKER_SDK = "arn:aws:states:::aws-sdk:sagemaker:"
+TARGET = "$.evaluation.target"
+
+
+def state_machine_name(project: Project) -> str:
+    return f"{project.prefix}-{project.environment}-deployment-gate"
+
+
+def _lambda_task(state_id: str, function_arn: str, payload: dict[str, Any], result_path: str | None) -> Task:
+    task = Task(
+        state_id,
+        resource="arn:aws:states:::lambda:invoke",
+        parameters={"FunctionName": function_arn, "Payload": payload},
+        result_path=result_path,
+    )
+    task.fields["result_selector"] = {"Payload.$": "$.Payload"}
+    task.add_retry(Retry(error_equals=TRANSIENT_LAMBDA_ERRORS, interval_seconds=1, backoff_rate=2.0, max_attempts=3))
+    return task
+
+
+def _sagemaker_task(state_id: str, resource: str, parameters: dict[str, Any], result_path: str | None = None) -> Task:
+    return Task(state_id, resource=resource, parameters=parameters, result_path=result_path)
+
+
+def _fail(state_id: str, error: str, cause_path: str) -> Fail:
+    state = Fail(state_id, error=error)
+    state.fields["cause_path"] = cause_path
+    return state
+
+
+def _endpoint_config_parameters(kind: str) -> dict[str, Any]:
+    if kind == "serverless":
+        variant = {
+            "VariantName": "AllTraffic",
+            "ModelName.$": f"{TARGET}.model_name",
+            "ServerlessConfig": {
+                "MemorySizeInMB.$": "$.deployment.memory_size_mb",
+                "MaxConcurrency.$": "$.deployment.max_concurrency",
+            },
+        }
+        return {"EndpointConfigName.$": f"{TARGET}.endpoint_config_name", "ProductionVariants": [variant]}
+    # Scale-to-zero: no ModelName in the variant (the inference component carries the model),
+    # managed instance scaling down to zero, and an execution role on the config.
+    variant = {
+        "VariantName": "AllTraffic",
+        "InstanceType.$": "$.deployment.instance_type",
+        "InitialInstanceCount": 1,
+        "ManagedInstanceScaling": {
+            "Status": "ENABLED",
+            "MinInstanceCount.$": "$.deployment.min_instances",
+            "MaxInstanceCount.$": "$.deployment.max_instances",
+        },
+        "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
+    }
+    return {
+        "EndpointConfigName.$": f"{TARGET}.endpoint_config_name",
+        "ExecutionRoleArn": INFERENCE_ROLE_ARN,
+        "ProductionVariants": [variant],
+    }
+
+
+def _poll(
+    name: str, resource: str, parameters: dict[str, Any], status: str, done: ChoiceRule, next_state: Any, ends: _Ends
+) -> Wait:
+    """Wait → describe → Choice: done → next_state; Failed, or InService on the old version
+    (the update was rolled back) → DeploymentRolledBack; anything else → wait again."""
+    result = f"$.{name[0].lower()}{name[1:]}"
+    wait = Wait(f"WaitFor{name}", seconds_path="$.poll_seconds")
+    describe = _sagemaker_task(f"Describe{name}", resource, parameters, result_path=result)
+    describe.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
+    check = Choice(f"Check{name}")
+    check.add_choice(done, next_state)
+    for value in ("Failed", "InService"):
+        check.add_choice(ChoiceRule.StringEquals(variable=f"{result}.{status}", value=value), ends.rolled_back)
+    check.default_choice(wait)
+    Chain([wait, describe, check])
+    return wait
+
+
+@dataclass(frozen=True)
+class _Ends:
+    """Where every deploy branch ends: recording the champion, or one of two named failures."""
+
+    record: Task
+    failed: Fail
+    rolled_back: Fail
+
+
+def _deploy_branch(kind: str, ends: _Ends) -> Task:
+    """CreateModel → CreateEndpointConfig → create or update the endpoint → poll [→ inference component]."""
+    title = kind.capitalize()
+    endpoint_key = f"{title}Endpoint"
+    endpoint_done = ChoiceRule.And(
+        [
+            ChoiceRule.StringEquals(variable=f"$.{kind}Endpoint.EndpointStatus", value="InService"),
+            ChoiceRule.StringEqualsPath(
+                variable=f"$.{kind}Endpoint.EndpointConfigName", value=f"{TARGET}.endpoint_config_name"
+            ),
+        ]
+    )
+    if kind == "realtime":
+        after_endpoint = _inference_component_steps(ends)
+    else:
+        after_endpoint = ends.record
+    poll_endpoint = _poll(
+        endpoint_key,
+        f"{SAGEMAKER_SDK}describeEndpoint",
+        {"EndpointName.$": f"{TARGET}.endpoint_name"},
+        "EndpointStatus",
+        endpoint_done,
+        after_endpoint,
+        ends,
+    )
+    create_model = _sagemaker_task(
+        f"Create{title}Model",
+        f"{SAGEMAKER}createModel",
+        {
+            "ModelName.$": f"{TARGET}.model_name",
+            "ExecutionRoleArn": INFERENCE_ROLE_ARN,
+            "PrimaryContainer.$": "$.container",
+        },
+    )
+    create_config = _sagemaker_task(
+        f"Create{title}EndpointConfig", f"{SAGEMAKER}createEndpointConfig", _endpoint_config_parameters(kind)
+    )
+    find = _sagemaker_task(
+        f"Find{title}Endpoint",
+        f"{SAGEMAKER_SDK}describeEndpoint",
+        {"EndpointName.$": f"{TARGET}.endpoint_name"},
+        result_path=None,
+    )
+    endpoint_parameters = {
+        "EndpointName.$": f"{TARGET}.endpoint_name",
+        "EndpointConfigName.$": f"{TARGET}.endpoint_config_name",
+    }
+    create_endpoint = _sagemaker_task(f"Create{title}Endpoint", f"{SAGEMAKER}createEndpoint", endpoint_parameters)
+    update_endpoint = _sagemaker_task(f"Update{title}Endpoint", f"{SAGEMAKER}updateEndpoint", endpoint_parameters)
+    # describeEndpoint fails for an endpoint that does not exist yet: that is the "create" path.
+    find.add_catch(Catch(error_equals=["States.TaskFailed"], next_step=create_endpoint, result_path=None))
+    for task in (create_model, create_config, create_endpoint, update_endpoint):
+        task.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
+    Chain([create_model, create_config, find, update_endpoint, poll_endpoint])
+    create_endpoint.next(poll_endpoint)
+    return create_model
+
+
+def _inference_component_steps(ends: _Ends) -> Task:
+    """Realtime: the model runs as an inference component (copies scale to zero with the instances)."""
+    component = {
+        "InferenceComponentName.$": f"{TARGET}.inference_component_name",
+        "Specification": {
+            "ModelName.$": f"{TARGET}.model_name",
+            "ComputeResourceRequirements": {"MinMemoryRequiredInMb": 1024, "NumberOfCpuCoresRequired": 1},
+        },
+        "RuntimeConfig": {"CopyCount": 1},
+    }
+    find = _sagemaker_task(
+        "FindInferenceComponent",
+        f"{SAGEMAKER_SDK}describeInferenceComponent",
+        {"InferenceComponentName.$": f"{TARGET}.inference_component_name"},
+        result_path=None,
+    )
+    create = _sagemaker_task(
+        "CreateInferenceComponent",
+        f"{SAGEMAKER_SDK}createInferenceComponent",
+        {**component, "EndpointName.$": f"{TARGET}.endpoint_name", "VariantName": "AllTraffic"},
+    )
+    update = _sagemaker_task("UpdateInferenceComponent", f"{SAGEMAKER_SDK}updateInferenceComponent", component)
+    find.add_catch(Catch(error_equals=["States.TaskFailed"], next_step=create, result_path=None))
+    for task in (create, update):
+        task.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
+    done = ChoiceRule.And(
+        [
+            ChoiceRule.StringEquals(variable="$.inferenceComponent.InferenceComponentStatus", value="InService"),
+            ChoiceRule.StringEqualsPath(
+                variable="$.inferenceComponent.Specification.ModelName", value=f"{TARGET}.model_name"
+            ),
+        ]
+    )
+    poll = _poll(
+        "InferenceComponent",
+        f"{SAGEMAKER_SDK}describeInferenceComponent",
+        {"InferenceComponentName.$": f"{TARGET}.inference_component_name"},
+        "InferenceComponentStatus",
+        done,
+        ends.record,
+        ends,
+    )
+    Chain([find, update, poll])
+    create.next(poll)
+    return find
+
+
+def build_state_machine() -> Chain:
+    """The gate's states, wired; the same for every model (the model config arrives as input)."""
+    failed = _fail("DeploymentFailed", "Sagegate.DeploymentFailed", "$.error.Cause")
+    rolled_back = Fail(
+        "DeploymentRolledBack",
+        error="Sagegate.DeploymentFailed",
+        cause="The new version did not reach InService; the previously deployed version keeps serving.",
+    )
+    deployed = Succeed("Deployed")
+    record = _lambda_task(
+        "RecordChampion",
+        PROMOTER_ARN,
+        {
+            "registered_model.$": "$.registered_model",
+            "version.$": "$.version",
+            "model_package_arn.$": "$.model_package_arn",
+            "endpoint_name.$": f"{TARGET}.endpoint_name",
+            "execution_name.$": "$$.Execution.Name",
+        },
+        result_path="$.champion",
+    )
+    record.add_catch(
+        Catch(
+            error_equals=["States.ALL"],
+            next_step=_fail("ChampionNotRecorded", "Sagegate.ChampionNotRecorded", "$.error.Cause"),
+            result_path="$.error",
+        )
+    )
+    record.next(deployed)
+    ends = _Ends(record=record, failed=failed, rolled_back=rolled_back)
+
+    evaluate = _lambda_task(
+        "EvaluateModel",
+        EVALUATOR_ARN,
+        {"gate.$": "$", "execution_name.$": "$$.Execution.Name"},
+        result_path="$.evaluation",
+    )
+    evaluate.fields["result_selector"] = {
+        "decision.$": "$.Payload.decision",
+        "reason.$": "$.Payload.reason",
+        "reasons.$": "$.Payload.reasons",
+        "metrics.$": "$.Payload.metrics",
+        "champion.$": "$.Payload.champion",
+        "target.$": "$.Payload.target",
+    }
+    evaluate.add_catch(
+        Catch(
+            error_equals=["States.ALL"],
+            next_step=_fail("EvaluationFailed", "Sagegate.EvaluationFailed", "$.error.Cause"),
+            result_path="$.error",
+        )
+    )
+    choose = Choice("ChooseDeployment")
+    choose.add_choice(
+        ChoiceRule.StringEquals(variable="$.evaluation.decision", value="deploy_realtime"),
+        _deploy_branch("realtime", ends),
+    )
+    choose.add_choice(
+        ChoiceRule.StringEquals(variable="$.evaluation.decision", value="deploy_serverless"),
+        _deploy_branch("serverless", ends),
+    )
+    choose.default_choice(_fail("Rejected", "Sagegate.Rejected", "$.evaluation.reason"))
+    return Chain([evaluate, choose])
+
+
+def gate_definition() -> dict[str, Any]:
+    """The ASL as a dict, `${...}` substitutions left in place."""
+    definition = json.loads(Graph(build_state_machine()).to_json())
+    definition["Comment"] = (
+        "sagegate deployment gate: evaluate a registered model version, then deploy it "
+        "(realtime or serverless) or reject it with the evaluator's reasons"
+    )
+    return definition
+
+
+def gate_definition_json() -> str:
+    return json.dumps(gate_definition(), indent=2, sort_keys=False)
+
+
+def substitute(definition: dict[str, Any], values: dict[str, str]) -> str:
+    """Fill the `${Name}` placeholders as CloudFormation's DefinitionSubstitutions would."""
+    text = json.dumps(definition)
+    missing = [name for name in SUBSTITUTIONS if name not in values]
+    if missing:
+        raise ValueError(f"missing definition substitutions: {', '.join(missing)}")
+    for name, value in values.items():
+        text = text.replace("${" + name + "}", value)
+    return text

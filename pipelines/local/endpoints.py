@@ -1,0 +1,250 @@
+"""Local SageMaker hosting control plane: models, endpoint configs, endpoints, inference components.
+
+The gate's SageMaker tasks call this instead of AWS. It keeps AWS's shapes and semantics where
+the gate depends on them: names are unique, an endpoint goes Creating → InService | Failed,
+an update keeps the old config serving until the new one is ready and rolls back (InService on
+the old config, with a FailureReason) when it cannot be, and every record persists under
+`endpoints/state.json` in the state folder so it survives restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pipelines.state import Project, StateHome
+
+KINDS = ("models", "endpoint_configs", "endpoints", "inference_components")
+
+
+class SageMakerError(Exception):
+    """An error AWS would return: `code` is the API error code (ValidationException, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class EndpointManager:
+    def __init__(self, home: StateHome, project: Project) -> None:
+        self.home = home
+        self.project = project
+        self.path = home.root / "endpoints" / "state.json"
+        self._lock = threading.RLock()
+
+    # -- persistence -------------------------------------------------------------------------
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if not self.path.is_file():
+            return {kind: {} for kind in KINDS}
+        state = json.loads(self.path.read_text())
+        return {kind: state.get(kind, {}) for kind in KINDS}
+
+    def _save(self, state: dict[str, dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(state, indent=2, sort_keys=True))
+        os.replace(partial, self.path)
+
+    def _arn(self, kind: str, name: str) -> str:
+        resource = {"models": "model", "endpoint_configs": "endpoint-config", "endpoints": "endpoint"}.get(
+            kind, "inference-component"
+        )
+        return f"arn:aws:sagemaker:{self.project.region}:{self.project.account}:{resource}/{name.lower()}"
+
+    # -- API ---------------------------------------------------------------------------------
+    def call(self, action: str, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Dispatch a SageMaker API action by its Step Functions name (createModel, ...)."""
+        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in action).lstrip("_")
+        method = getattr(self, snake, None)
+        if method is None or snake.startswith("_") or snake == "call":
+            raise SageMakerError("UnknownOperationException", f"local SageMaker does not implement {action}")
+        with self._lock:
+            return method(**parameters)
+
+    def _create(self, kind: str, name: str, record: dict[str, Any], label: str) -> dict[str, Any]:
+        state = self._load()
+        if name in state[kind]:
+            raise SageMakerError(
+                "ValidationException", f'Cannot create already existing {label} "{self._arn(kind, name)}".'
+            )
+        state[kind][name] = {**record, "CreationTime": _now(), "Arn": self._arn(kind, name)}
+        self._save(state)
+        return state[kind][name]
+
+    def _get(self, state: dict[str, dict[str, Any]], kind: str, name: str, label: str) -> dict[str, Any]:
+        if name not in state[kind]:
+            raise SageMakerError("ValidationException", f'Could not find {label} "{self._arn(kind, name)}".')
+        return state[kind][name]
+
+    def create_model(self, ModelName: str, PrimaryContainer: dict[str, Any], ExecutionRoleArn: str, **_: Any) -> dict:
+        self._create(
+            "models", ModelName, {"PrimaryContainer": PrimaryContainer, "ExecutionRoleArn": ExecutionRoleArn}, "model"
+        )
+        return {"ModelArn": self._arn("models", ModelName)}
+
+    def create_endpoint_config(self, EndpointConfigName: str, ProductionVariants: list[dict], **extra: Any) -> dict:
+        state = self._load()
+        for variant in ProductionVariants:
+            if "ModelName" in variant:
+                self._get(state, "models", variant["ModelName"], "model")
+        record = {"ProductionVariants": ProductionVariants, **extra}
+        self._create("endpoint_configs", EndpointConfigName, record, "endpoint configuration")
+        return {"EndpointConfigArn": self._arn("endpoint_configs", EndpointConfigName)}
+
+    def create_endpoint(self, EndpointName: str, EndpointConfigName: str, **_: Any) -> dict:
+        self._get(self._load(), "endpoint_configs", EndpointConfigName, "endpoint configuration")
+        record = {"EndpointConfigName": None, "PendingConfigName": EndpointConfigName, "EndpointStatus": "Creating"}
+        self._create("endpoints", EndpointName, record, "endpoint")
+        return {"EndpointArn": self._arn("endpoints", EndpointName)}
+
+    def update_endpoint(self, EndpointName: str, EndpointConfigName: str, **_: Any) -> dict:
+        state = self._load()
+        endpoint = self._get(state, "endpoints", EndpointName, "endpoint")
+        self._get(state, "endpoint_configs", EndpointConfigName, "endpoint configuration")
+        if endpoint["EndpointStatus"] not in ("InService", "Failed"):
+            raise SageMakerError(
+                "ValidationException",
+                f'Cannot update in-progress endpoint "{endpoint["Arn"]}" (status {endpoint["EndpointStatus"]}).',
+            )
+        endpoint.update(PendingConfigName=EndpointConfigName, EndpointStatus="Updating", FailureReason=None)
+        endpoint["LastModifiedTime"] = _now()
+        self._save(state)
+        return {"EndpointArn": endpoint["Arn"]}
+
+    def describe_endpoint(self, EndpointName: str, **_: Any) -> dict:
+        state = self._load()
+        endpoint = self._get(state, "endpoints", EndpointName, "endpoint")
+        if endpoint.get("PendingConfigName"):
+            self._settle(state, endpoint)
+            self._save(state)
+        return {
+            "EndpointName": EndpointName,
+            "EndpointArn": endpoint["Arn"],
+            "EndpointConfigName": endpoint["EndpointConfigName"] or endpoint.get("PendingConfigName"),
+            "EndpointStatus": endpoint["EndpointStatus"],
+            "CreationTime": endpoint["CreationTime"],
+            "LastModifiedTime": endpoint.get("LastModifiedTime", endpoint["CreationTime"]),
+            **({"FailureReason": endpoint["FailureReason"]} if endpoint.get("FailureReason") else {}),
+        }
+
+    def delete_endpoint(self, EndpointName: str, **_: Any) -> dict:
+        state = self._load()
+        self._get(state, "endpoints", EndpointName, "endpoint")
+        del state["endpoints"][EndpointName]
+        for name, component in list(state["inference_components"].items()):
+            if component["EndpointName"] == EndpointName:
+                del state["inference_components"][name]
+        self._save(state)
+        return {}
+
+    def list_endpoints(self, **_: Any) -> dict:
+        return {"Endpoints": [self.describe_endpoint(name) for name in sorted(self._load()["endpoints"])]}
+
+    def create_inference_component(
+        self, InferenceComponentName: str, EndpointName: str, VariantName: str, Specification: dict, **extra: Any
+    ) -> dict:
+        state = self._load()
+        self._get(state, "endpoints", EndpointName, "endpoint")
+        self._get(state, "models", Specification["ModelName"], "model")
+        record = {
+            "EndpointName": EndpointName,
+            "VariantName": VariantName,
+            "Specification": None,
+            "PendingSpecification": Specification,
+            "InferenceComponentStatus": "Creating",
+            **extra,
+        }
+        self._create("inference_components", InferenceComponentName, record, "inference component")
+        return {"InferenceComponentArn": self._arn("inference_components", InferenceComponentName)}
+
+    def update_inference_component(self, InferenceComponentName: str, Specification: dict, **extra: Any) -> dict:
+        state = self._load()
+        component = self._get(state, "inference_components", InferenceComponentName, "inference component")
+        self._get(state, "models", Specification["ModelName"], "model")
+        component.update(PendingSpecification=Specification, InferenceComponentStatus="Updating", FailureReason=None)
+        component.update(extra)
+        self._save(state)
+        return {"InferenceComponentArn": component["Arn"]}
+
+    def describe_inference_component(self, InferenceComponentName: str, **_: Any) -> dict:
+        state = self._load()
+        component = self._get(state, "inference_components", InferenceComponentName, "inference component")
+        pending = component.get("PendingSpecification")
+        if pending:
+            reason = self._model_problem(state, pending["ModelName"])
+            if reason is None:
+                component.update(Specification=pending, InferenceComponentStatus="InService")
+            else:
+                component["InferenceComponentStatus"] = "InService" if component["Specification"] else "Failed"
+                component["FailureReason"] = reason
+            component["PendingSpecification"] = None
+            self._save(state)
+        return {
+            "InferenceComponentName": InferenceComponentName,
+            "InferenceComponentArn": component["Arn"],
+            "EndpointName": component["EndpointName"],
+            "VariantName": component["VariantName"],
+            "Specification": component["Specification"] or pending,
+            "InferenceComponentStatus": component["InferenceComponentStatus"],
+            **({"FailureReason": component["FailureReason"]} if component.get("FailureReason") else {}),
+        }
+
+    # -- readiness ---------------------------------------------------------------------------
+    def _settle(self, state: dict[str, dict[str, Any]], endpoint: dict[str, Any]) -> None:
+        """Bring a Creating/Updating endpoint to its outcome: the new config, or the old one back."""
+        config = state["endpoint_configs"][endpoint["PendingConfigName"]]
+        reason = next(
+            (
+                problem
+                for variant in config["ProductionVariants"]
+                if "ModelName" in variant
+                for problem in [self._model_problem(state, variant["ModelName"])]
+                if problem
+            ),
+            None,
+        )
+        if reason is None:
+            endpoint.update(EndpointConfigName=endpoint["PendingConfigName"], EndpointStatus="InService")
+        else:
+            endpoint["FailureReason"] = reason
+            endpoint["EndpointStatus"] = "InService" if endpoint["EndpointConfigName"] else "Failed"
+        endpoint["PendingConfigName"] = None
+        endpoint["LastModifiedTime"] = _now()
+
+    def _model_problem(self, state: dict[str, dict[str, Any]], model_name: str) -> str | None:
+        """Why this model cannot serve, or None: the artifact must exist and hold a model."""
+        container = state["models"][model_name]["PrimaryContainer"]
+        url = container.get("ModelDataUrl")
+        if not url:
+            return f"model {model_name}: local endpoints need PrimaryContainer.ModelDataUrl (packages resolve on AWS)"
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        path = self.home.s3 / bucket / key
+        if not path.is_file():
+            return f"model {model_name}: model data {url} does not exist"
+        try:
+            with tarfile.open(path) as archive:
+                names = set(archive.getnames())
+        except (OSError, tarfile.TarError) as error:
+            return f"model {model_name}: model data {url} is not a readable model.tar.gz: {error}"
+        if not names & {"model.joblib", "./model.joblib"}:
+            return f"model {model_name}: model data {url} holds no model.joblib"
+        return None
+
+    def model_data_path(self, model_name: str) -> Path:
+        url = self._load()["models"][model_name]["PrimaryContainer"]["ModelDataUrl"]
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        return self.home.s3 / bucket / key
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return self._load()

@@ -1,0 +1,170 @@
+"""The only patch to moto: run the gate's ASL in moto's Step Functions interpreter, for real.
+
+moto 5.2.5's interpreter executes ASL with AWS-shaped history, Retry and Catch, but (1) with
+`lambda.use_docker: False` a Lambda invocation runs no code, and (2) it forwards SageMaker
+tasks to moto's fake SageMaker, whose errors surface as uncatchable States.Runtime. Here
+(1) an invocation calls the real handler (its function's environment applied, errors
+returned the way Lambda returns them), and (2) SageMaker tasks go to the local endpoint
+manager, with errors named as Step Functions names them on AWS. `tests/test_sfn_patch.py`
+fails when an upgrade moves or reshapes anything patched here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import moto
+from botocore.exceptions import ClientError
+from moto.awslambda_simple.models import LambdaSimpleBackend
+from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
+from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import (
+    ResourceCondition,
+    ServiceResource,
+)
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+    StateTaskServiceCallback,
+)
+from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+from moto.stepfunctions.parser.asl.parse import preprocessor
+
+from pipelines.local.endpoints import EndpointManager, SageMakerError
+
+PINNED_MOTO_VERSION = "5.2.5"
+Handler = Callable[[dict[str, Any], Any], Any]
+
+_handlers: dict[str, Handler] = {}
+_manager: list[EndpointManager] = []
+_original_state_task_for = preprocessor.state_task_for
+_original_invoke = LambdaSimpleBackend.invoke
+
+
+class LambdaContext:
+    """What a handler's context offers on AWS (powertools reads these)."""
+
+    def __init__(self, function: Any) -> None:
+        self.function_name = function.function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = function.function_arn
+        self.memory_limit_in_mb = int(function.memory_size or 128)
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function.function_name}"
+        self.log_stream_name = self.aws_request_id
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@contextmanager
+def _function_environment(variables: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _invoke(
+    self: LambdaSimpleBackend, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
+) -> bytes | None:
+    function = self.get_function(function_name, qualifier)
+    handler = _handlers.get(function.function_name)
+    if handler is None:
+        return _original_invoke(self, function_name, qualifier, body, headers, response_headers)
+    event = json.loads(body) if body else {}
+    with _function_environment(dict(function.environment_vars or {})):
+        try:
+            result = handler(event, LambdaContext(function))
+        except Exception as error:  # Lambda reports any handler exception as an Unhandled function error
+            response_headers["x-amz-function-error"] = "Unhandled"
+            payload = {
+                "errorMessage": str(error),
+                "errorType": type(error).__name__,
+                "stackTrace": traceback.format_tb(error.__traceback__)[-5:],
+            }
+            return json.dumps(payload).encode()
+    return json.dumps(result).encode()
+
+
+class LocalSageMakerTask(StateTaskServiceCallback):
+    """`arn:aws:states:::sagemaker:*` and `arn:aws:states:::aws-sdk:sagemaker:*` on the local endpoints."""
+
+    def __init__(self) -> None:
+        super().__init__(supported_integration_patterns={ResourceCondition.WaitForTaskToken})
+
+    def _validate_service_integration_is_supported(self) -> None:
+        return None
+
+    def _get_boto_service_name(self, boto_service_name: str | None = None) -> str:
+        return "sagemaker"
+
+    def _error_name(self) -> str:
+        # AWS names an optimised-integration error SageMaker.AmazonSageMakerException and an
+        # aws-sdk one SageMaker.SageMakerException; both match States.TaskFailed.
+        sdk = self.resource.service_name == "aws-sdk"
+        return "SageMaker.SageMakerException" if sdk else "SageMaker.AmazonSageMakerException"
+
+    def _from_error(self, env: Any, ex: Exception) -> FailureEvent:
+        if isinstance(ex, SageMakerError | ClientError):
+            message = ex.message if isinstance(ex, SageMakerError) else str(ex)
+            code = ex.code if isinstance(ex, SageMakerError) else "ClientError"
+            error = self._error_name()
+            cause = f"{message} (Service: SageMaker, Status Code: 400, Error Code: {code})"
+            return FailureEvent(
+                env=env,
+                error_name=CustomErrorName(error),
+                event_type=HistoryEventType.TaskFailed,
+                event_details=EventDetails(
+                    taskFailedEventDetails=TaskFailedEventDetails(
+                        error=error,
+                        cause=cause,
+                        resource=self._get_sfn_resource(),
+                        resourceType=self._get_sfn_resource_type(),
+                    )
+                ),
+            )
+        return super()._from_error(env=env, ex=ex)
+
+    def _eval_service_task(
+        self, env: Any, resource_runtime_part: Any, normalised_parameters: dict, state_credentials: Any
+    ) -> None:
+        if not _manager:
+            raise SageMakerError("ServiceUnavailable", "no local endpoint manager is installed")
+        env.stack.append(_manager[0].call(self.resource.api_action, normalised_parameters))
+
+
+def _state_task_for(resource: Any) -> Any:
+    if isinstance(resource, ServiceResource) and "sagemaker" in (resource.service_name, resource.api_name):
+        return LocalSageMakerTask()
+    return _original_state_task_for(resource)
+
+
+def install(manager: EndpointManager, handlers: dict[str, Handler]) -> None:
+    """Route SageMaker tasks to `manager` and the named Lambda functions to their handlers."""
+    installed = moto.__version__
+    if installed != PINNED_MOTO_VERSION:
+        raise RuntimeError(f"sagegate patches moto {PINNED_MOTO_VERSION} internals; moto {installed} is installed")
+    _manager[:] = [manager]
+    _handlers.clear()
+    _handlers.update(handlers)
+    preprocessor.state_task_for = _state_task_for
+    LambdaSimpleBackend.invoke = _invoke
+
+
+def uninstall() -> None:
+    preprocessor.state_task_for = _original_state_task_for
+    LambdaSimpleBackend.invoke = _original_invoke
+    _manager.clear()
+    _handlers.clear()

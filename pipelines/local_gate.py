@@ -1,0 +1,341 @@
+"""Run the deployment gate locally: the exported ASL in moto's Step Functions interpreter.
+
+The state machine, its Lambda functions and their IAM roles are created in the local moto
+server exactly as CloudFormation would create them; the Lambda tasks call the real handlers in
+`lambdas/`, the SageMaker tasks the local endpoint manager. Each execution's history is kept
+as `executions/{name}.json` in the state folder (moto itself forgets on restart).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import time
+import uuid
+import zipfile
+from contextlib import redirect_stdout
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import requests
+
+from pipelines.config import ModelConfig
+from pipelines.definition import SKLEARN_VERSION, registered_model_name
+from pipelines.gate import gate_definition, state_machine_name, substitute
+from pipelines.local import sfn_patch
+from pipelines.local.endpoints import EndpointManager
+from pipelines.local.s3 import LocalS3
+from pipelines.state import Project, StateHome
+
+LAMBDAS_DIR = Path(__file__).resolve().parent.parent / "lambdas"
+GATE_FUNCTIONS = ("evaluator", "promoter")
+POLL_TIMEOUT_SECONDS = 900
+
+
+class GateError(RuntimeError):
+    """The gate could not be started (unknown model version, missing registration...)."""
+
+
+@dataclass
+class ExecutionRecord:
+    name: str
+    arn: str
+    state_machine: str
+    status: str
+    started_at: str
+    stopped_at: str | None
+    duration_seconds: float
+    input: dict[str, Any]
+    output: dict[str, Any] | None = None
+    error: str | None = None
+    cause: str | None = None
+    decision: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    endpoint: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    definition: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def verdict(self) -> str:
+        if self.status == "SUCCEEDED":
+            return f"deployed ({self.decision.removeprefix('deploy_')}) to {self.endpoint}"
+        if self.error == "Sagegate.Rejected":
+            return "rejected"
+        return f"failed ({self.error})"
+
+
+def function_name(project: Project, kind: str) -> str:
+    return f"{project.prefix}-{project.environment}-gate-{kind}"
+
+
+def inference_role_arn(project: Project) -> str:
+    return f"arn:aws:iam::{project.account}:role/{project.prefix}-{project.environment}-sagemaker-inference"
+
+
+def _load_handler_module(kind: str) -> ModuleType:
+    path = LAMBDAS_DIR / kind / "app.py"
+    spec = importlib.util.spec_from_file_location(f"sagegate_lambda_{kind}", path)
+    if spec is None or spec.loader is None:
+        raise GateError(f"cannot load Lambda handler {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the event models' annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def _captured(module: ModuleType, log_path: Path) -> sfn_patch.Handler:
+    """Call the handler with its structured logs and metrics going to the execution's log file."""
+
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        with log_path.open("a") as stream, redirect_stdout(stream):
+            previous = module.logger.registered_handler.setStream(stream)
+            try:
+                return module.lambda_handler(event, context)
+            finally:
+                module.logger.registered_handler.setStream(previous)
+
+    return handler
+
+
+def _container(config: ModelConfig, project: Project, model_data_url: str) -> dict[str, Any]:
+    from sagemaker import image_uris
+
+    image = image_uris.retrieve("sklearn", project.region, version=SKLEARN_VERSION, image_scope="inference")
+    return {
+        "Image": image,
+        "ModelDataUrl": model_data_url,
+        "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_CONTAINER_LOG_LEVEL": "20"},
+    }
+
+
+def gate_input(config: ModelConfig, project: Project, home: StateHome, version: str | None = None) -> dict[str, Any]:
+    """The execution input for one registered version: where its evaluation is, what to deploy."""
+    from pipelines.registry import list_versions
+
+    name = registered_model_name(config, project)
+    versions = [v for v in list_versions(home) if v["name"] == name]
+    if not versions:
+        raise GateError(f"model {config.name}: no registered versions of {name}; run `sagegate run` first")
+    chosen = versions[-1] if version is None else next((v for v in versions if v["version"] == str(version)), None)
+    if chosen is None:
+        known = ", ".join(v["version"] for v in versions)
+        raise GateError(f"model {config.name}: {name} has no version {version} (versions: {known})")
+    execution_id = chosen["execution_id"]
+    deployment = config.deployment
+    return {
+        "model": config.name,
+        "task": config.task,
+        "registered_model": name,
+        "version": chosen["version"],
+        "model_package_arn": None,
+        "evaluation_uri": f"s3://{project.bucket}/evaluation/{config.name}/{execution_id}/evaluation.json",
+        "container": _container(config, project, chosen["model_data_uri"]),
+        "quality_gate": {
+            metric: threshold.model_dump(exclude_none=True) for metric, threshold in config.quality_gate.metrics.items()
+        },
+        "deployment": {
+            "type": deployment.type,
+            "instance_type": deployment.instance_type,
+            "min_instances": deployment.min_instances,
+            "max_instances": deployment.max_instances,
+            "memory_size_mb": deployment.memory_size_mb,
+            "max_concurrency": deployment.max_concurrency,
+            "champion_tolerance": deployment.champion_tolerance,
+        },
+        "poll_seconds": 0,
+    }
+
+
+class LocalGate:
+    """One local Step Functions service with the gate deployed in it (use as a context manager)."""
+
+    def __init__(self, project: Project, home: StateHome, handlers: dict[str, sfn_patch.Handler] | None = None):
+        self.project = project
+        self.home = home
+        self.manager = EndpointManager(home, project)
+        self._extra_handlers = handlers or {}
+        self._s3 = LocalS3(home.s3, project.region)
+        self.state_machine_arn = ""
+        self.definition: dict[str, Any] = {}
+        self.logs = home.root / "executions" / "logs"
+
+    def __enter__(self) -> LocalGate:
+        self.home.ensure()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._s3.__enter__()
+        try:
+            self._deploy()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._s3.__exit__(*exc)
+        finally:
+            sfn_patch.uninstall()
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, endpoint_url=self._s3.endpoint_url, region_name=self.project.region)
+
+    def _deploy(self) -> None:
+        requests.post(
+            f"{self._s3.endpoint_url}/moto-api/config",
+            json={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}},
+            timeout=10,
+        ).raise_for_status()
+        iam, lambdas = self.client("iam"), self.client("lambda")
+        trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole"}]}
+        role = iam.create_role(RoleName="sagegate-local-gate", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            zipped.writestr("app.py", "# the local runtime calls lambdas/<function>/app.py directly\n")
+        environment = {
+            "SAGEGATE_PROJECT": self.project.prefix,
+            "SAGEGATE_ENVIRONMENT": self.project.environment,
+            "MLFLOW_TRACKING_URI": self.home.mlflow_tracking_uri,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_NAMESPACE": "sagegate",
+        }
+        arns, handlers = {}, {}
+        for kind in GATE_FUNCTIONS:
+            name = function_name(self.project, kind)
+            arns[kind] = lambdas.create_function(
+                FunctionName=name,
+                Runtime="python3.12",
+                Role=role["Arn"],
+                Handler="app.lambda_handler",
+                Code={"ZipFile": archive.getvalue()},
+                Timeout=60,
+                MemorySize=512,
+                Environment={"Variables": environment},
+            )["FunctionArn"]
+            handlers[name] = _captured(_load_handler_module(kind), self.logs / f"{kind}.log")
+        sfn_patch.install(self.manager, {**handlers, **self._extra_handlers})
+        self.definition = gate_definition()
+        asl = substitute(
+            self.definition,
+            {
+                "EvaluatorFunctionArn": arns["evaluator"],
+                "PromoterFunctionArn": arns["promoter"],
+                "InferenceRoleArn": inference_role_arn(self.project),
+            },
+        )
+        self.state_machine_arn = self.client("stepfunctions").create_state_machine(
+            name=state_machine_name(self.project), definition=asl, roleArn=role["Arn"]
+        )["stateMachineArn"]
+
+    def execute(self, execution_input: dict[str, Any] | str, name: str | None = None) -> ExecutionRecord:
+        """Start one execution, wait for it to end, and persist its history."""
+        sfn = self.client("stepfunctions")
+        name = name or f"gate-{uuid.uuid4().hex[:12]}"
+        text = execution_input if isinstance(execution_input, str) else json.dumps(execution_input)
+        arn = sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name, input=text)["executionArn"]
+        deadline = time.monotonic() + POLL_TIMEOUT_SECONDS
+        while (description := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+            if time.monotonic() > deadline:
+                sfn.stop_execution(executionArn=arn, error="Sagegate.Timeout", cause="local gate timed out")
+            time.sleep(0.05)
+        events = []
+        for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
+            events += page["events"]
+        record = _execution_record(description, events, self.definition, text)
+        save_execution(self.home, record)
+        return record
+
+
+def _json_or_text(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _execution_record(
+    description: dict[str, Any], events: list[dict[str, Any]], definition: dict[str, Any], input_text: str
+) -> ExecutionRecord:
+    started, stopped = description["startDate"], description.get("stopDate")
+    record = ExecutionRecord(
+        name=description["name"],
+        arn=description["executionArn"],
+        state_machine=description["stateMachineArn"],
+        status=description["status"],
+        started_at=started.isoformat(),
+        stopped_at=stopped.isoformat() if stopped else None,
+        duration_seconds=round((stopped - started).total_seconds(), 3) if stopped else 0.0,
+        input=_json_or_text(input_text),
+        output=_json_or_text(description.get("output")),
+        error=description.get("error"),
+        cause=description.get("cause"),
+        events=[_plain(event) for event in events],
+        definition=definition,
+    )
+    for event in events:
+        exited = event.get("stateExitedEventDetails")
+        if exited and exited["name"] == "EvaluateModel":
+            evaluation = (_json_or_text(exited.get("output")) or {}).get("evaluation") or {}
+            record.decision = evaluation.get("decision")
+            record.reasons = evaluation.get("reasons") or []
+            record.endpoint = (evaluation.get("target") or {}).get("endpoint_name")
+    if record.decision is None and record.cause:  # EvaluationFailed: the handler's error message
+        cause = _json_or_text(record.cause)
+        record.reasons = [cause.get("errorMessage", record.cause) if isinstance(cause, dict) else str(cause)]
+    return record
+
+
+def save_execution(home: StateHome, record: ExecutionRecord) -> Path:
+    folder = home.root / "executions"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record.name}.json"
+    path.write_text(json.dumps(record.to_json(), indent=2))
+    return path
+
+
+def list_executions(home: StateHome) -> list[ExecutionRecord]:
+    folder = home.root / "executions"
+    if not folder.is_dir():
+        return []
+    records = [ExecutionRecord(**json.loads(path.read_text())) for path in folder.glob("*.json")]
+    return sorted(records, key=lambda r: r.started_at)
+
+
+def load_execution(home: StateHome, name: str) -> ExecutionRecord:
+    path = home.root / "executions" / f"{name}.json"
+    if not path.is_file():
+        matches = [r for r in list_executions(home) if r.name.startswith(name) or r.arn == name]
+        if len(matches) != 1:
+            raise GateError(f"no execution named {name!r} (see `sagegate executions`)")
+        return matches[0]
+    return ExecutionRecord(**json.loads(path.read_text()))
+
+
+def run_gate(config: ModelConfig, project: Project, home: StateHome, version: str | None = None) -> ExecutionRecord:
+    """The gate for one registered version (default: the newest)."""
+    execution_input = gate_input(config, project, home, version)
+    name = f"{config.name}-v{execution_input['version']}-{uuid.uuid4().hex[:6]}"
+    with LocalGate(project, home) as gate:
+        return gate.execute(execution_input, name=name)
