@@ -9,6 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import ConfigError, ModelConfig, load_config
 from pipelines.state import ENVIRONMENTS, Project, StateHome
@@ -93,7 +94,108 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("Nothing was registered.")
         for name, location in record.artifacts.items():
             print(f"  {name:<13} {location}")
-    return EXIT_OK if record.status == "Succeeded" else EXIT_FAILED
+    if record.status != "Succeeded" or not record.registered_version:
+        return EXIT_FAILED
+    from pipelines.local_gate import run_gate
+
+    execution = run_gate(config, project, home, record.registered_version)
+    if args.json:
+        print(json.dumps(execution.to_json() | {"events": len(execution.events)}, indent=2))
+    else:
+        _print_verdict(execution)
+    return EXIT_OK if execution.status == "SUCCEEDED" else EXIT_FAILED
+
+
+def _print_verdict(execution: Any) -> None:
+    print(f"\nDeployment gate: {execution.verdict} (execution {execution.name}, {execution.duration_seconds:.1f}s)")
+    for reason in execution.reasons:
+        print(f"  - {reason}")
+    if execution.status != "SUCCEEDED":
+        if execution.error not in ("Sagegate.Rejected", "Sagegate.EvaluationFailed"):
+            print(f"  cause: {execution.cause}")
+        print("Nothing was deployed; the endpoint (if any) keeps serving its previous version.")
+    print(f"  history: sagegate executions show {execution.name}")
+
+
+def _find_config(model: str, config_path: str | None, overrides: list[str]) -> ModelConfig:
+    """`--model NAME` finds the YAML in ./models whose `name` is NAME (or `--config PATH`)."""
+    if config_path:
+        return load_config(config_path, overrides)
+    folder = Path("models")
+    for path in sorted(folder.glob("*.y*ml")):
+        try:
+            config = load_config(path, overrides)
+        except ConfigError:
+            continue
+        if config.name == model:
+            return config
+    raise ConfigError(f"--model {model}: no model YAML named {model!r} in {folder.resolve()} (or pass --config PATH)")
+
+
+def cmd_gate_run(args: argparse.Namespace) -> int:
+    from pipelines.local_gate import run_gate
+
+    config = _find_config(args.model, args.config, args.set)
+    execution = run_gate(config, _project(args), StateHome.from_env(), args.version)
+    if args.json:
+        print(json.dumps(execution.to_json(), indent=2))
+    else:
+        _print_verdict(execution)
+    return EXIT_OK if execution.status == "SUCCEEDED" else EXIT_FAILED
+
+
+def cmd_gate_definition(args: argparse.Namespace) -> int:
+    from pipelines.gate import gate_definition_json
+
+    print(gate_definition_json())
+    return EXIT_OK
+
+
+def cmd_executions(args: argparse.Namespace) -> int:
+    from pipelines.local_gate import list_executions
+
+    records = list_executions(StateHome.from_env())
+    if args.json:
+        print(
+            json.dumps([{k: v for k, v in r.to_json().items() if k not in ("events", "definition")} for r in records])
+        )
+        return EXIT_OK
+    if not records:
+        print("no gate executions yet: `sagegate run` runs the gate after the pipeline")
+        return EXIT_OK
+    print(f"{'EXECUTION':<34} {'STARTED':<33} {'STATUS':<10} {'DECISION':<18} VERDICT")
+    for r in records:
+        print(f"{r.name:<34} {r.started_at:<33} {r.status:<10} {r.decision or '-':<18} {r.verdict}")
+    return EXIT_OK
+
+
+def cmd_execution_show(args: argparse.Namespace) -> int:
+    from pipelines.execution_view import render_graph, state_rows
+    from pipelines.local_gate import load_execution
+
+    record = load_execution(StateHome.from_env(), args.execution)
+    rows = state_rows(record)
+    if args.graph:
+        render_graph(record, Path(args.graph))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"Execution {record.name}: {record.status} — {record.verdict}")
+    print(f"  started {record.started_at}, {record.duration_seconds:.2f}s; state machine {record.state_machine}")
+    for reason in record.reasons:
+        print(f"  - {reason}")
+    print()
+    print(f"{'#':>3} {'STATE':<32} {'TYPE':<8} {'STATUS':<10} {'SECONDS':>8}  DETAIL")
+    for index, row in enumerate(rows, 1):
+        detail = f"{row['error']}: {(row['cause'] or '')[:90]}" if row["error"] else ""
+        seconds = f"{row['duration_seconds']:.3f}" if row["duration_seconds"] is not None else "-"
+        print(f"{index:>3} {row['state']:<32} {row['type']:<8} {row['status']:<10} {seconds:>8}  {detail}")
+        if args.verbose:
+            print(f"      input:  {json.dumps(row['input'])[:400]}")
+            print(f"      output: {json.dumps(row['output'])[:400]}")
+    if args.graph:
+        print(f"\ngraph: {args.graph}")
+    return EXIT_OK
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -180,6 +282,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(definition)
     definition.add_argument("--local", action="store_true", help="the local-mode variant (no Model Registry step)")
     definition.set_defaults(handler=cmd_definition)
+
+    gate = commands.add_parser("gate", help="the deployment gate (Step Functions state machine)")
+    gate_commands = gate.add_subparsers(dest="gate_command", required=True)
+    gate_definition = gate_commands.add_parser("definition", help="print the gate's ASL JSON (offline)")
+    gate_definition.set_defaults(handler=cmd_gate_definition)
+    gate_run = gate_commands.add_parser("run", help="run the gate locally for a registered model version")
+    gate_run.add_argument("--model", required=True, help="model name (the `name` in its YAML)")
+    gate_run.add_argument("--version", help="registered version (default: the newest)")
+    gate_run.add_argument("--config", help="model YAML (default: the one in ./models named --model)")
+    gate_run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    gate_run.add_argument("--json", action="store_true")
+    _add_common(gate_run, config=False)
+    gate_run.set_defaults(handler=cmd_gate_run)
+
+    executions = commands.add_parser("executions", help="list gate executions; `executions show ID` for one")
+    executions.add_argument("--json", action="store_true")
+    executions.set_defaults(handler=cmd_executions)
+    executions_commands = executions.add_subparsers(dest="executions_command")
+    show = executions_commands.add_parser("show", help="state-by-state history of one execution")
+    show.add_argument("execution", help="execution name (or a unique prefix)")
+    show.add_argument("--graph", metavar="PNG", help="also write the state-machine graph with the path taken")
+    show.add_argument("-v", "--verbose", action="store_true", help="print each state's input and output")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_execution_show)
     return parser
 
 

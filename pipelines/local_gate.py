@@ -157,7 +157,7 @@ def gate_input(config: ModelConfig, project: Project, home: StateHome, version: 
 class LocalGate:
     """One local Step Functions service with the gate deployed in it (use as a context manager)."""
 
-    def __init__(self, project: Project, home: StateHome, handlers: dict[str, sfn_patch.Handler] | None = None):
+    def __init__(self, project: Project, home: StateHome, handlers: dict[str, sfn_patch.Handler] | None = None) -> None:
         self.project = project
         self.home = home
         self.manager = EndpointManager(home, project)

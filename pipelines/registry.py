@@ -18,6 +18,9 @@ def list_versions(home: StateHome) -> list[dict[str, Any]]:
     client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
     rows = []
     for model in client.search_registered_models():
+        aliases: dict[str, list[str]] = {}
+        for alias, version_number in (model.aliases or {}).items():
+            aliases.setdefault(str(version_number), []).append(alias)
         for version in client.search_model_versions(f"name='{model.name}'"):
             tags = version.tags or {}
             rows.append(
@@ -31,7 +34,8 @@ def list_versions(home: StateHome) -> list[dict[str, Any]]:
                     "data_sha256": tags.get("data.sha256", ""),
                     "model_data_uri": tags.get("model_data_uri", ""),
                     "run_id": version.run_id,
-                    "aliases": list(getattr(version, "aliases", []) or []),
+                    "aliases": sorted(aliases.get(str(version.version), [])),
+                    "approval_status": tags.get("approval_status", "PendingManualApproval"),
                     "metrics": {
                         k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")
                     },
