@@ -29,6 +29,7 @@ tracer = Tracer(service=SERVICE)
 
 DEPLOYMENT_TYPES = ("realtime", "serverless")
 NAME_LIMIT = 63  # SageMaker model, endpoint and endpoint-config names
+FLOAT_SLACK = 1e-9  # 0.97 - 0.96 > 0.01 in binary floating point; a tie is not worse
 
 
 class GateInputError(Exception):
@@ -171,7 +172,7 @@ def compare_with_champion(
             continue
         higher_is_better = gate.quality_gate[metric].min is not None
         shortfall = best - value if higher_is_better else value - best
-        if shortfall > tolerance:
+        if shortfall > tolerance + FLOAT_SLACK:
             reasons.append(
                 f"{metric} {value:.4f} is worse than champion version {champion['version']}'s {best:.4f} "
                 f"by {shortfall:.4f} (tolerance {tolerance})"

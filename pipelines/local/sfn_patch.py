@@ -21,6 +21,7 @@ from typing import Any
 
 import moto
 from botocore.exceptions import ClientError
+from moto.awslambda.exceptions import LambdaClientError
 from moto.awslambda_simple.models import LambdaSimpleBackend
 from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
 from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
@@ -44,6 +45,18 @@ _handlers: dict[str, Handler] = {}
 _manager: list[EndpointManager] = []
 _original_state_task_for = preprocessor.state_task_for
 _original_invoke = LambdaSimpleBackend.invoke
+
+
+class LambdaServiceError(Exception):
+    """Raised by a handler to make the Lambda *service* fail the invocation (throttling, outage),
+    which Step Functions names `Lambda.<code>` and the gate retries."""
+
+    def __init__(
+        self, code: str = "TooManyRequestsException", status: int = 429, message: str = "Rate exceeded"
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
 
 
 class LambdaContext:
@@ -87,6 +100,10 @@ def _invoke(
     with _function_environment(dict(function.environment_vars or {})):
         try:
             result = handler(event, LambdaContext(function))
+        except LambdaServiceError as error:
+            service_error = LambdaClientError(error.code, str(error))
+            service_error.code = error.status
+            raise service_error from None
         except Exception as error:  # Lambda reports any handler exception as an Unhandled function error
             response_headers["x-amz-function-error"] = "Unhandled"
             payload = {

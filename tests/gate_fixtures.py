@@ -1,0 +1,60 @@
+"""Registered model versions for gate tests: real artifacts, written where a pipeline run puts them.
+
+Running the whole pipeline for every gate scenario would cost half a minute each; instead a
+version is made the way the register job makes it (model.tar.gz in the S3 mirror, evaluation
+report, MLflow version with the same tags), with metrics chosen by the test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+from pathlib import Path
+
+import joblib
+import mlflow
+from sklearn.linear_model import LogisticRegression
+
+from pipelines.config import ModelConfig, load_config
+from pipelines.definition import registered_model_name
+from pipelines.state import Project, StateHome
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def breast_cancer(*overrides: str) -> ModelConfig:
+    return load_config(ROOT / "models" / "breast-cancer.yaml", list(overrides))
+
+
+def register_version(
+    home: StateHome, project: Project, config: ModelConfig, metrics: dict[str, float], *, model_data: bool = True
+) -> str:
+    """Write a model, its evaluation report and an MLflow version; return the version number."""
+    execution = uuid.uuid4().hex[:12]
+    bucket = home.s3 / project.bucket
+    model_key = f"models/{config.name}/{execution}/output/model.tar.gz"
+    if model_data:
+        buffer = io.BytesIO()
+        joblib.dump(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), buffer)
+        archive = bucket / model_key
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo("model.joblib")
+            info.size = len(buffer.getvalue())
+            tar.addfile(info, io.BytesIO(buffer.getvalue()))
+    report = bucket / "evaluation" / config.name / execution / "evaluation.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"metrics": {name: {"value": value} for name, value in metrics.items()}}))
+    home.ensure()
+    client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+    name = registered_model_name(config, project)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    tags = {
+        "sagemaker.pipeline_execution_id": execution,
+        "model_data_uri": f"s3://{project.bucket}/{model_key}",
+        **{f"metric.{k}": str(v) for k, v in metrics.items()},
+    }
+    return str(client.create_model_version(name, source=f"s3://{project.bucket}/{model_key}", tags=tags).version)
