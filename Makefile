@@ -4,14 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test lint validate bench clean install
 
 install: $(STAMP)
 
-$(STAMP): setup.cfg setup.py pyproject.toml constraints.txt
+$(STAMP): setup.cfg setup.py pyproject.toml constraints.txt package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]" -c constraints.txt
+	npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
 
 data/breast_cancer.csv data/friedman1.csv: | $(STAMP)
@@ -26,7 +27,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipelines containers tests benchmarks scripts
 	$(BIN)/ruff format --check pipelines containers tests benchmarks scripts
 
-test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint
+# The gate's ASL through both validators (npm asl-validator, PyPI statelint).
+validate: $(STAMP)
+	mkdir -p build
+	$(BIN)/sagegate gate definition > build/gate.asl.json
+	node_modules/.bin/asl-validator --json-path build/gate.asl.json
+	$(BIN)/statelint build/gate.asl.json
+
+test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint validate
 	$(BIN)/pytest
 
 bench: $(STAMP) data/breast_cancer.csv
