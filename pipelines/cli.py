@@ -76,34 +76,39 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"sagegate run: {config.name} ({config.task}) — pipeline {project.pipeline_name(config.name)}, local mode"
         )
     record = run_local(config, project, home, progress=None if args.json else _print_progress)
-    if args.json:
-        print(json.dumps(record.to_json(), indent=2))
-    else:
-        print(f"\nResult: {record.status} in {record.duration_seconds:.1f}s (run {record.run_id})")
-        if record.metrics:
-            print("Metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in record.metrics.items()))
-        if record.gate:
-            print(f"Quality gate: {record.gate} ({_gate_description(config)})")
-        if record.registered_version:
-            print(
-                f"Registered: {record.registered_model} version {record.registered_version} in MLflow "
-                f"({home.mlflow_tracking_uri})"
-            )
-        if record.failure_reason:
-            print(f"Reason: {record.failure_reason}")
-            print("Nothing was registered.")
-        for name, location in record.artifacts.items():
-            print(f"  {name:<13} {location}")
-    if record.status != "Succeeded" or not record.registered_version:
-        return EXIT_FAILED
-    from pipelines.local_gate import run_gate
+    if not args.json:
+        _print_run(record, config, home)
+    execution = None
+    if record.status == "Succeeded" and record.registered_version:
+        from pipelines.local_gate import run_gate
 
-    execution = run_gate(config, project, home, record.registered_version)
+        execution = run_gate(config, project, home, record.registered_version)
+        if not args.json:
+            _print_verdict(execution)
     if args.json:
-        print(json.dumps(execution.to_json() | {"events": len(execution.events)}, indent=2))
-    else:
-        _print_verdict(execution)
-    return EXIT_OK if execution.status == "SUCCEEDED" else EXIT_FAILED
+        brief = None
+        if execution:
+            brief = {k: v for k, v in execution.to_json().items() if k not in ("events", "definition", "input")}
+        print(json.dumps({**record.to_json(), "deployment": brief}, indent=2))
+    return EXIT_OK if execution and execution.status == "SUCCEEDED" else EXIT_FAILED
+
+
+def _print_run(record: Any, config: ModelConfig, home: StateHome) -> None:
+    print(f"\nResult: {record.status} in {record.duration_seconds:.1f}s (run {record.run_id})")
+    if record.metrics:
+        print("Metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in record.metrics.items()))
+    if record.gate:
+        print(f"Quality gate: {record.gate} ({_gate_description(config)})")
+    if record.registered_version:
+        print(
+            f"Registered: {record.registered_model} version {record.registered_version} in MLflow "
+            f"({home.mlflow_tracking_uri})"
+        )
+    if record.failure_reason:
+        print(f"Reason: {record.failure_reason}")
+        print("Nothing was registered.")
+    for name, location in record.artifacts.items():
+        print(f"  {name:<13} {location}")
 
 
 def _print_verdict(execution: Any) -> None:

@@ -157,6 +157,13 @@ def test_second_run_sees_the_first_runs_registry_and_objects(state, first_run):
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["registered_version"] == "2" and versions(state) == ["1", "2"]
+    # pipeline → gate → deploy: version 2 passed the gate and serves on the serverless endpoint
+    deployment = record["deployment"]
+    assert (deployment["status"], deployment["decision"]) == ("SUCCEEDED", "deploy_serverless")
+    assert deployment["endpoint"] == "sagegate-development-breast-cancer-serverless"
+    assert [m["aliases"] for m in list_versions(state) if m["version"] == "2"] == [["champion"]]
+    shown = sagegate(state, "executions", "show", deployment["name"])
+    assert "RecordChampion" in shown.stdout and "SUCCEEDED" in shown.stdout
     # the first run's evaluation survived a fresh local S3 server
     assert (state.s3 / BUCKET / f"evaluation/breast-cancer/{first_run.run_id}/evaluation.json").is_file()
     listing = sagegate(state, "runs")
