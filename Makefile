@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint validate bench clean install
+.PHONY: demo test lint validate scan bench clean install
 
 install: $(STAMP)
 
@@ -27,6 +27,29 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipelines containers tests benchmarks scripts
 	$(BIN)/ruff format --check pipelines containers tests benchmarks scripts
 
+SCANNERS := .venv-scanners
+SCAN_STAMP := $(SCANNERS)/.installed-stamp
+
+$(SCAN_STAMP): scanners-requirements.txt scanners-constraints.txt
+	test -x $(SCANNERS)/bin/python || $(PYTHON) -m venv $(SCANNERS)
+	$(SCANNERS)/bin/python -m pip install --quiet --upgrade pip
+	$(SCANNERS)/bin/python -m pip install --quiet -r scanners-requirements.txt -c scanners-constraints.txt
+	touch $(SCAN_STAMP)
+
+# Templates: cfn-lint (+ serverless rules) on the sources; checkov and cfripper on every template
+# rendered for every environment (what each environment really gets). Suppressions carry reasons:
+# checkov in each resource's Metadata, cfripper in cloudformation/cfripper-filters/.
+scan: $(STAMP) $(SCAN_STAMP)
+	$(BIN)/cfn-lint --append-rules cfn_lint_serverless.rules -- cloudformation/*.yaml
+	rm -rf build/cloudformation
+	$(BIN)/python -m pipelines.templates build/cloudformation > /dev/null
+	$(SCANNERS)/bin/checkov -d build/cloudformation --framework cloudformation --skip-download --compact --quiet
+	for template in build/cloudformation/*/*.json; do \
+	  $(SCANNERS)/bin/cfripper $$template --resolve --rules-filters-folder cloudformation/cfripper-filters \
+	    --format txt > build/cfripper.out 2>&1 || { echo "cfripper: $$template"; grep -A30 "Issues found" build/cfripper.out; exit 1; }; \
+	done
+	@echo "cfripper: no findings on $$(ls build/cloudformation/*/*.json | wc -l) rendered templates"
+
 # The gate's ASL through both validators (npm asl-validator, PyPI statelint).
 validate: $(STAMP)
 	mkdir -p build
@@ -34,7 +57,7 @@ validate: $(STAMP)
 	node_modules/.bin/asl-validator --json-path build/gate.asl.json
 	$(BIN)/statelint build/gate.asl.json
 
-test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint validate
+test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint validate scan
 	$(BIN)/pytest
 
 bench: $(STAMP) data/breast_cancer.csv
