@@ -352,6 +352,9 @@ def definition_json(config: ModelConfig, project: Project, *, local: bool = Fals
             session: Session = local_session(project, config.name, Path(tempfile.mkdtemp()))
         else:
             session = aws_session(project, config.name)
-        session.boto_session.client("s3").create_bucket(Bucket=project.bucket)
+        location = {} if project.region == "us-east-1" else {"LocationConstraint": project.region}
+        session.boto_session.client("s3").create_bucket(
+            Bucket=project.bucket, **({"CreateBucketConfiguration": location} if location else {})
+        )
         pipeline = build_pipeline(config, project, session, local=local)
         return json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True)

@@ -1,0 +1,189 @@
+"""What `scripts/deploy.sh` does for one environment, as data: artifacts to upload, stacks in order.
+
+The plan is built offline (definitions are exported under moto, artifact keys are content
+hashes) and written as `commands.sh` — one `run`/`upload`/`package_lambda` line per step,
+quoted by Python — which deploy.sh executes or, with --dry-run, prints. Content-addressed keys
+and `cloudformation deploy --no-fail-on-empty-changeset` make a second deploy change nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.config import ModelConfig, load_config
+from pipelines.state import ENVIRONMENTS, Project
+
+ROOT = Path(__file__).resolve().parent.parent
+LAMBDA_KINDS = ("evaluator", "promoter")
+
+
+@dataclass
+class Stack:
+    name: str
+    template: str
+    parameters: dict[str, str]
+    capabilities: tuple[str, ...] = ()
+
+    def deploy_command(self, region: str) -> list[str]:
+        command = [
+            "aws", "cloudformation", "deploy",
+            "--region", region,
+            "--stack-name", self.name,
+            "--template-file", f"cloudformation/{self.template}",
+            "--no-fail-on-empty-changeset",
+            "--parameter-overrides", *(f"{key}={value}" for key, value in self.parameters.items()),
+        ]  # fmt: skip
+        if self.capabilities:
+            command += ["--capabilities", *self.capabilities]
+        return command
+
+
+@dataclass
+class Plan:
+    project: Project
+    out: Path
+    uploads: list[tuple[Path, str]] = field(default_factory=list)
+    lambdas: list[tuple[str, Path, str]] = field(default_factory=list)
+    stacks: list[Stack] = field(default_factory=list)
+
+    def commands(self) -> list[list[str]]:
+        region, bucket = self.project.region, self.project.bucket
+        lines: list[list[str]] = []
+        for stack in self.stacks[:2]:  # bucket and roles first: everything else lives in or uses them
+            lines.append(["run", *stack.deploy_command(region)])
+        for kind, archive, key in self.lambdas:
+            lines.append(["package_lambda", f"lambdas/{kind}", str(archive)])
+            lines.append(["upload", str(archive), f"s3://{bucket}/{key}"])
+        for path, key in self.uploads:
+            lines.append(["upload", str(path), f"s3://{bucket}/{key}"])
+        for stack in self.stacks[2:]:
+            lines.append(["run", *stack.deploy_command(region)])
+        for stack in self.stacks:
+            lines.append(["outputs", region, stack.name])
+        return lines
+
+
+def _digest(*paths: Path) -> str:
+    hasher = hashlib.sha256()
+    for path in paths:
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()[:12]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def gate_settings(config: ModelConfig) -> str:
+    """The model's part of the gate input, as JSON members for the registration rule's template."""
+    deployment = config.deployment
+    members = {
+        "task": config.task,
+        "quality_gate": {m: t.model_dump(exclude_none=True) for m, t in config.quality_gate.metrics.items()},
+        "deployment": {
+            "type": deployment.type,
+            "instance_type": deployment.instance_type,
+            "min_instances": deployment.min_instances,
+            "max_instances": deployment.max_instances,
+            "memory_size_mb": deployment.memory_size_mb,
+            "max_concurrency": deployment.max_concurrency,
+            "champion_tolerance": deployment.champion_tolerance,
+        },
+    }
+    return json.dumps(members, separators=(",", ":"), sort_keys=True)[1:-1]
+
+
+def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_arn: str) -> Plan:
+    from pipelines.definition import definition_json
+    from pipelines.gate import gate_definition_json
+
+    plan = Plan(project=project, out=out)
+    base = {"Project": project.prefix, "Environment": project.environment}
+    plan.stacks.append(Stack(f"{project.prefix}-{project.environment}-training-bucket", "training-bucket.yaml", base))
+    plan.stacks.append(
+        Stack(f"{project.prefix}-{project.environment}-iam-roles", "iam-roles.yaml", base, ("CAPABILITY_NAMED_IAM",))
+    )
+    code_keys = {}
+    for kind in LAMBDA_KINDS:
+        source = ROOT / "lambdas" / kind
+        key = f"lambdas/{kind}-{_digest(source / 'app.py', source / 'requirements.txt')}.zip"
+        plan.lambdas.append((kind, out / "lambdas" / f"{kind}.zip", key))
+        code_keys[kind] = key
+    asl = _write(out / "gate.asl.json", gate_definition_json() + "\n")
+    definition_key = f"gate/deployment-gate-{_digest(asl)}.asl.json"
+    plan.uploads.append((asl, definition_key))
+    plan.stacks.append(
+        Stack(
+            f"{project.prefix}-{project.environment}-gate",
+            "gate.yaml",
+            {
+                **base,
+                "EvaluatorCodeKey": code_keys["evaluator"],
+                "PromoterCodeKey": code_keys["promoter"],
+                "DefinitionKey": definition_key,
+                "MlflowTrackingServerArn": mlflow_arn,
+            },
+        )
+    )
+    for config in configs:
+        definition = _write(out / "pipelines" / f"{config.name}.json", definition_json(config, project) + "\n")
+        definition_key = f"pipelines/{config.name}/definition-{_digest(definition)}.json"
+        plan.uploads.append((definition, definition_key))
+        source = Path(config.data.source)
+        if source.is_file():
+            plan.uploads.append((source, config.staged_data_key))
+        plan.stacks.append(
+            Stack(
+                f"{project.prefix}-{project.environment}-{config.name}",
+                "model.yaml",
+                {
+                    **base,
+                    "ModelName": config.name,
+                    "PipelineDefinitionKey": definition_key,
+                    "InputDataKey": config.staged_data_key,
+                    "GateSettings": gate_settings(config),
+                },
+            )
+        )
+    return plan
+
+
+def write_commands(plan: Plan) -> Path:
+    lines = ["# generated by `python -m pipelines.deploy_plan`; sourced by scripts/deploy.sh"]
+    lines += [" ".join(shlex.quote(part) for part in command) for command in plan.commands()]
+    return _write(plan.out / "commands.sh", "\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.deploy_plan", description=__doc__)
+    parser.add_argument("environment", choices=ENVIRONMENTS)
+    parser.add_argument("--project", default="sagegate")
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--account", default="123456789012")
+    parser.add_argument("--mlflow-tracking-server-arn", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    args = parser.parse_args(argv)
+    from pipelines.cli import _quiet_sdk_logs
+
+    _quiet_sdk_logs()
+    project = Project(args.project, args.environment, args.region, args.account)
+    configs = [load_config(path) for path in sorted(args.models.glob("*.yaml"))]
+    plan = build_plan(project, args.out, configs, args.mlflow_tracking_server_arn)
+    write_commands(plan)
+    for stack in plan.stacks:
+        print(f"stack {stack.name} ({stack.template})")
+        for key, value in stack.parameters.items():
+            print(f"    {key} = {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Deploy sagegate to one AWS environment: training bucket, roles, deployment gate, and per model the
+# SageMaker pipeline, its schedules and its registration trigger.
+#
+#   scripts/deploy.sh [development|staging|production] [--region R] [--project P] [--dry-run]
+#
+# Needs: make install (the .venv), the AWS CLI v2 with credentials, a region, and
+# SAGEGATE_MLFLOW_TRACKING_SERVER_ARN (the SageMaker managed MLflow server holding the registry).
+# --dry-run prints every command and the rendered parameters and calls nothing on AWS.
+# Idempotent: artifact keys are content hashes and stacks deploy with --no-fail-on-empty-changeset.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+ENVIRONMENT=development
+REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
+PROJECT="${SAGEGATE_PROJECT:-sagegate}"
+DRY_RUN=false
+BUILD="${SAGEGATE_BUILD_DIR:-$ROOT/build}"
+
+die() { echo "deploy.sh: $*" >&2; exit 1; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    development|staging|production) ENVIRONMENT="$1" ;;
+    --region) REGION="${2:?--region needs a value}"; shift ;;
+    --project) PROJECT="${2:?--project needs a value}"; shift ;;
+    --dry-run) DRY_RUN=true ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (expected development|staging|production, --region, --project, --dry-run)" ;;
+  esac
+  shift
+done
+
+# -- prerequisites --------------------------------------------------------------------------------
+PYTHON="$ROOT/.venv/bin/python"
+[[ -x "$PYTHON" ]] || die "no project virtualenv: run 'make install' first"
+if $DRY_RUN; then
+  ACCOUNT="${SAGEGATE_ACCOUNT_ID:-123456789012}"
+  REGION="${REGION:-us-east-1}"
+  MLFLOW_ARN="${SAGEGATE_MLFLOW_TRACKING_SERVER_ARN:-arn:aws:sagemaker:${REGION}:${ACCOUNT}:mlflow-tracking-server/${PROJECT}-${ENVIRONMENT}}"
+else
+  command -v aws > /dev/null || die "the AWS CLI is not installed: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
+  ACCOUNT="$(aws sts get-caller-identity --query Account --output text 2> /dev/null)" \
+    || die "no usable AWS credentials: run 'aws configure' or 'aws sso login' (aws sts get-caller-identity failed)"
+  REGION="${REGION:-$(aws configure get region || true)}"
+  [[ -n "$REGION" ]] || die "no AWS region: pass --region or set AWS_REGION"
+  MLFLOW_ARN="${SAGEGATE_MLFLOW_TRACKING_SERVER_ARN:-}"
+  [[ -n "$MLFLOW_ARN" ]] || die "set SAGEGATE_MLFLOW_TRACKING_SERVER_ARN to the SageMaker MLflow tracking server ARN"
+fi
+
+echo "sagegate deploy: project=$PROJECT environment=$ENVIRONMENT region=$REGION account=$ACCOUNT$($DRY_RUN && echo ' (dry run)')"
+
+# -- steps (sourced from the generated plan) -----------------------------------------------------
+run() {
+  echo "+ $(printf '%q ' "$@")"
+  $DRY_RUN || "$@"
+}
+
+upload() {  # content-addressed keys: an object that is already there is not uploaded again
+  local file="$1" uri="$2" bucket key
+  bucket="${uri#s3://}"; key="${bucket#*/}"; bucket="${bucket%%/*}"
+  if $DRY_RUN; then
+    echo "+ aws s3api head-object --bucket $bucket --key $key || aws s3 cp $file $uri --sse aws:kms"
+  elif ! aws s3api head-object --region "$REGION" --bucket "$bucket" --key "$key" > /dev/null 2>&1; then
+    run aws s3 cp --region "$REGION" "$file" "$uri" --sse aws:kms --only-show-errors
+  fi
+}
+
+package_lambda() {  # handler + its requirements for the Lambda runtime (python3.12, x86_64)
+  local source="$1" archive="$2" staging
+  staging="$(dirname "$archive")/$(basename "$source")"
+  run rm -rf "$staging"
+  run "$PYTHON" -m pip install --quiet --target "$staging" --platform manylinux2014_x86_64 \
+    --python-version 3.12 --implementation cp --only-binary=:all: -r "$source/requirements.txt"
+  run cp "$source/app.py" "$staging/"
+  run "$PYTHON" -c "import shutil, sys; shutil.make_archive(sys.argv[1][:-4], 'zip', sys.argv[2])" "$archive" "$staging"
+}
+
+outputs() {
+  run aws cloudformation describe-stacks --region "$1" --stack-name "$2" --query "Stacks[0].Outputs" --output table
+}
+
+OUT="$BUILD/deploy/$ENVIRONMENT"
+echo "rendering templates' parameters, the gate ASL and the pipeline definitions into $OUT"
+"$PYTHON" -m pipelines.deploy_plan "$ENVIRONMENT" --project "$PROJECT" --region "$REGION" --account "$ACCOUNT" \
+  --mlflow-tracking-server-arn "$MLFLOW_ARN" --out "$OUT"
+echo "validating templates"
+"$ROOT/.venv/bin/cfn-lint" --append-rules cfn_lint_serverless.rules -- cloudformation/*.yaml || die "templates failed cfn-lint"
+# shellcheck source=/dev/null
+source "$OUT/commands.sh"
+echo "done: $ENVIRONMENT deployed$($DRY_RUN && echo ' (dry run: nothing was called on AWS)')"
