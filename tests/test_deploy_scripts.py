@@ -1,0 +1,125 @@
+"""scripts/deploy.sh and destroy.sh: prerequisites, dry runs (no AWS call), and what they would deploy."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_fake_aws(folder: Path) -> Path:
+    """An `aws` on PATH that records any call and fails: a dry run must never reach it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "aws"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {folder}/calls\nexit 1\n')
+    script.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fake_aws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_fake_aws(tmp_path_factory.mktemp("bin"))
+
+
+def script(name: str, *args: str, fake_aws: Path, build: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PATH"] = f"{fake_aws}:/usr/bin:/bin"
+    if build:
+        env["SAGEGATE_BUILD_DIR"] = str(build)
+    return subprocess.run([str(ROOT / "scripts" / name), *args], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def dry_run(fake_aws: Path, tmp_path_factory: pytest.TempPathFactory):
+    build = tmp_path_factory.mktemp("build")
+    result = script("deploy.sh", "staging", "--region", "eu-west-1", "--dry-run", fake_aws=fake_aws, build=build)
+    return result, build / "deploy" / "staging"
+
+
+def test_dry_run_prints_every_command_in_dependency_order_and_calls_nothing(dry_run, fake_aws: Path) -> None:
+    result, _ = dry_run
+    assert result.returncode == 0, result.stderr
+    assert not (fake_aws / "calls").exists()
+    deploys = [line for line in result.stdout.splitlines() if line.startswith("+ aws cloudformation deploy")]
+    stacks = [line.split("--stack-name ")[1].split()[0] for line in deploys]
+    assert stacks == [
+        "sagegate-staging-training-bucket",
+        "sagegate-staging-iam-roles",
+        "sagegate-staging-gate",
+        "sagegate-staging-breast-cancer",
+        "sagegate-staging-friedman1",
+    ]
+    assert all("--no-fail-on-empty-changeset" in line and "--region eu-west-1" in line for line in deploys)
+    assert "CAPABILITY_NAMED_IAM" in deploys[1]
+    # the rendered parameters are printed
+    assert "    Environment = staging" in result.stdout
+    assert '"quality_gate":{"accuracy":{"min":0.85},"f1":{"min":0.85}}' in result.stdout
+    assert "dry run: nothing was called on AWS" in result.stdout
+
+
+def test_deployed_pipeline_and_state_machine_are_exactly_the_exported_definitions(dry_run) -> None:
+    _, out = dry_run
+    exported = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "pipeline", "definition", "models/breast-cancer.yaml",
+         "--env", "staging", "--region", "eu-west-1"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    assert json.loads((out / "pipelines" / "breast-cancer.json").read_text()) == json.loads(exported)
+    gate = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "gate", "definition"], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads((out / "gate.asl.json").read_text()) == json.loads(gate)
+    commands = (out / "commands.sh").read_text()
+    assert "gate/deployment-gate-" in commands and "DefinitionKey=gate/deployment-gate-" in commands
+
+
+def test_a_second_dry_run_plans_the_same_keys(dry_run, fake_aws: Path, tmp_path: Path) -> None:
+    _, out = dry_run
+    again = script("deploy.sh", "staging", "--region", "eu-west-1", "--dry-run", fake_aws=fake_aws, build=tmp_path)
+    assert again.returncode == 0
+    first = (out / "commands.sh").read_text().replace(str(out), "OUT")
+    second = (
+        (tmp_path / "deploy" / "staging" / "commands.sh")
+        .read_text()
+        .replace(str(tmp_path / "deploy" / "staging"), "OUT")
+    )
+    assert first == second
+
+
+def test_prerequisites_are_checked_with_clear_messages(fake_aws: Path, tmp_path: Path) -> None:
+    no_aws = tmp_path / "empty-bin"
+    no_aws.mkdir()
+    missing = script("deploy.sh", "staging", fake_aws=no_aws)
+    assert missing.returncode == 1 and "the AWS CLI is not installed" in missing.stderr
+    failing = make_fake_aws(tmp_path / "failing-aws")
+    no_credentials = script("deploy.sh", "staging", fake_aws=failing)
+    assert no_credentials.returncode == 1 and "no usable AWS credentials" in no_credentials.stderr
+    assert (failing / "calls").read_text().startswith("sts get-caller-identity")
+    bad = script("deploy.sh", "qa", "--dry-run", fake_aws=fake_aws)
+    assert bad.returncode == 1 and "unknown argument 'qa'" in bad.stderr
+
+
+def test_destroy_keeps_retained_data_unless_asked(fake_aws: Path) -> None:
+    kept = script("destroy.sh", "production", "--dry-run", fake_aws=fake_aws)
+    assert kept.returncode == 0, kept.stderr
+    assert "retained (DeletionPolicy Retain) with their data" in kept.stdout
+    assert "s3 rm" not in kept.stdout and "s3 rb" not in kept.stdout
+    deletes = [line.split("--stack-name ")[1].split()[0] for line in kept.stdout.splitlines() if "delete-stack" in line]
+    assert deletes == [
+        "sagegate-production-breast-cancer",
+        "sagegate-production-friedman1",
+        "sagegate-production-gate",
+        "sagegate-production-iam-roles",
+        "sagegate-production-training-bucket",
+    ]
+    purged = script("destroy.sh", "production", "--delete-data", "--dry-run", fake_aws=fake_aws)
+    assert "s3 rb s3://sagegate-production-training" in purged.stdout
+    development = script("destroy.sh", "development", "--dry-run", fake_aws=fake_aws)
+    assert "s3 rm s3://sagegate-development-training --recursive" in development.stdout
+    assert not (fake_aws / "calls").exists()
