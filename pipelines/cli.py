@@ -149,6 +149,45 @@ def cmd_gate_run(args: argparse.Namespace) -> int:
     return EXIT_OK if execution.status == "SUCCEEDED" else EXIT_FAILED
 
 
+def cmd_provision_endpoint(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+
+    from pipelines.provision import aws_deploy_command, provision_local, template_parameters, with_overrides
+    from pipelines.templates import render
+
+    config = with_overrides(_find_config(args.model, args.config, args.set), vars(args))
+    project = _project(args)
+    target = args.target or ("local" if config.training.deployment_target == "local" else "aws")
+    if target == "local":
+        described = provision_local(config, project, StateHome.from_env(), args.version)
+        if args.json:
+            print(json.dumps(described, indent=2))
+        else:
+            verb = "updated" if described["Updated"] else "created"
+            print(
+                f"local endpoint {described['EndpointName']} {verb}: {described['EndpointStatus']} "
+                f"(version {described['Version']}, config {described['EndpointConfigName']})"
+            )
+            if described.get("FailureReason"):
+                print(f"  reason: {described['FailureReason']}")
+        return (
+            EXIT_OK
+            if described["EndpointStatus"] == "InService" and not described.get("FailureReason")
+            else EXIT_FAILED
+        )
+    if not args.model_package_arn:
+        raise ConfigError("--target aws needs --model-package-arn (the approved Model Registry version to serve)")
+    template, parameters = template_parameters(config, project, args.model_package_arn)
+    if args.render:
+        Path(args.render).write_text(json.dumps(render(template, parameters), indent=2) + "\n")
+    command = aws_deploy_command(config, project, args.model_package_arn)
+    print("+ " + shlex.join(command))
+    if args.dry_run:
+        return EXIT_OK
+    return subprocess.run(command, check=False).returncode
+
+
 def cmd_gate_definition(args: argparse.Namespace) -> int:
     from pipelines.gate import gate_definition_json
 
@@ -300,6 +339,32 @@ def build_parser() -> argparse.ArgumentParser:
     gate_run.add_argument("--json", action="store_true")
     _add_common(gate_run, config=False)
     gate_run.set_defaults(handler=cmd_gate_run)
+
+    provision = commands.add_parser("provision", help="provision infrastructure for a model")
+    provision_commands = provision.add_subparsers(dest="provision_command", required=True)
+    endpoint = provision_commands.add_parser(
+        "endpoint", help="create or update a model's endpoint (locally, or the endpoint stack on AWS)"
+    )
+    endpoint.add_argument("--model", required=True, help="model name (the `name` in its YAML)")
+    endpoint.add_argument("--config", help="model YAML (default: the one in ./models named --model)")
+    endpoint.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    endpoint.add_argument("--version", help="registered version to serve (local; default: champion, else newest)")
+    endpoint.add_argument("--deployment-type", choices=("realtime", "serverless"))
+    endpoint.add_argument("--instance-type")
+    endpoint.add_argument("--min-instances", type=int)
+    endpoint.add_argument("--max-instances", type=int)
+    endpoint.add_argument("--scale-in-cooldown", type=int, help="seconds")
+    endpoint.add_argument("--scale-out-cooldown", type=int, help="seconds")
+    endpoint.add_argument("--target-invocations", type=float, help="invocations per instance (copy) to track")
+    endpoint.add_argument("--memory-size-mb", type=int, help="serverless memory")
+    endpoint.add_argument("--max-concurrency", type=int, help="serverless maximum concurrency")
+    endpoint.add_argument("--target", choices=("local", "aws"), help="default: training.deployment_target")
+    endpoint.add_argument("--model-package-arn", help="AWS: the Model Registry version to serve")
+    endpoint.add_argument("--render", metavar="FILE", help="AWS: also write the rendered template here")
+    endpoint.add_argument("--dry-run", action="store_true", help="AWS: print the deploy command, call nothing")
+    endpoint.add_argument("--json", action="store_true")
+    _add_common(endpoint, config=False)
+    endpoint.set_defaults(handler=cmd_provision_endpoint)
 
     executions = commands.add_parser("executions", help="list gate executions; `executions show ID` for one")
     executions.add_argument("--json", action="store_true")

@@ -150,7 +150,7 @@ EXAMPLE_PARAMETERS: dict[str, dict[str, str]] = {
     },
     "endpoint-serverless.yaml": {
         "ModelName": "breast-cancer",
-        "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-breast-cancer/1",
+        "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-breast-cancer/1",  # noqa: E501
         "DeploymentHash": "0123abcd",
     },
     "endpoint-realtime.yaml": {

@@ -1,0 +1,91 @@
+"""`sagegate provision endpoint`: local endpoints from the YAML settings plus CLI overrides, and the
+AWS endpoint stack's rendered parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.local.endpoints import EndpointManager
+from pipelines.provision import ProvisionError, provision_local, template_parameters, with_overrides
+from pipelines.state import Project, StateHome
+from pipelines.templates import render
+from tests.gate_fixtures import ROOT, breast_cancer, register_version
+
+PROJECT = Project()
+
+
+def test_local_serverless_endpoint_is_created_then_updated_blue_green(tmp_path: Path) -> None:
+    home = StateHome(tmp_path / "state").ensure()
+    config = with_overrides(breast_cancer(), {"max_concurrency": 9, "memory_size_mb": 3072})
+    first = register_version(home, PROJECT, config, {"accuracy": 0.9, "f1": 0.9})
+    created = provision_local(config, PROJECT, home, None)
+    assert (created["EndpointStatus"], created["Version"], created["Updated"]) == ("InService", first, False)
+    state = EndpointManager(home, PROJECT).snapshot()
+    variant = state["endpoint_configs"][created["EndpointConfigName"]]["ProductionVariants"][0]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 9}
+    second = register_version(home, PROJECT, config, {"accuracy": 0.9, "f1": 0.9})
+    updated = provision_local(config, PROJECT, home, second)
+    assert updated["Updated"] and updated["Version"] == second
+    assert updated["EndpointConfigName"] != created["EndpointConfigName"]
+
+
+def test_local_realtime_endpoint_scales_to_zero_shape(tmp_path: Path) -> None:
+    home = StateHome(tmp_path / "state").ensure()
+    config = with_overrides(breast_cancer(), {"deployment_type": "realtime", "max_instances": 3, "min_instances": 0})
+    register_version(home, PROJECT, config, {"accuracy": 0.9, "f1": 0.9})
+    described = provision_local(config, PROJECT, home, None)
+    assert described["EndpointName"] == "sagegate-development-breast-cancer-realtime"
+    assert described["InferenceComponent"]["InferenceComponentStatus"] == "InService"
+    variant = EndpointManager(home, PROJECT).snapshot()["endpoint_configs"][described["EndpointConfigName"]][
+        "ProductionVariants"
+    ][0]
+    assert "ModelName" not in variant
+    assert variant["ManagedInstanceScaling"] == {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 3}
+
+
+def test_nothing_registered_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ProvisionError, match="nothing registered yet"):
+        provision_local(breast_cancer(), PROJECT, StateHome(tmp_path / "state").ensure(), None)
+
+
+def test_aws_parameters_carry_the_overrides_and_render() -> None:
+    config = with_overrides(
+        breast_cancer("deployment.type=realtime"),
+        {"max_instances": 4, "scale_in_cooldown": 900, "target_invocations": 20.0, "instance_type": "ml.c5.large"},
+    )
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-breast-cancer/3"
+    template, parameters = template_parameters(config, PROJECT, arn)
+    assert template == "endpoint-realtime.yaml"
+    assert parameters["MaxInstances"] == "4" and parameters["MinInstances"] == "0"
+    assert parameters["ScaleInCooldown"] == "900" and parameters["TargetInvocationsPerInstance"] == "20.0"
+    assert parameters["InstanceType"] == "ml.c5.large"
+    rendered = render(template, parameters)
+    assert rendered["Parameters"]["MaxInstances"]["Default"] == "4"
+
+
+def sagegate(*args: str, home: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "sagegate"
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, "SAGEGATE_HOME": str(home)}
+    )
+
+
+def test_cli_dry_run_prints_the_stack_deploy_and_bad_overrides_exit_2(tmp_path: Path) -> None:
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-friedman1/1"
+    result = sagegate(
+        "provision", "endpoint", "--model", "friedman1", "--target", "aws", "--model-package-arn", arn,
+        "--max-instances", "2", "--dry-run", "--render", str(tmp_path / "t.json"), home=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--stack-name sagegate-development-friedman1-endpoint" in result.stdout and "MaxInstances=2" in result.stdout
+    assert json.loads((tmp_path / "t.json").read_text())["Resources"]["NoCapacityAlarm"]
+    bad = sagegate("provision", "endpoint", "--model", "breast-cancer", "--max-concurrency", "999", home=tmp_path)
+    assert bad.returncode == 2 and "--max-concurrency" in bad.stderr
+    unknown = sagegate("provision", "endpoint", "--model", "nope", home=tmp_path)
+    assert unknown.returncode == 2 and "no model YAML named 'nope'" in unknown.stderr
