@@ -24,8 +24,8 @@ demo: $(STAMP) data/breast_cancer.csv
 	$(BIN)/sagegate models
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipelines containers tests benchmarks scripts
-	$(BIN)/ruff format --check pipelines containers tests benchmarks scripts
+	$(BIN)/ruff check pipelines containers lambdas tests benchmarks scripts
+	$(BIN)/ruff format --check pipelines containers lambdas tests benchmarks scripts
 
 SCANNERS := .venv-scanners
 SCAN_STAMP := $(SCANNERS)/.installed-stamp
