@@ -1,16 +1,156 @@
-"""Inference handlers for SageMaker's scikit-learn serving container (model_fn contract).
+"""Inference handlers: SageMaker's scikit-learn serving contract (model_fn, input_fn, predict_fn, output_fn).
 
-Registered with the model package so the Model Registry entry is deployable as is.
-Imports nothing from `pipelines/`.
+The stock scikit-learn image calls these through its own server; `serve.py` (this folder's
+custom-image entry point, and the local endpoints' model server) calls the same functions.
+Imports nothing from `pipelines/`; runs on Python 3.8+.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple
 
 import joblib
+import numpy as np
+
+MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker realtime payload limit
 
 
-def model_fn(model_dir: str) -> Any:
-    return joblib.load(os.path.join(model_dir, "model.joblib"))
+class RequestError(ValueError):
+    """The request cannot be served as sent: `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Model:
+    """The fitted pipeline with what serving needs to know about it (from metadata.json)."""
+
+    def __init__(self, estimator: Any, metadata: Dict[str, Any]) -> None:
+        self.estimator = estimator
+        self.features: List[str] = list(metadata.get("features") or getattr(estimator, "feature_names_in_", []))
+        self.task: str = metadata.get("task", "classification" if hasattr(estimator, "classes_") else "regression")
+        self.classes: List[Any] = list(getattr(estimator, "classes_", metadata.get("classes") or []))
+        for step in getattr(estimator, "steps", [("model", estimator)]):
+            if getattr(step[1], "n_jobs", None) not in (None, 1):
+                step[1].n_jobs = None  # a process pool per one-row request costs ~20 ms
+
+
+def model_fn(model_dir: str) -> Model:
+    estimator = joblib.load(os.path.join(model_dir, "model.joblib"))
+    metadata_path = os.path.join(model_dir, "metadata.json")
+    metadata = json.load(open(metadata_path)) if os.path.exists(metadata_path) else {}
+    return Model(estimator, metadata)
+
+
+def _records(items: List[Dict[str, Any]], model: Model) -> np.ndarray:
+    missing = [f for f in model.features if f not in items[0]]
+    if missing:
+        raise RequestError(f"record 0 is missing feature(s) {', '.join(missing[:5])}")
+    try:
+        return np.array([[item[f] for f in model.features] for item in items], dtype=float)
+    except KeyError as error:
+        raise RequestError(f"a record is missing feature {error}") from None
+
+
+def _from_json(body: bytes, model: Model) -> np.ndarray:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RequestError(f"body is not valid JSON: {error}") from None
+    if isinstance(data, dict):
+        for key in ("instances", "inputs", "data"):
+            if key in data:
+                data = data[key]
+                break
+        else:
+            if model.features and all(f in data for f in model.features):
+                data = [data]
+            else:
+                raise RequestError('JSON body must be {"instances": [[...]]}, {"inputs": ...}, a list or records')
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        return _records(data, model)
+    try:
+        return np.array(data, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise RequestError(f"JSON values must be numbers: {error}") from None
+
+
+def _from_csv(body: bytes) -> np.ndarray:
+    text = body.decode("utf-8", errors="strict").strip()
+    rows = [line.split(",") for line in text.splitlines() if line.strip()]
+    try:
+        return np.array(rows, dtype=float)
+    except ValueError as error:
+        width = {len(row) for row in rows}
+        if len(width) > 1:
+            raise RequestError(f"CSV rows have different numbers of values: {sorted(width)}") from None
+        raise RequestError(f"CSV values must be numbers (no header row): {error}") from None
+
+
+def input_fn(body: bytes, content_type: str, model: Optional[Model] = None) -> np.ndarray:
+    media = (content_type or "").split(";")[0].strip().lower()
+    if not body:
+        raise RequestError("empty request body")
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(f"request body of {len(body)} bytes exceeds the {MAX_BODY_BYTES}-byte limit", 413)
+    if media == "text/csv":
+        rows = _from_csv(body)
+    elif media == "application/json":
+        rows = _from_json(body, model or Model(None, {}))
+    elif media == "application/x-npy":
+        try:
+            rows = np.load(io.BytesIO(body), allow_pickle=False).astype(float)
+        except (ValueError, OSError) as error:
+            raise RequestError(f"body is not a readable .npy array: {error}") from None
+    else:
+        raise RequestError(
+            f"unsupported content type {content_type!r}: use text/csv, application/json or application/x-npy", 415
+        )
+    if rows.ndim == 1:
+        rows = rows.reshape(1, -1)  # a single row (the stock container's long-standing bug)
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise RequestError(f"expected rows of features, got an array of shape {rows.shape}")
+    if model is not None and model.features and rows.shape[1] != len(model.features):
+        raise RequestError(f"expected {len(model.features)} features per row, got {rows.shape[1]}")
+    if not np.isfinite(rows).all():
+        row = int(np.argwhere(~np.isfinite(rows))[0][0])
+        raise RequestError(f"row {row} has a missing or non-finite value")
+    return rows
+
+
+def predict_fn(rows: np.ndarray, model: Model, probabilities: bool = False) -> Dict[str, Any]:
+    if model.features:
+        import pandas as pd
+
+        frame: Any = pd.DataFrame(rows, columns=model.features)
+    else:
+        frame = rows
+    result: Dict[str, Any] = {"predictions": model.estimator.predict(frame).tolist()}
+    if probabilities and model.task == "classification" and hasattr(model.estimator, "predict_proba"):
+        result["probabilities"] = model.estimator.predict_proba(frame).tolist()
+        result["classes"] = [c.item() if hasattr(c, "item") else c for c in model.classes]
+    return result
+
+
+def output_fn(prediction: Dict[str, Any], accept: str) -> Tuple[bytes, str]:
+    media = (accept or "application/json").split(";")[0].strip().lower()
+    if media in ("application/json", "*/*", ""):
+        return json.dumps(prediction).encode(), "application/json"
+    if media == "text/csv":
+        lines = []
+        for index, value in enumerate(prediction["predictions"]):
+            extra = prediction.get("probabilities", [])
+            cells = [value] + (list(extra[index]) if extra else [])
+            lines.append(",".join(str(cell) for cell in cells))
+        return ("\n".join(lines) + "\n").encode(), "text/csv"
+    raise RequestError(f"unsupported Accept {accept!r}: use application/json or text/csv", 406)
+
+
+def wants_probabilities(custom_attributes: str) -> bool:
+    """`X-Amzn-SageMaker-Custom-Attributes: probabilities=true` asks for class probabilities."""
+    pairs = (part.split("=", 1) for part in (custom_attributes or "").split(";") if "=" in part)
+    return any(key.strip() == "probabilities" and value.strip().lower() == "true" for key, value in pairs)
