@@ -188,6 +188,112 @@ def cmd_provision_endpoint(args: argparse.Namespace) -> int:
     return subprocess.run(command, check=False).returncode
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from pipelines.local.gateway import running_gateway, serve, start_gateway, stop_gateway
+
+    home = StateHome.from_env().ensure()
+    if args.gateway_command == "start":
+        if args.foreground:
+            serve(args.port or 8080)
+            return EXIT_OK
+        info = start_gateway(home, _project(args), args.port)
+        print(f"local sagemaker-runtime at {info['url']} (pid {info['pid']})")
+        print(f"  boto3.client('sagemaker-runtime', endpoint_url='{info['url']}')")
+    elif args.gateway_command == "stop":
+        print("stopped" if stop_gateway(home) else "no gateway running")
+    else:
+        info = running_gateway(home)
+        print(f"running at {info['url']} (pid {info['pid']})" if info else "not running")
+    return EXIT_OK
+
+
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    from pipelines.local.endpoints import EndpointManager
+    from pipelines.local.gateway import running_gateway
+
+    home = StateHome.from_env()
+    manager = EndpointManager(home, _project(args))
+    state = manager.snapshot()
+    metrics_path = home.root / "serving" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    command = getattr(args, "endpoints_command", None)
+    if command == "delete":
+        manager.call("deleteEndpoint", {"EndpointName": args.name})
+        print(f"deleted {args.name}")
+        return EXIT_OK
+    if command == "show":
+        if args.name not in state["endpoints"]:
+            raise ValueError(f"no local endpoint {args.name!r} (see `sagegate endpoints`)")
+        described = manager.call("describeEndpoint", {"EndpointName": args.name})
+        config = state["endpoint_configs"].get(described["EndpointConfigName"], {})
+        components = {n: c for n, c in state["inference_components"].items() if c["EndpointName"] == args.name}
+        counts = metrics.get("invocations", {}).get(args.name, {})
+        detail = {
+            **described,
+            "ProductionVariants": [
+                {**variant, "Invocations": counts.get(variant["VariantName"], 0)}
+                for variant in config.get("ProductionVariants", [])
+            ],
+            "InferenceComponents": components,
+            "Throttled": metrics.get("throttled", {}).get(args.name, 0),
+            "ModelServers": {
+                name: server
+                for name, server in metrics.get("servers", {}).items()
+                if any(name == v.get("ModelName") for v in config.get("ProductionVariants", []))
+                or any(name == (c.get("Specification") or {}).get("ModelName") for c in components.values())
+            },
+        }
+        print(json.dumps(detail, indent=2, default=str))
+        return EXIT_OK
+    rows = [manager.call("describeEndpoint", {"EndpointName": name}) for name in sorted(state["endpoints"])]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    gateway = running_gateway(home)
+    print(f"gateway: {gateway['url'] if gateway else 'not running (`sagegate gateway start`)'}")
+    if not rows:
+        print("no local endpoints yet: `sagegate run` deploys one when the gate passes")
+    for row in rows:
+        total = sum(metrics.get("invocations", {}).get(row["EndpointName"], {}).values())
+        print(
+            f"{row['EndpointName']:<48} {row['EndpointStatus']:<10} {row['EndpointConfigName']:<52} {total} invocations"
+        )
+    return EXIT_OK
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    import boto3
+
+    from pipelines.local.gateway import start_gateway
+
+    home = StateHome.from_env().ensure()
+    project = _project(args)
+    info = start_gateway(home, project)
+    body = Path(args.file).read_bytes() if args.file else sys.stdin.buffer.read()
+    runtime = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=info["url"],
+        region_name=project.region,
+        aws_access_key_id="sagegate-local",
+        aws_secret_access_key="sagegate-local",
+    )
+    request = {"EndpointName": args.name, "ContentType": args.content_type, "Accept": args.accept, "Body": body}
+    if args.variant:
+        request["TargetVariant"] = args.variant
+    if args.probabilities:
+        request["CustomAttributes"] = "probabilities=true"
+    try:
+        response = runtime.invoke_endpoint(**request)
+    except runtime.exceptions.ClientError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(response["Body"].read().decode())
+    if not args.accept.startswith("text/csv"):
+        sys.stdout.write("\n")
+    print(f"(variant {response.get('InvokedProductionVariant')})", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_gate_definition(args: argparse.Namespace) -> int:
     from pipelines.gate import gate_definition_json
 
@@ -365,6 +471,36 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--json", action="store_true")
     _add_common(endpoint, config=False)
     endpoint.set_defaults(handler=cmd_provision_endpoint)
+
+    gateway = commands.add_parser("gateway", help="the local sagemaker-runtime endpoint (start/stop/status)")
+    gateway_commands = gateway.add_subparsers(dest="gateway_command", required=True)
+    gateway_start = gateway_commands.add_parser("start", help="start in the background (127.0.0.1)")
+    gateway_start.add_argument("--port", type=int, help="default: a free port (foreground: 8080)")
+    gateway_start.add_argument("--foreground", action="store_true", help="run in this terminal")
+    _add_common(gateway_start, config=False)
+    gateway_commands.add_parser("stop", help="stop it and every model server")
+    gateway_commands.add_parser("status")
+    gateway.set_defaults(handler=cmd_gateway)
+
+    endpoints = commands.add_parser("endpoints", help="local endpoints: list; `show NAME`; `delete NAME`")
+    endpoints.add_argument("--json", action="store_true")
+    _add_common(endpoints, config=False)
+    endpoints.set_defaults(handler=cmd_endpoints)
+    endpoints_commands = endpoints.add_subparsers(dest="endpoints_command")
+    for verb in ("show", "delete"):
+        sub = endpoints_commands.add_parser(verb)
+        sub.add_argument("name")
+        sub.set_defaults(handler=cmd_endpoints)
+
+    invoke = commands.add_parser("invoke", help="invoke a local endpoint through the sagemaker-runtime API")
+    invoke.add_argument("name", help="endpoint name, e.g. sagegate-development-breast-cancer-serverless")
+    invoke.add_argument("--file", help="request body (default: stdin), e.g. rows.csv")
+    invoke.add_argument("--content-type", default="text/csv")
+    invoke.add_argument("--accept", default="application/json")
+    invoke.add_argument("--variant", help="TargetVariant")
+    invoke.add_argument("--probabilities", action="store_true", help="class probabilities (classification)")
+    _add_common(invoke, config=False)
+    invoke.set_defaults(handler=cmd_invoke)
 
     executions = commands.add_parser("executions", help="list gate executions; `executions show ID` for one")
     executions.add_argument("--json", action="store_true")

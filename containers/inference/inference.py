@@ -75,16 +75,19 @@ def _from_json(body: bytes, model: Model) -> np.ndarray:
         return _records(data, model)
     try:
         return np.array(data, dtype=float)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise RequestError(f"JSON values must be numbers: {error}") from None
 
 
 def _from_csv(body: bytes) -> np.ndarray:
-    text = body.decode("utf-8", errors="strict").strip()
+    try:
+        text = body.decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise RequestError(f"CSV body is not UTF-8 text: {error}") from None
     rows = [line.split(",") for line in text.splitlines() if line.strip()]
     try:
         return np.array(rows, dtype=float)
-    except ValueError as error:
+    except (ValueError, OverflowError) as error:
         width = {len(row) for row in rows}
         if len(width) > 1:
             raise RequestError(f"CSV rows have different numbers of values: {sorted(width)}") from None
@@ -104,7 +107,7 @@ def input_fn(body: bytes, content_type: str, model: Optional[Model] = None) -> n
     elif media == "application/x-npy":
         try:
             rows = np.load(io.BytesIO(body), allow_pickle=False).astype(float)
-        except (ValueError, OSError) as error:
+        except (ValueError, TypeError, OSError, EOFError) as error:
             raise RequestError(f"body is not a readable .npy array: {error}") from None
     else:
         raise RequestError(

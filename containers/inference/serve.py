@@ -99,6 +99,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 "threads": 2,
                 "timeout": args.timeout,
                 "keepalive": 75,
+                "graceful_timeout": 10,
                 "preload_app": True,
                 "accesslog": None,
                 "errorlog": "-",

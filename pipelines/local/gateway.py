@@ -15,8 +15,10 @@ in-flight counts, per-variant invocation counts — lives in that process and is
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import logging
 import os
 import random
 import shutil
@@ -25,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -68,7 +71,9 @@ class ModelServer:
         self.model_data = model_data
         self.workers = max(1, workers)
         self.folder = home.root / "serving" / "models" / model_name
-        self.socket = self.folder / "server.sock"
+        # AF_UNIX paths are limited to ~107 bytes: the socket lives under the temp dir, named by hash
+        digest = hashlib.sha256(str(self.folder).encode()).hexdigest()[:16]
+        self.socket = Path(tempfile.gettempdir()) / f"sagegate-{digest}.sock"
         self.process: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
         self.local = threading.local()
@@ -163,12 +168,16 @@ class ModelServer:
     def stop(self) -> None:
         with self.lock:
             if self.process is not None and self.process.poll() is None:
-                os.killpg(self.process.pid, signal.SIGTERM)
+                # idle (no request in flight): gunicorn's quick shutdown, not the graceful one that
+                # would wait for the gateway's idle keep-alive connections
                 try:
-                    self.process.wait(timeout=10)
+                    os.killpg(self.process.pid, signal.SIGQUIT)
+                    self.process.wait(timeout=5)
+                except ProcessLookupError:
+                    pass
                 except subprocess.TimeoutExpired:
                     os.killpg(self.process.pid, signal.SIGKILL)
-                    self.process.wait()
+                self.process.wait()
             self.process = None
 
 
@@ -188,6 +197,9 @@ class Gateway:
         self._state_mtime = 0.0
         self.metrics_path = home.root / "serving" / "metrics.json"
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.metrics_path.is_file():  # invocation counts survive gateway restarts
+            previous = json.loads(self.metrics_path.read_text())
+            self.counts, self.throttled = previous.get("invocations", {}), previous.get("throttled", {})
         self._stop = threading.Event()
         threading.Thread(target=self._housekeeping, daemon=True, name="scale-in").start()
 
@@ -350,12 +362,15 @@ class Gateway:
     # -- scale in -----------------------------------------------------------------------------
     def _housekeeping(self) -> None:
         while not self._stop.wait(0.25):
-            now = time.monotonic()
-            for server in list(self.servers.values()):
-                cooldown = getattr(server, "cooldown", DEFAULT_SCALE_IN_COOLDOWN)
-                if server.running and server.in_flight == 0 and now - server.last_used > cooldown:
-                    server.stop()
-            self.write_metrics()
+            try:
+                now = time.monotonic()
+                for server in list(self.servers.values()):
+                    cooldown = getattr(server, "cooldown", DEFAULT_SCALE_IN_COOLDOWN)
+                    if server.running and server.in_flight == 0 and now - server.last_used > cooldown:
+                        server.stop()
+                self.write_metrics()
+            except Exception:  # keep scaling in and reporting whatever one pass hit
+                logging.getLogger(__name__).exception("gateway housekeeping failed")
 
     def write_metrics(self) -> None:
         snapshot = {
