@@ -80,6 +80,7 @@ def application(environ: Dict[str, Any], start_response: StartResponse) -> Itera
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve"], help="SageMaker runs `IMAGE serve`")
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
     parser.add_argument("--bind", default=f"0.0.0.0:{os.environ.get('SAGEMAKER_BIND_TO_PORT', '8080')}")
     parser.add_argument(
