@@ -294,6 +294,17 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipelines.batch import predict
+
+    result = predict(
+        StateHome.from_env(), _project(args), args.model, args.input, args.output, chunk_rows=args.chunk_rows
+    )
+    print(result["log"])
+    print(f"model {result['model']} version {result['version']} → {result['output']}")
+    return EXIT_OK
+
+
 def cmd_gate_definition(args: argparse.Namespace) -> int:
     from pipelines.gate import gate_definition_json
 
@@ -388,7 +399,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_definition(args: argparse.Namespace) -> int:
     from pipelines.definition import definition_json
 
-    print(definition_json(_config(args), _project(args), local=args.local))
+    print(definition_json(_config(args), _project(args), local=args.local, inference=args.inference))
     return EXIT_OK
 
 
@@ -431,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     definition = pipeline_commands.add_parser("definition", help="print the pipeline definition JSON (offline)")
     _add_common(definition)
     definition.add_argument("--local", action="store_true", help="the local-mode variant (no Model Registry step)")
+    definition.add_argument("--inference", action="store_true", help="the daily batch-inference pipeline instead")
     definition.set_defaults(handler=cmd_definition)
 
     gate = commands.add_parser("gate", help="the deployment gate (Step Functions state machine)")
@@ -502,6 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(invoke, config=False)
     invoke.set_defaults(handler=cmd_invoke)
 
+    batch = commands.add_parser("predict", help="batch predictions over CSV files (the daily inference job)")
+    batch.add_argument("--model", required=True, help="NAME, NAME@alias (default @champion) or NAME@version")
+    batch.add_argument("--input", required=True, help="CSV file or folder; s3://bucket/prefix reads the local S3")
+    batch.add_argument("--output", required=True, help="output folder; s3://bucket/prefix writes the local S3")
+    batch.add_argument("--chunk-rows", type=int, default=10_000, help="rows per chunk (memory stays flat)")
+    _add_common(batch, config=False)
+    batch.set_defaults(handler=cmd_predict)
+
     executions = commands.add_parser("executions", help="list gate executions; `executions show ID` for one")
     executions.add_argument("--json", action="store_true")
     executions.set_defaults(handler=cmd_executions)
@@ -523,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (ValueError, RuntimeError, OSError) as error:
+    except (ValueError, RuntimeError, OSError) as error:  # RunError, GateError, BatchError, ProvisionError...
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FAILED
 

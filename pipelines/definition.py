@@ -339,8 +339,11 @@ def _model_registry_step(
     )
 
 
-def definition_json(config: ModelConfig, project: Project, *, local: bool = False) -> str:
-    """The JSON `upsert` would send, built offline: the SDK's code uploads go to moto."""
+def definition_json(config: ModelConfig, project: Project, *, local: bool = False, inference: bool = False) -> str:
+    """The JSON `upsert` would send, built offline: the SDK's code uploads go to moto.
+
+    `inference=True`: the daily batch-inference pipeline instead of the training pipeline.
+    """
     from moto import mock_aws
 
     from pipelines.sessions import aws_session, local_session
@@ -356,5 +359,10 @@ def definition_json(config: ModelConfig, project: Project, *, local: bool = Fals
         session.boto_session.client("s3").create_bucket(
             Bucket=project.bucket, **({"CreateBucketConfiguration": location} if location else {})
         )
-        pipeline = build_pipeline(config, project, session, local=local)
+        if inference:
+            from pipelines.batch_definition import build_inference_pipeline
+
+            pipeline = build_inference_pipeline(config, project, session)
+        else:
+            pipeline = build_pipeline(config, project, session, local=local)
         return json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True)

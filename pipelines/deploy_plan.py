@@ -136,6 +136,12 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
         definition = _write(out / "pipelines" / f"{config.name}.json", definition_json(config, project) + "\n")
         definition_key = f"pipelines/{config.name}/definition-{_digest(definition)}.json"
         plan.uploads.append((definition, definition_key))
+        inference = _write(
+            out / "pipelines" / f"{config.name}-inference.json",
+            definition_json(config, project, inference=True) + "\n",
+        )
+        inference_key = f"pipelines/{config.name}/inference-{_digest(inference)}.json"
+        plan.uploads.append((inference, inference_key))
         source = Path(config.data.source)
         if source.is_file():
             plan.uploads.append((source, config.staged_data_key))
@@ -147,6 +153,7 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
                     **base,
                     "ModelName": config.name,
                     "PipelineDefinitionKey": definition_key,
+                    "InferencePipelineDefinitionKey": inference_key,
                     "InputDataKey": config.staged_data_key,
                     "GateSettings": gate_settings(config),
                 },

@@ -241,6 +241,8 @@ def build_state_machine() -> Chain:
         "RecordChampion",
         PROMOTER_ARN,
         {
+            "model.$": "$.model",
+            "container.$": "$.container",
             "registered_model.$": "$.registered_model",
             "version.$": "$.version",
             "model_package_arn.$": "$.model_package_arn",

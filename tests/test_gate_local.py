@@ -65,6 +65,14 @@ def test_serverless_branch_deploys_and_records_champion(home: StateHome) -> None
     )
     assert tags["approval_status"] == "Approved"
     assert tags["deployed.endpoint"] == "sagegate-development-breast-cancer-serverless"
+    # the daily batch pipeline's model input: the champion's artifact, published by the promoter
+    champion_artifact = home.s3 / PROJECT.bucket / "models/breast-cancer/champion/model.tar.gz"
+    served = (
+        home.s3
+        / PROJECT.bucket
+        / gate_input(config, PROJECT, home, version)["container"]["ModelDataUrl"].split("/", 3)[3]
+    )
+    assert champion_artifact.read_bytes() == served.read_bytes()
 
 
 def test_realtime_branch_uses_scale_to_zero_config_and_an_inference_component(home: StateHome) -> None:

@@ -146,7 +146,8 @@ def test_schedules_are_weekly_training_and_daily_inference_with_flags() -> None:
     assert on["Parameters"]["TrainingSchedule"]["Default"] == "cron(0 2 ? * SUN *)"
     assert on["Parameters"]["InferenceSchedule"]["Default"] == "cron(0 6 * * ? *)"
     assert on["Resources"]["WeeklyTraining"]["Properties"]["State"] == "ENABLED"
-    assert on["Resources"]["DailyInference"]["Properties"]["State"] == "DISABLED"
+    assert on["Resources"]["DailyInference"]["Properties"]["State"] == "ENABLED"
+    assert on["Resources"]["InferencePipeline"]["Properties"]["PipelineName"]["Fn::Sub"].endswith("-inference")
     target = on["Resources"]["WeeklyTraining"]["Properties"]["Target"]
     assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:sagemaker:startPipelineExecution"
     off = render(

@@ -21,11 +21,32 @@ tracer = Tracer(service=SERVICE)
 
 class PromotionInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
+    container: dict[str, Any]
     registered_model: str = Field(min_length=1)
     version: str = Field(pattern=r"^[1-9][0-9]*$")
     model_package_arn: str | None = None
     endpoint_name: str = Field(min_length=1)
     execution_name: str = Field(min_length=1)
+
+
+def publish_champion_artifact(request: PromotionInput) -> str:
+    """Copy the champion's model.tar.gz to `models/{model}/champion/` for the daily batch pipeline."""
+    source = request.container.get("ModelDataUrl")
+    if not source and request.container.get("ModelPackageName"):
+        package = boto3.client("sagemaker").describe_model_package(
+            ModelPackageName=request.container["ModelPackageName"]
+        )
+        source = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    if not source:
+        raise ValueError("container has neither ModelDataUrl nor ModelPackageName: no artifact to publish")
+    bucket = f"{os.environ['SAGEGATE_PROJECT']}-{os.environ['SAGEGATE_ENVIRONMENT']}-training"
+    key = f"models/{request.model}/champion/model.tar.gz"
+    source_bucket, _, source_key = source.removeprefix("s3://").partition("/")
+    boto3.client("s3").copy_object(
+        Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key}, ServerSideEncryption="aws:kms"
+    )
+    return f"s3://{bucket}/{key}"
 
 
 @logger.inject_lambda_context(correlation_id_path="execution_name", clear_state=True)
@@ -55,6 +76,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         boto3.client("sagemaker").update_model_package(
             ModelPackageArn=request.model_package_arn, ModelApprovalStatus="Approved"
         )
-    result = {"registered_model": request.registered_model, "champion": request.version, "previous": previous}
+    champion_uri = publish_champion_artifact(request)
+    result = {
+        "registered_model": request.registered_model,
+        "champion": request.version,
+        "previous": previous,
+        "champion_artifact": champion_uri,
+    }
     logger.info("champion recorded", extra=result)
     return result
