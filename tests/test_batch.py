@@ -53,14 +53,19 @@ def test_predictions_match_the_model_and_keep_input_columns(home: StateHome, tmp
 
 
 def peak_rss_kb(home: StateHome, source: Path, out: Path) -> int:
+    """Peak resident memory of the batch job process (the child `sagegate predict` runs)."""
     code = (
         "import resource, sys\n"
-        "from pipelines.batch import predict\nfrom pipelines.state import Project, StateHome\n"
-        f"from pathlib import Path\npredict(StateHome(Path({str(home.root)!r})), Project(), 'breast-cancer', {str(source)!r}, {str(out)!r},"
-        " chunk_rows=2000)\n"
+        "from pathlib import Path\n"
+        "from pipelines.batch import predict\n"
+        "from pipelines.state import Project, StateHome\n"
+        "predict(StateHome(Path(sys.argv[1])), Project(), 'breast-cancer', sys.argv[2], sys.argv[3], chunk_rows=2000)\n"
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(home.root), str(source), str(out)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
     return int(result.stdout.strip().splitlines()[-1])
 
 
