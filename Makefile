@@ -62,6 +62,7 @@ test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint validate scan
 
 bench: $(STAMP) data/breast_cancer.csv
 	$(BIN)/python benchmarks/e2e.py
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf .sagegate
