@@ -22,6 +22,11 @@ demo: $(STAMP) data/breast_cancer.csv
 	$(BIN)/sagegate run models/breast-cancer.yaml
 	$(BIN)/sagegate runs
 	$(BIN)/sagegate models
+	$(BIN)/sagegate executions
+	mkdir -p .sagegate && sed -n '2,4p' data/breast_cancer.csv | cut -d, -f1-30 > .sagegate/demo-rows.csv
+	$(BIN)/sagegate invoke sagegate-development-breast-cancer-serverless --file .sagegate/demo-rows.csv --probabilities
+	$(BIN)/sagegate endpoints
+	$(BIN)/sagegate gateway stop
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipelines containers lambdas tests benchmarks scripts
