@@ -95,6 +95,9 @@ def gate_settings(config: ModelConfig) -> str:
             "memory_size_mb": deployment.memory_size_mb,
             "max_concurrency": deployment.max_concurrency,
             "champion_tolerance": deployment.champion_tolerance,
+            "scale_in_cooldown": deployment.scale_in_cooldown,
+            "scale_out_cooldown": deployment.scale_out_cooldown,
+            "target_invocations_per_instance": deployment.target_invocations_per_instance,
         },
     }
     return json.dumps(members, separators=(",", ":"), sort_keys=True)[1:-1]

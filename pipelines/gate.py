@@ -36,6 +36,8 @@ TRANSIENT_LAMBDA_ERRORS = [
 ]
 SAGEMAKER = "arn:aws:states:::sagemaker:"
 SAGEMAKER_SDK = "arn:aws:states:::aws-sdk:sagemaker:"
+AUTOSCALING_SDK = "arn:aws:states:::aws-sdk:applicationautoscaling:"
+CLOUDWATCH_SDK = "arn:aws:states:::aws-sdk:cloudwatch:"
 TARGET = "$.evaluation.target"
 
 
@@ -55,7 +57,7 @@ def _lambda_task(state_id: str, function_arn: str, payload: dict[str, Any], resu
     return task
 
 
-def _sagemaker_task(state_id: str, resource: str, parameters: dict[str, Any], result_path: str | None = None) -> Task:
+def _service_task(state_id: str, resource: str, parameters: dict[str, Any], result_path: str | None = None) -> Task:
     return Task(state_id, resource=resource, parameters=parameters, result_path=result_path)
 
 
@@ -103,7 +105,7 @@ def _poll(
     (the update was rolled back) → DeploymentRolledBack; anything else → wait again."""
     result = f"$.{name[0].lower()}{name[1:]}"
     wait = Wait(f"WaitFor{name}", seconds_path="$.poll_seconds")
-    describe = _sagemaker_task(f"Describe{name}", resource, parameters, result_path=result)
+    describe = _service_task(f"Describe{name}", resource, parameters, result_path=result)
     describe.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
     check = Choice(f"Check{name}")
     check.add_choice(done, next_state)
@@ -148,7 +150,7 @@ def _deploy_branch(kind: str, ends: _Ends) -> Task:
         after_endpoint,
         ends,
     )
-    create_model = _sagemaker_task(
+    create_model = _service_task(
         f"Create{title}Model",
         f"{SAGEMAKER}createModel",
         {
@@ -157,10 +159,10 @@ def _deploy_branch(kind: str, ends: _Ends) -> Task:
             "PrimaryContainer.$": "$.container",
         },
     )
-    create_config = _sagemaker_task(
+    create_config = _service_task(
         f"Create{title}EndpointConfig", f"{SAGEMAKER}createEndpointConfig", _endpoint_config_parameters(kind)
     )
-    find = _sagemaker_task(
+    find = _service_task(
         f"Find{title}Endpoint",
         f"{SAGEMAKER_SDK}describeEndpoint",
         {"EndpointName.$": f"{TARGET}.endpoint_name"},
@@ -170,8 +172,8 @@ def _deploy_branch(kind: str, ends: _Ends) -> Task:
         "EndpointName.$": f"{TARGET}.endpoint_name",
         "EndpointConfigName.$": f"{TARGET}.endpoint_config_name",
     }
-    create_endpoint = _sagemaker_task(f"Create{title}Endpoint", f"{SAGEMAKER}createEndpoint", endpoint_parameters)
-    update_endpoint = _sagemaker_task(f"Update{title}Endpoint", f"{SAGEMAKER}updateEndpoint", endpoint_parameters)
+    create_endpoint = _service_task(f"Create{title}Endpoint", f"{SAGEMAKER}createEndpoint", endpoint_parameters)
+    update_endpoint = _service_task(f"Update{title}Endpoint", f"{SAGEMAKER}updateEndpoint", endpoint_parameters)
     # describeEndpoint fails for an endpoint that does not exist yet: that is the "create" path.
     find.add_catch(Catch(error_equals=["States.TaskFailed"], next_step=create_endpoint, result_path=None))
     for task in (create_model, create_config, create_endpoint, update_endpoint):
@@ -179,6 +181,77 @@ def _deploy_branch(kind: str, ends: _Ends) -> Task:
     Chain([create_model, create_config, find, update_endpoint, poll_endpoint])
     create_endpoint.next(poll_endpoint)
     return create_model
+
+
+def _scale_to_zero_steps(ends: _Ends) -> Task:
+    """Copies of the component scale with traffic and down to zero: a scalable target (min
+    `min_instances`), target tracking on invocations per copy (scale-in after the cooldown), and a
+    +1 step policy fired by an alarm on NoCapacityInvocationFailures (a request that found no copy)."""
+    target = {
+        "ServiceNamespace": "sagemaker",
+        "ResourceId.$": f"{TARGET}.scalable_resource_id",
+        "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount",
+    }
+    register = _service_task(
+        "RegisterScalableTarget",
+        f"{AUTOSCALING_SDK}registerScalableTarget",
+        {**target, "MinCapacity.$": "$.deployment.min_instances", "MaxCapacity.$": "$.deployment.max_instances"},
+    )
+    tracking = _service_task(
+        "PutInvocationsScalingPolicy",
+        f"{AUTOSCALING_SDK}putScalingPolicy",
+        {
+            **target,
+            "PolicyName.$": f"States.Format('{{}}-invocations-per-copy', {TARGET}.scaling_policy_prefix)",
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"
+                },
+                "TargetValue.$": "$.deployment.target_invocations_per_instance",
+                "ScaleInCooldown.$": "$.deployment.scale_in_cooldown",
+                "ScaleOutCooldown.$": "$.deployment.scale_out_cooldown",
+            },
+        },
+    )
+    step = _service_task(
+        "PutScaleOutFromZeroPolicy",
+        f"{AUTOSCALING_SDK}putScalingPolicy",
+        {
+            **target,
+            "PolicyName.$": f"States.Format('{{}}-scale-out-from-zero', {TARGET}.scaling_policy_prefix)",
+            "PolicyType": "StepScaling",
+            "StepScalingPolicyConfiguration": {
+                "AdjustmentType": "ChangeInCapacity",
+                "MetricAggregationType": "Maximum",
+                "Cooldown.$": "$.deployment.scale_out_cooldown",
+                "StepAdjustments": [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}],
+            },
+        },
+        result_path="$.scaleOutPolicy",
+    )
+    step.fields["result_selector"] = {"PolicyARN.$": "$.PolicyARN"}
+    alarm = _service_task(
+        "PutNoCapacityAlarm",
+        f"{CLOUDWATCH_SDK}putMetricAlarm",
+        {
+            "AlarmName.$": f"States.Format('{{}}-no-capacity', {TARGET}.scaling_policy_prefix)",
+            "Namespace": "AWS/SageMaker",
+            "MetricName": "NoCapacityInvocationFailures",
+            "Dimensions": [{"Name": "InferenceComponentName", "Value.$": f"{TARGET}.inference_component_name"}],
+            "Statistic": "Maximum",
+            "Period": 60,
+            "EvaluationPeriods": 1,
+            "Threshold": 1,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "notBreaching",
+            "AlarmActions.$": "States.Array($.scaleOutPolicy.PolicyARN)",
+        },
+    )
+    for task in (register, tracking, step, alarm):
+        task.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
+    Chain([register, tracking, step, alarm, ends.record])
+    return register
 
 
 def _inference_component_steps(ends: _Ends) -> Task:
@@ -191,18 +264,18 @@ def _inference_component_steps(ends: _Ends) -> Task:
         },
         "RuntimeConfig": {"CopyCount": 1},
     }
-    find = _sagemaker_task(
+    find = _service_task(
         "FindInferenceComponent",
         f"{SAGEMAKER_SDK}describeInferenceComponent",
         {"InferenceComponentName.$": f"{TARGET}.inference_component_name"},
         result_path=None,
     )
-    create = _sagemaker_task(
+    create = _service_task(
         "CreateInferenceComponent",
         f"{SAGEMAKER_SDK}createInferenceComponent",
         {**component, "EndpointName.$": f"{TARGET}.endpoint_name", "VariantName": "AllTraffic"},
     )
-    update = _sagemaker_task("UpdateInferenceComponent", f"{SAGEMAKER_SDK}updateInferenceComponent", component)
+    update = _service_task("UpdateInferenceComponent", f"{SAGEMAKER_SDK}updateInferenceComponent", component)
     find.add_catch(Catch(error_equals=["States.TaskFailed"], next_step=create, result_path=None))
     for task in (create, update):
         task.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
@@ -220,7 +293,7 @@ def _inference_component_steps(ends: _Ends) -> Task:
         {"InferenceComponentName.$": f"{TARGET}.inference_component_name"},
         "InferenceComponentStatus",
         done,
-        ends.record,
+        _scale_to_zero_steps(ends),
         ends,
     )
     Chain([find, update, poll])

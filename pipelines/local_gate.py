@@ -149,6 +149,9 @@ def gate_input(config: ModelConfig, project: Project, home: StateHome, version: 
             "memory_size_mb": deployment.memory_size_mb,
             "max_concurrency": deployment.max_concurrency,
             "champion_tolerance": deployment.champion_tolerance,
+            "scale_in_cooldown": deployment.scale_in_cooldown,
+            "scale_out_cooldown": deployment.scale_out_cooldown,
+            "target_invocations_per_instance": deployment.target_invocations_per_instance,
         },
         "poll_seconds": 0,
     }

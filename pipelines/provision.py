@@ -96,6 +96,36 @@ def aws_deploy_command(config: ModelConfig, project: Project, model_package_arn:
     ]  # fmt: skip
 
 
+def _register_scaling(manager: EndpointManager, component: str, config: ModelConfig) -> None:
+    """What the endpoint template's scaling resources (and the gate's realtime branch) register."""
+    deployment = config.deployment
+    target = {
+        "ServiceNamespace": "sagemaker",
+        "ResourceId": f"inference-component/{component}",
+        "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount",
+    }
+    manager.call(
+        "registerScalableTarget",
+        {**target, "MinCapacity": deployment.min_instances, "MaxCapacity": deployment.max_instances},
+    )
+    manager.call(
+        "putScalingPolicy",
+        {
+            **target,
+            "PolicyName": f"{component}-invocations-per-copy",
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"
+                },
+                "TargetValue": deployment.target_invocations_per_instance,
+                "ScaleInCooldown": deployment.scale_in_cooldown,
+                "ScaleOutCooldown": deployment.scale_out_cooldown,
+            },
+        },
+    )
+
+
 def provision_local(config: ModelConfig, project: Project, home: StateHome, version: str | None) -> dict[str, Any]:
     """Create or update the local endpoint for `version` (default: the champion, else the newest)."""
     from pipelines.local_gate import _container
@@ -170,6 +200,7 @@ def provision_local(config: ModelConfig, project: Project, home: StateHome, vers
         described["InferenceComponent"] = manager.call(
             "describeInferenceComponent", {"InferenceComponentName": component}
         )
+        _register_scaling(manager, component, config)
     described["Version"] = chosen["version"]
     described["Updated"] = exists
     return described

@@ -91,6 +91,16 @@ def test_realtime_branch_uses_scale_to_zero_config_and_an_inference_component(ho
         component = state["inference_components"]["sagegate-development-breast-cancer-component"]
         assert component["InferenceComponentStatus"] == "InService"
         assert component["Specification"]["ModelName"] == record.output["evaluation"]["target"]["model_name"]
+        # scale to zero: scalable target down to min_instances, tracking with the YAML's cooldowns, step +1 on alarm
+        resource = "inference-component/sagegate-development-breast-cancer-component"
+        assert state["scalable_targets"][resource]["MinCapacity"] == 0
+        assert state["scalable_targets"][resource]["MaxCapacity"] == 3
+        tracking = state["scaling_policies"]["sagegate-development-breast-cancer-component-invocations-per-copy"]
+        assert tracking["TargetTrackingScalingPolicyConfiguration"]["ScaleInCooldown"] == 300
+        step = state["scaling_policies"]["sagegate-development-breast-cancer-component-scale-out-from-zero"]
+        alarm = state["alarms"]["sagegate-development-breast-cancer-component-no-capacity"]
+        assert alarm["MetricName"] == "NoCapacityInvocationFailures"
+        assert alarm["AlarmActions"] == [step["PolicyARN"]]
         # a second deployment updates the component in place (blue/green on the same endpoint)
         second = gate.execute(gate_input(config, PROJECT, home, version))
         assert second.status == "SUCCEEDED", second.cause

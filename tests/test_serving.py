@@ -78,7 +78,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     patch.setenv("SAGEGATE_SCALE_IN_COOLDOWN", "2")
     first = register(home, 20)
     provision_local(with_overrides(breast_cancer(), {"max_concurrency": 2}), PROJECT, home, first)
-    provision_local(breast_cancer("deployment.type=realtime"), PROJECT, home, first)
+    provision_local(breast_cancer("deployment.type=realtime", "deployment.scale_in_cooldown=2"), PROJECT, home, first)
     info = start_gateway(home, PROJECT)
     yield home, info
     stop_gateway(home)
@@ -294,7 +294,9 @@ def test_sixteen_clients_and_an_update_while_serving_drop_nothing(served) -> Non
     for thread in threads:
         thread.start()
     time.sleep(1.5)
-    updated = provision_local(breast_cancer("deployment.type=realtime"), PROJECT, home, second)
+    updated = provision_local(
+        breast_cancer("deployment.type=realtime", "deployment.scale_in_cooldown=2"), PROJECT, home, second
+    )
     time.sleep(3)
     stop.set()
     for thread in threads:

@@ -51,6 +51,9 @@ class Deployment(BaseModel):
     memory_size_mb: int = Field(2048, ge=1024, le=6144)
     max_concurrency: int = Field(5, ge=1, le=200)
     champion_tolerance: float = Field(0.0, ge=0.0)
+    scale_in_cooldown: int = Field(300, ge=0)
+    scale_out_cooldown: int = Field(60, ge=0)
+    target_invocations_per_instance: float = Field(1.0, gt=0)
 
 
 class GateInput(BaseModel):
@@ -196,8 +199,10 @@ def deployment_target(gate: GateInput, execution_name: str) -> dict[str, Any]:
         "model_name": f"{base}-{digest}",
         "endpoint_config_name": f"{base}-config-{digest}",
         "inference_component_name": f"{base}-component",
+        "scalable_resource_id": f"inference-component/{base}-component",
+        "scaling_policy_prefix": f"{base}-component",
     }
-    too_long = [name for name in target.values() if len(name) > NAME_LIMIT]
+    too_long = [name for key, name in target.items() if key.endswith("_name") and len(name) > NAME_LIMIT]
     if too_long:
         raise GateInputError(f"resource names longer than {NAME_LIMIT} characters: {', '.join(too_long)}")
     return target

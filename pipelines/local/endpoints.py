@@ -19,7 +19,15 @@ from typing import Any
 
 from pipelines.state import Project, StateHome
 
-KINDS = ("models", "endpoint_configs", "endpoints", "inference_components")
+KINDS = (
+    "models",
+    "endpoint_configs",
+    "endpoints",
+    "inference_components",
+    "scalable_targets",
+    "scaling_policies",
+    "alarms",
+)
 
 
 class SageMakerError(Exception):
@@ -198,6 +206,34 @@ class EndpointManager:
             "InferenceComponentStatus": component["InferenceComponentStatus"],
             **({"FailureReason": component["FailureReason"]} if component.get("FailureReason") else {}),
         }
+
+    # -- scaling (Application Auto Scaling and CloudWatch calls of the realtime branch) --------
+    def register_scalable_target(self, ResourceId: str, MinCapacity: int, MaxCapacity: int, **extra: Any) -> dict:
+        state = self._load()
+        state["scalable_targets"][ResourceId] = {"MinCapacity": MinCapacity, "MaxCapacity": MaxCapacity, **extra}
+        self._save(state)
+        arn = (
+            f"arn:aws:application-autoscaling:{self.project.region}:{self.project.account}:scalable-target/{ResourceId}"
+        )
+        return {"ScalableTargetARN": arn}
+
+    def put_scaling_policy(self, PolicyName: str, ResourceId: str, **extra: Any) -> dict:
+        state = self._load()
+        if ResourceId not in state["scalable_targets"]:
+            raise SageMakerError("ObjectNotFoundException", f"No scalable target registered for {ResourceId}")
+        arn = (
+            f"arn:aws:autoscaling:{self.project.region}:{self.project.account}:scalingPolicy:"
+            f"{ResourceId}:policyName/{PolicyName}"
+        )
+        state["scaling_policies"][PolicyName] = {"ResourceId": ResourceId, "PolicyARN": arn, **extra}
+        self._save(state)
+        return {"PolicyARN": arn, "Alarms": []}
+
+    def put_metric_alarm(self, AlarmName: str, **extra: Any) -> dict:
+        state = self._load()
+        state["alarms"][AlarmName] = extra
+        self._save(state)
+        return {}
 
     # -- readiness ---------------------------------------------------------------------------
     def _settle(self, state: dict[str, dict[str, Any]], endpoint: dict[str, Any]) -> None:

@@ -271,10 +271,15 @@ class Gateway:
         }
 
     def _cooldown(self, endpoint_name: str) -> float:
-        policies = self.state().get("scaling_policies", {})
-        for policy in policies.values():
-            if policy.get("EndpointName") == endpoint_name and "ScaleInCooldown" in policy:
-                return float(policy["ScaleInCooldown"])
+        """The scale-in cooldown of the endpoint's target-tracking policy (realtime, as registered by
+        the gate or `provision`), else $SAGEGATE_SCALE_IN_COOLDOWN (serverless: AWS's idle release)."""
+        state = self.state()
+        components = {f"inference-component/{n}" for n, c in state["inference_components"].items()
+                      if c["EndpointName"] == endpoint_name}  # fmt: skip
+        for policy in state.get("scaling_policies", {}).values():
+            config = policy.get("TargetTrackingScalingPolicyConfiguration") or {}
+            if policy["ResourceId"] in components and "ScaleInCooldown" in config:
+                return float(config["ScaleInCooldown"])
         return float(os.environ.get("SAGEGATE_SCALE_IN_COOLDOWN", DEFAULT_SCALE_IN_COOLDOWN))
 
     # -- requests -----------------------------------------------------------------------------

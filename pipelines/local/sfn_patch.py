@@ -40,6 +40,11 @@ from pipelines.local.endpoints import EndpointManager, SageMakerError
 
 PINNED_MOTO_VERSION = "5.2.5"
 Handler = Callable[[dict[str, Any], Any], Any]
+SERVICE_ERROR_NAMES = {
+    "sagemaker": "SageMaker",
+    "applicationautoscaling": "ApplicationAutoScaling",
+    "cloudwatch": "CloudWatch",
+}
 
 _handlers: dict[str, Handler] = {}
 _manager: list[EndpointManager] = []
@@ -115,8 +120,10 @@ def _invoke(
     return json.dumps(result).encode()
 
 
-class LocalSageMakerTask(StateTaskServiceCallback):
-    """`arn:aws:states:::sagemaker:*` and `arn:aws:states:::aws-sdk:sagemaker:*` on the local endpoints."""
+class LocalServiceTask(StateTaskServiceCallback):
+    """SageMaker tasks (`arn:aws:states:::sagemaker:*`, `...:aws-sdk:sagemaker:*`) and the realtime
+    branch's autoscaling and alarm calls (`aws-sdk:applicationautoscaling:*`, `aws-sdk:cloudwatch:*`)
+    on the local endpoint manager."""
 
     def __init__(self) -> None:
         super().__init__(supported_integration_patterns={ResourceCondition.WaitForTaskToken})
@@ -125,13 +132,15 @@ class LocalSageMakerTask(StateTaskServiceCallback):
         return None
 
     def _get_boto_service_name(self, boto_service_name: str | None = None) -> str:
-        return "sagemaker"
+        return {"applicationautoscaling": "application-autoscaling"}.get(self.resource.api_name, self.resource.api_name)
 
     def _error_name(self) -> str:
         # AWS names an optimised-integration error SageMaker.AmazonSageMakerException and an
-        # aws-sdk one SageMaker.SageMakerException; both match States.TaskFailed.
-        sdk = self.resource.service_name == "aws-sdk"
-        return "SageMaker.SageMakerException" if sdk else "SageMaker.AmazonSageMakerException"
+        # aws-sdk one {Service}.{Service}Exception; all match States.TaskFailed.
+        if self.resource.service_name != "aws-sdk":
+            return "SageMaker.AmazonSageMakerException"
+        service = SERVICE_ERROR_NAMES[self.resource.api_name]
+        return f"{service}.{service}Exception"
 
     def _from_error(self, env: Any, ex: Exception) -> FailureEvent:
         if isinstance(ex, SageMakerError | ClientError):
@@ -163,8 +172,10 @@ class LocalSageMakerTask(StateTaskServiceCallback):
 
 
 def _state_task_for(resource: Any) -> Any:
-    if isinstance(resource, ServiceResource) and "sagemaker" in (resource.service_name, resource.api_name):
-        return LocalSageMakerTask()
+    if isinstance(resource, ServiceResource) and (
+        resource.service_name == "sagemaker" or resource.api_name in SERVICE_ERROR_NAMES
+    ):
+        return LocalServiceTask()
     return _original_state_task_for(resource)
 
 
