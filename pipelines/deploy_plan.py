@@ -83,24 +83,9 @@ def _write(path: Path, text: str) -> Path:
 
 def gate_settings(config: ModelConfig) -> str:
     """The model's part of the gate input, as JSON members for the registration rule's template."""
-    deployment = config.deployment
-    members = {
-        "task": config.task,
-        "quality_gate": {m: t.model_dump(exclude_none=True) for m, t in config.quality_gate.metrics.items()},
-        "deployment": {
-            "type": deployment.type,
-            "instance_type": deployment.instance_type,
-            "min_instances": deployment.min_instances,
-            "max_instances": deployment.max_instances,
-            "memory_size_mb": deployment.memory_size_mb,
-            "max_concurrency": deployment.max_concurrency,
-            "champion_tolerance": deployment.champion_tolerance,
-            "scale_in_cooldown": deployment.scale_in_cooldown,
-            "scale_out_cooldown": deployment.scale_out_cooldown,
-            "target_invocations_per_instance": deployment.target_invocations_per_instance,
-        },
-    }
-    return json.dumps(members, separators=(",", ":"), sort_keys=True)[1:-1]
+    from pipelines.gate import model_settings
+
+    return json.dumps(model_settings(config), separators=(",", ":"), sort_keys=True)[1:-1]
 
 
 def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_arn: str) -> Plan:

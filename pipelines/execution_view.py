@@ -7,12 +7,11 @@ view is the same whether the history came from moto locally or from AWS.
 from __future__ import annotations
 
 import itertools
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.local_gate import ExecutionRecord
+from pipelines.local_gate import ExecutionRecord, _json_or_text
 
 
 def state_rows(record: ExecutionRecord) -> list[dict[str, Any]]:
@@ -29,7 +28,7 @@ def state_rows(record: ExecutionRecord) -> list[dict[str, Any]]:
                 "state": entered["name"],
                 "type": kind.removesuffix("StateEntered"),
                 "status": "Succeeded",
-                "input": _parse(entered.get("input")),
+                "input": _json_or_text(entered.get("input")),
                 "output": None,
                 "error": None,
                 "cause": None,
@@ -41,21 +40,12 @@ def state_rows(record: ExecutionRecord) -> list[dict[str, Any]]:
             current.update(status="Caught" if kind == "TaskFailed" else "Failed", error=failure.get("error"))
             current["cause"] = failure.get("cause")
         elif current and exited:
-            current["output"] = _parse(exited.get("output"))
+            current["output"] = _json_or_text(exited.get("output"))
             current["duration_seconds"] = _seconds(current["started"], event["timestamp"])
         elif kind == "ExecutionFailed" and rows:
             rows[-1].update(status="Failed", error=failure.get("error"), cause=failure.get("cause"))
             rows[-1]["duration_seconds"] = _seconds(rows[-1]["started"], event["timestamp"])
     return rows
-
-
-def _parse(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def _seconds(start: str, end: str) -> float:

@@ -19,6 +19,7 @@ os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 from stepfunctions.steps import Catch, Chain, Choice, ChoiceRule, Fail, Retry, Succeed, Task, Wait
 from stepfunctions.steps.states import Graph
 
+from pipelines.config import ModelConfig
 from pipelines.state import Project
 
 # DefinitionSubstitutions filled in by the CloudFormation template (and by the local runner).
@@ -39,6 +40,15 @@ SAGEMAKER_SDK = "arn:aws:states:::aws-sdk:sagemaker:"
 AUTOSCALING_SDK = "arn:aws:states:::aws-sdk:applicationautoscaling:"
 CLOUDWATCH_SDK = "arn:aws:states:::aws-sdk:cloudwatch:"
 TARGET = "$.evaluation.target"
+
+
+def model_settings(config: ModelConfig) -> dict[str, Any]:
+    """The model YAML's part of the gate's execution input: task, thresholds, deployment settings."""
+    return {
+        "task": config.task,
+        "quality_gate": {m: t.model_dump(exclude_none=True) for m, t in config.quality_gate.metrics.items()},
+        "deployment": config.deployment.model_dump(),
+    }
 
 
 def state_machine_name(project: Project) -> str:

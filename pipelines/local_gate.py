@@ -26,7 +26,7 @@ import requests
 
 from pipelines.config import ModelConfig
 from pipelines.definition import SKLEARN_VERSION, registered_model_name
-from pipelines.gate import gate_definition, state_machine_name, substitute
+from pipelines.gate import gate_definition, model_settings, state_machine_name, substitute
 from pipelines.local import sfn_patch
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.s3 import LocalS3
@@ -129,30 +129,14 @@ def gate_input(config: ModelConfig, project: Project, home: StateHome, version: 
         known = ", ".join(v["version"] for v in versions)
         raise GateError(f"model {config.name}: {name} has no version {version} (versions: {known})")
     execution_id = chosen["execution_id"]
-    deployment = config.deployment
     return {
         "model": config.name,
-        "task": config.task,
         "registered_model": name,
         "version": chosen["version"],
         "model_package_arn": None,
         "evaluation_uri": f"s3://{project.bucket}/evaluation/{config.name}/{execution_id}/evaluation.json",
         "container": _container(config, project, chosen["model_data_uri"]),
-        "quality_gate": {
-            metric: threshold.model_dump(exclude_none=True) for metric, threshold in config.quality_gate.metrics.items()
-        },
-        "deployment": {
-            "type": deployment.type,
-            "instance_type": deployment.instance_type,
-            "min_instances": deployment.min_instances,
-            "max_instances": deployment.max_instances,
-            "memory_size_mb": deployment.memory_size_mb,
-            "max_concurrency": deployment.max_concurrency,
-            "champion_tolerance": deployment.champion_tolerance,
-            "scale_in_cooldown": deployment.scale_in_cooldown,
-            "scale_out_cooldown": deployment.scale_out_cooldown,
-            "target_invocations_per_instance": deployment.target_invocations_per_instance,
-        },
+        **model_settings(config),
         "poll_seconds": 0,
     }
 
