@@ -78,6 +78,7 @@ class ModelServer:
         self.lock = threading.Lock()
         self.local = threading.local()
         self.last_used = time.monotonic()
+        self.cooldown = DEFAULT_SCALE_IN_COOLDOWN  # the endpoint's scale-in cooldown, refreshed per request
         self.in_flight = 0
         self.starts = 0
         self.cold_starts: list[float] = []
@@ -190,7 +191,7 @@ class Gateway:
         self.manager = EndpointManager(home, project)
         self.servers: dict[str, ModelServer] = {}
         self.servers_lock = threading.Lock()
-        self.limits: dict[str, threading.BoundedSemaphore] = {}
+        self.limits: dict[str, tuple[int, threading.BoundedSemaphore]] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.throttled: dict[str, int] = {}
         self._state: dict[str, Any] = {}
@@ -292,9 +293,10 @@ class Gateway:
         limit = None
         if route["max_concurrency"]:
             with self.servers_lock:
-                limit = self.limits.get(endpoint_name)
-                if limit is None or limit._initial_value != route["max_concurrency"]:  # type: ignore[attr-defined]
-                    limit = self.limits[endpoint_name] = threading.BoundedSemaphore(route["max_concurrency"])
+                size, limit = self.limits.get(endpoint_name, (0, None))
+                if limit is None or size != route["max_concurrency"]:  # new endpoint, or its config changed
+                    limit = threading.BoundedSemaphore(route["max_concurrency"])
+                    self.limits[endpoint_name] = (route["max_concurrency"], limit)
             if not limit.acquire(blocking=False):
                 self.throttled[endpoint_name] = self.throttled.get(endpoint_name, 0) + 1
                 raise InvocationError(
@@ -302,7 +304,7 @@ class Gateway:
                     f"endpoint {endpoint_name}; retry later.",
                 )  # fmt: skip
         server = self._server(route["model"], route["workers"])
-        server.cooldown = route["cooldown"]  # type: ignore[attr-defined]
+        server.cooldown = route["cooldown"]
         server.in_flight += 1
         try:
             forwarded = {
@@ -370,8 +372,7 @@ class Gateway:
             try:
                 now = time.monotonic()
                 for server in list(self.servers.values()):
-                    cooldown = getattr(server, "cooldown", DEFAULT_SCALE_IN_COOLDOWN)
-                    if server.running and server.in_flight == 0 and now - server.last_used > cooldown:
+                    if server.running and server.in_flight == 0 and now - server.last_used > server.cooldown:
                         server.stop()
                 self.write_metrics()
             except Exception:  # keep scaling in and reporting whatever one pass hit
