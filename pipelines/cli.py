@@ -149,6 +149,23 @@ def cmd_gate_run(args: argparse.Namespace) -> int:
     return EXIT_OK if execution.status == "SUCCEEDED" else EXIT_FAILED
 
 
+def _ab_weights(text: str) -> dict[str, float]:
+    """`--ab 3=0.8,4=0.2` → {"3": 0.8, "4": 0.2}: two or more versions with positive weights."""
+    weights: dict[str, float] = {}
+    for part in text.split(","):
+        version, _, weight = part.partition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if not version.strip().isdigit() or value <= 0:
+            raise ConfigError(f"--ab {text!r}: expected VERSION=WEIGHT pairs with positive weights, e.g. 3=0.8,4=0.2")
+        weights[version.strip()] = value
+    if len(weights) < 2:
+        raise ConfigError(f"--ab {text!r}: an A/B endpoint needs at least two versions")
+    return weights
+
+
 def cmd_provision_endpoint(args: argparse.Namespace) -> int:
     import shlex
     import subprocess
@@ -159,8 +176,9 @@ def cmd_provision_endpoint(args: argparse.Namespace) -> int:
     config = with_overrides(_find_config(args.model, args.config, args.set), vars(args))
     project = _project(args)
     target = args.target or ("local" if config.training.deployment_target == "local" else "aws")
+    weights = _ab_weights(args.ab) if args.ab else None
     if target == "local":
-        described = provision_local(config, project, StateHome.from_env(), args.version)
+        described = provision_local(config, project, StateHome.from_env(), args.version, weights)
         if args.json:
             print(json.dumps(described, indent=2))
         else:
@@ -176,6 +194,8 @@ def cmd_provision_endpoint(args: argparse.Namespace) -> int:
             if described["EndpointStatus"] == "InService" and not described.get("FailureReason")
             else EXIT_FAILED
         )
+    if weights:
+        raise ConfigError("--ab is local only; on AWS add the variants to the endpoint stack")
     if not args.model_package_arn:
         raise ConfigError("--target aws needs --model-package-arn (the approved Model Registry version to serve)")
     template, parameters = template_parameters(config, project, args.model_package_arn)
@@ -477,6 +497,9 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint.add_argument("--target-invocations", type=float, help="invocations per instance (copy) to track")
     endpoint.add_argument("--memory-size-mb", type=int, help="serverless memory")
     endpoint.add_argument("--max-concurrency", type=int, help="serverless maximum concurrency")
+    endpoint.add_argument(
+        "--ab", metavar="V=W,V=W", help="A/B: one production variant per registered version, traffic split by weight"
+    )
     endpoint.add_argument("--target", choices=("local", "aws"), help="default: training.deployment_target")
     endpoint.add_argument("--model-package-arn", help="AWS: the Model Registry version to serve")
     endpoint.add_argument("--render", metavar="FILE", help="AWS: also write the rendered template here")

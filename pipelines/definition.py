@@ -241,6 +241,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         base_job_name=f"{project.prefix}-{name}-register",
         sagemaker_session=session,
     )
+    registration = PropertyFile(name="Registration", output_name="registration", path="registration.json")
     step_register_mlflow = ProcessingStep(
         name="RegisterMlflowModel",
         step_args=registrar.run(
@@ -278,10 +279,15 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 model_data,
             ],
         ),
+        property_files=[registration],
     )
     if_steps: list[Any] = [step_register_mlflow]
     if not local:
-        if_steps.append(_model_registry_step(config, project, session, model_data, evaluation_uri, approval))
+        # the package carries its MLflow version: the gate (triggered by the package) checks that one
+        mlflow_version = JsonGet(step_name=step_register_mlflow.name, property_file=registration, json_path="version")
+        if_steps.append(
+            _model_registry_step(config, project, session, model_data, evaluation_uri, approval, mlflow_version)
+        )
 
     step_gate = ConditionStep(
         name="CheckQualityGate",
@@ -307,7 +313,13 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
 
 
 def _model_registry_step(
-    config: ModelConfig, project: Project, session: Session, model_data: Any, evaluation_uri: Any, approval: Any
+    config: ModelConfig,
+    project: Project,
+    session: Session,
+    model_data: Any,
+    evaluation_uri: Any,
+    approval: Any,
+    mlflow_version: Any,
 ) -> ModelStep:
     model = SKLearnModel(
         name=f"{project.prefix}-{project.environment}-{config.name}",
@@ -335,6 +347,10 @@ def _model_registry_step(
             model_package_group_name=project.model_package_group(config.name),
             approval_status=approval,
             model_metrics=metrics,
+            customer_metadata_properties={
+                "mlflow_registered_model": registered_model_name(config, project),
+                "mlflow_version": mlflow_version,
+            },
         ),
     )
 

@@ -126,46 +126,26 @@ def _register_scaling(manager: EndpointManager, component: str, config: ModelCon
     )
 
 
-def provision_local(config: ModelConfig, project: Project, home: StateHome, version: str | None) -> dict[str, Any]:
-    """Create or update the local endpoint for `version` (default: the champion, else the newest)."""
-    from pipelines.local_gate import _container
-    from pipelines.registry import list_versions
-
-    name = f"{project.prefix}-{project.environment}-{config.name}"
-    versions = [v for v in list_versions(home) if v["name"] == name]
-    if not versions:
-        raise ProvisionError(f"model {config.name}: nothing registered yet; run `sagegate run` first")
+def _pick(config: ModelConfig, versions: list[dict[str, Any]], version: str | None) -> dict[str, Any]:
     if version is None:
-        chosen = next((v for v in versions if "champion" in v["aliases"]), versions[-1])
-    else:
-        chosen = next((v for v in versions if v["version"] == str(version)), None)
-        if chosen is None:
-            raise ProvisionError(f"model {config.name}: no version {version}")
-    deployment = config.deployment
-    digest = uuid.uuid4().hex[:8]  # new model and config names per provisioning; the endpoint keeps its name
-    model_name, config_name = f"{name}-{digest}", f"{name}-config-{digest}"
-    endpoint_name = f"{name}-{deployment.type}"
-    manager = EndpointManager(home, project)
-    manager.call(
-        "createModel",
-        {
-            "ModelName": model_name,
-            "PrimaryContainer": _container(config, project, chosen["model_data_uri"]),
-            "ExecutionRoleArn": f"arn:aws:iam::{project.account}:role/{name.rsplit('-', 1)[0]}-sagemaker-inference",
-        },
-    )
+        return next((v for v in versions if "champion" in v["aliases"]), versions[-1])
+    chosen = next((v for v in versions if v["version"] == str(version)), None)
+    if chosen is None:
+        known = ", ".join(v["version"] for v in versions)
+        raise ProvisionError(f"model {config.name}: no version {version} (versions: {known})")
+    return chosen
+
+
+def _variant(deployment: Any, name: str, model_name: str | None, weight: float) -> dict[str, Any]:
     if deployment.type == "serverless":
-        variant = {
-            "VariantName": "AllTraffic",
-            "ModelName": model_name,
+        sizing: dict[str, Any] = {
             "ServerlessConfig": {
                 "MemorySizeInMB": deployment.memory_size_mb,
                 "MaxConcurrency": deployment.max_concurrency,
-            },
+            }
         }
     else:
-        variant = {
-            "VariantName": "AllTraffic",
+        sizing = {
             "InstanceType": deployment.instance_type,
             "InitialInstanceCount": 1,
             "ManagedInstanceScaling": {
@@ -174,14 +154,59 @@ def provision_local(config: ModelConfig, project: Project, home: StateHome, vers
                 "MaxInstanceCount": deployment.max_instances,
             },
         }
-    manager.call("createEndpointConfig", {"EndpointConfigName": config_name, "ProductionVariants": [variant]})
+    variant = {"VariantName": name, "InitialVariantWeight": weight, **sizing}
+    return variant | ({"ModelName": model_name} if model_name else {})
+
+
+def provision_local(
+    config: ModelConfig,
+    project: Project,
+    home: StateHome,
+    version: str | None,
+    weights: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Create or update the local endpoint for `version` (default: the champion, else the newest).
+
+    `weights` ({version: weight}) makes an A/B endpoint instead: one production variant `v{N}` per
+    version, traffic split by weight (each variant hosts its model directly, no inference component).
+    """
+    from pipelines.local_gate import _container
+    from pipelines.registry import list_versions
+
+    name = f"{project.prefix}-{project.environment}-{config.name}"
+    versions = [v for v in list_versions(home) if v["name"] == name]
+    if not versions:
+        raise ProvisionError(f"model {config.name}: nothing registered yet; run `sagegate run` first")
+    picked = [_pick(config, versions, v) for v in (weights or {version: 1.0})]
+    deployment = config.deployment
+    digest = uuid.uuid4().hex[:8]  # new model and config names per provisioning; the endpoint keeps its name
+    config_name, endpoint_name = f"{name}-config-{digest}", f"{name}-{deployment.type}"
+    manager = EndpointManager(home, project)
+    variants = []
+    for index, chosen in enumerate(picked):
+        model_name = f"{name}-{digest}" + (f"-v{chosen['version']}" if weights else "")
+        manager.call(
+            "createModel",
+            {
+                "ModelName": model_name,
+                "PrimaryContainer": _container(config, project, chosen["model_data_uri"]),
+                "ExecutionRoleArn": f"arn:aws:iam::{project.account}:role/{name.rsplit('-', 1)[0]}-sagemaker-inference",
+            },
+        )
+        if weights:
+            weight = float(list(weights.values())[index])
+            variants.append(_variant(deployment, f"v{chosen['version']}", model_name, weight))
+        else:
+            hosted = model_name if deployment.type == "serverless" else None  # realtime: an inference component
+            variants.append(_variant(deployment, "AllTraffic", hosted, 1.0))
+    manager.call("createEndpointConfig", {"EndpointConfigName": config_name, "ProductionVariants": variants})
     exists = endpoint_name in manager.snapshot()["endpoints"]
     action = "updateEndpoint" if exists else "createEndpoint"
     manager.call(action, {"EndpointName": endpoint_name, "EndpointConfigName": config_name})
     described = manager.call("describeEndpoint", {"EndpointName": endpoint_name})
-    if deployment.type == "realtime" and described["EndpointStatus"] == "InService":
+    if deployment.type == "realtime" and not weights and described["EndpointStatus"] == "InService":
         component = f"{name}-component"
-        specification = {"ModelName": model_name}
+        specification = {"ModelName": f"{name}-{digest}"}
         if component in manager.snapshot()["inference_components"]:
             manager.call(
                 "updateInferenceComponent", {"InferenceComponentName": component, "Specification": specification}
@@ -201,6 +226,6 @@ def provision_local(config: ModelConfig, project: Project, home: StateHome, vers
             "describeInferenceComponent", {"InferenceComponentName": component}
         )
         _register_scaling(manager, component, config)
-    described["Version"] = chosen["version"]
+    described["Version"] = ",".join(chosen["version"] for chosen in picked)
     described["Updated"] = exists
     return described

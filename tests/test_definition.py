@@ -106,3 +106,20 @@ def test_console_script_needs_no_credentials_and_no_network(config, aws, tmp_pat
         capture_output=True,
     )
     assert json.loads(out.read_text()) == aws
+
+
+def test_model_package_carries_its_mlflow_version(aws):
+    """The gate is triggered by the package on AWS and checks the MLflow version: the package says which."""
+    register = next(
+        s
+        for s in next(s for s in aws["Steps"] if s["Name"] == "CheckQualityGate")["Arguments"]["IfSteps"]
+        if s["Name"].startswith("RegisterModelPackage")
+    )
+    metadata = register["Arguments"]["CustomerMetadataProperties"]
+    assert metadata["mlflow_registered_model"] == "sagegate-development-breast-cancer"
+    assert metadata["mlflow_version"] == {
+        "Std:JsonGet": {
+            "Path": "version",
+            "PropertyFile": {"Get": "Steps.RegisterMlflowModel.PropertyFiles.Registration"},
+        }
+    }

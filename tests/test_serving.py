@@ -7,9 +7,12 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -96,9 +99,14 @@ def runtime(info: dict):
     )
 
 
-def metrics(home: StateHome) -> dict:
-    time.sleep(0.4)  # written every 0.25 s
-    return json.loads((home.root / "serving" / "metrics.json").read_text())
+def metrics(home: StateHome, until: Callable[[dict], bool] = lambda m: True, timeout: float = 15) -> dict:
+    """The gateway's metrics file (rewritten every 0.25 s), once `until` holds for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(0.3)
+        snapshot = json.loads((home.root / "serving" / "metrics.json").read_text())
+        if until(snapshot) or time.monotonic() > deadline:
+            return snapshot
 
 
 def csv(rows: pd.DataFrame) -> str:
@@ -217,7 +225,7 @@ def test_serverless_max_concurrency_throttles_like_aws(served) -> None:
     assert outcomes.count("ok") >= 2
     assert "ThrottlingException" in outcomes
     assert set(outcomes) <= {"ok", "ThrottlingException"}
-    assert metrics(home)["throttled"][SERVERLESS] >= 1
+    assert metrics(home, lambda m: m["throttled"].get(SERVERLESS, 0) >= 1)["throttled"][SERVERLESS] >= 1
 
 
 def test_realtime_scales_to_zero_and_back(served) -> None:
@@ -228,7 +236,7 @@ def test_realtime_scales_to_zero_and_back(served) -> None:
         "sagegate-development-breast-cancer-component"
     ]
     model = component["Specification"]["ModelName"]
-    server = metrics(home)["servers"][model]
+    server = metrics(home, lambda m: m["servers"].get(model, {}).get("starts", 0) >= 1)["servers"][model]
     pid, starts = server["pid"], server["starts"]
     assert server["running"] and pid
     deadline = time.monotonic() + 15
@@ -243,7 +251,7 @@ def test_realtime_scales_to_zero_and_back(served) -> None:
     began = time.monotonic()
     client.invoke_endpoint(EndpointName=REALTIME, ContentType="text/csv", Body=csv(ROWS))
     cold = time.monotonic() - began
-    after = metrics(home)["servers"][model]
+    after = metrics(home, lambda m: m["servers"][model]["starts"] == starts + 1)["servers"][model]
     assert after["starts"] == starts + 1 and after["pid"] != pid  # a new process answered the first request
     assert cold >= after["cold_starts_seconds"][-1]
 
@@ -252,7 +260,8 @@ def test_killed_model_server_is_restarted_under_load(served) -> None:
     home, info = served
     client = runtime(info)
     client.invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS))
-    pid = next(s["pid"] for s in metrics(home)["servers"].values() if s["running"] and s["pid"])
+    running = metrics(home, lambda m: any(s["running"] and s["pid"] for s in m["servers"].values()))
+    pid = next(s["pid"] for s in running["servers"].values() if s["running"] and s["pid"])
     errors: list[str] = []
     stop = threading.Event()
 
@@ -307,31 +316,37 @@ def test_sixteen_clients_and_an_update_while_serving_drop_nothing(served) -> Non
 
 def test_ab_variants_split_traffic_and_target_variant_forces_one(served) -> None:
     home, info = served
-    manager = EndpointManager(home, PROJECT)
-    state = manager.snapshot()
-    models = sorted(state["models"])[:2]
-    variants = [
-        {"VariantName": name, "ModelName": model, "InitialVariantWeight": 0.5,
-         "ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 10}}
-        for name, model in zip(("A", "B"), models, strict=True)
-    ]  # fmt: skip
-    manager.call("createEndpointConfig", {"EndpointConfigName": "ab-config", "ProductionVariants": variants})
-    manager.call("createEndpoint", {"EndpointName": "sagegate-development-ab", "EndpointConfigName": "ab-config"})
-    manager.call("describeEndpoint", {"EndpointName": "sagegate-development-ab"})
+    exe = Path(sys.executable).parent / "sagegate"
+    environment = {**os.environ, "SAGEGATE_HOME": str(home.root)}
+    created = subprocess.run(
+        [str(exe), "provision", "endpoint", "--model", "breast-cancer", "--ab", "1=0.5,2=0.5", "--json"],
+        capture_output=True, text=True, cwd=ROOT, env=environment,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
     client = runtime(info)
     seen = [
-        client.invoke_endpoint(EndpointName="sagegate-development-ab", ContentType="text/csv", Body=csv(ROWS.head(1)))[
+        client.invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS.head(1)))[
             "InvokedProductionVariant"
         ]
         for _ in range(60)
     ]
-    assert 10 < seen.count("A") < 50 and seen.count("A") + seen.count("B") == 60
+    assert 10 < seen.count("v1") < 50 and seen.count("v1") + seen.count("v2") == 60
     forced = client.invoke_endpoint(
-        EndpointName="sagegate-development-ab", ContentType="text/csv", Body=csv(ROWS.head(1)), TargetVariant="B"
+        EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS.head(1)), TargetVariant="v2"
     )
-    assert forced["InvokedProductionVariant"] == "B"
-    counts = metrics(home)["invocations"]["sagegate-development-ab"]
-    assert counts["A"] == seen.count("A") and counts["B"] == seen.count("B") + 1
+    assert forced["InvokedProductionVariant"] == "v2"
+    expected = {"v1": seen.count("v1"), "v2": seen.count("v2") + 1}
+    metrics(home, lambda m: m["invocations"].get(SERVERLESS, {}).get("v2") == expected["v2"])
+    shown = subprocess.run(
+        [str(exe), "endpoints", "show", SERVERLESS], capture_output=True, text=True, env=environment, check=True
+    )
+    counts = {v["VariantName"]: v["Invocations"] for v in json.loads(shown.stdout)["ProductionVariants"]}
+    assert counts == expected
+    bad = subprocess.run(
+        [str(exe), "provision", "endpoint", "--model", "breast-cancer", "--ab", "1=0.5"],
+        capture_output=True, text=True, cwd=ROOT, env=environment,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "at least two versions" in bad.stderr
 
 
 def test_endpoints_survive_a_gateway_restart(served) -> None:
