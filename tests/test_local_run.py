@@ -69,8 +69,12 @@ def test_pipeline_runs_every_step_and_registers_in_mlflow(state, first_run):
     assert run.data.metrics["accuracy"] == pytest.approx(first_run.metrics["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/confusion_matrix.png", "evaluation/roc.png"} <= artifacts
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(state.mlflow_tracking_uri)
-    loaded = mlflow.sklearn.load_model("models:/sagegate-development-breast-cancer/1")
+    try:
+        loaded = mlflow.sklearn.load_model("models:/sagegate-development-breast-cancer/1")
+    finally:
+        mlflow.set_tracking_uri(previous)
     rows = pd.read_csv(DATA / "breast_cancer.csv")
     assert (loaded.predict(rows.drop(columns="label")[:50]) == rows["label"][:50]).mean() > 0.8
 

@@ -106,7 +106,7 @@ def _registry() -> Any:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    return mlflow.MlflowClient()
+    return mlflow.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))  # the function's setting
 
 
 @tracer.capture_method

@@ -60,7 +60,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))  # the function's setting
     try:
         previous = str(client.get_model_version_by_alias(request.registered_model, "champion").version)
     except MlflowException:

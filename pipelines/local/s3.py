@@ -3,14 +3,13 @@
 The SDK uploads code, downloads inputs and uploads outputs with boto3, and job subprocesses
 fetch their code the same way, so local mode needs a real S3 endpoint that every process can
 reach: moto's server on 127.0.0.1. moto keeps objects in memory, so on start the mirror
-folder (`s3/{bucket}/{key}`) is loaded into it and on stop every object is written back:
-a run's artifacts are ordinary files, with the same keys they would have on AWS.
+folder (`s3/{bucket}/{key}`) is loaded into it and on stop what changed is written back
+(by ETag): a run's artifacts are ordinary files, with the same keys they would have on AWS.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from types import TracebackType
 
@@ -31,6 +30,7 @@ class LocalS3:
         self.region = region
         self._server: ThreadedMotoServer | None = None
         self._saved_env: dict[str, str | None] = {}
+        self._loaded: dict[str, dict[str, str]] = {}
         self.endpoint_url = ""
 
     def __enter__(self) -> LocalS3:
@@ -74,27 +74,36 @@ class LocalS3:
     def _load(self) -> None:
         self.mirror.mkdir(parents=True, exist_ok=True)
         client = self.client
-        for bucket_dir in sorted(p for p in self.mirror.iterdir() if p.is_dir()):
+        for bucket_dir in sorted(p for p in self.mirror.iterdir() if p.is_dir() and not p.name.startswith(".")):
             client.create_bucket(Bucket=bucket_dir.name)
             for path in sorted(p for p in bucket_dir.rglob("*") if p.is_file()):
                 client.upload_file(str(path), bucket_dir.name, path.relative_to(bucket_dir).as_posix())
+        self._loaded = self._listing()
+
+    def _listing(self) -> dict[str, dict[str, str]]:
+        """Every object's ETag, per bucket."""
+        client = self.client
+        listing: dict[str, dict[str, str]] = {}
+        for bucket in client.list_buckets()["Buckets"]:
+            objects = listing[bucket["Name"]] = {}
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+                objects.update({item["Key"]: item["ETag"] for item in page.get("Contents", [])})
+        return listing
 
     def save(self) -> None:
-        """Write every object to the mirror; keys deleted in S3 disappear from it too."""
+        """Write back what changed since the load: new or rewritten objects are downloaded, deleted
+        keys disappear from the mirror; untouched objects are not copied again."""
         client = self.client
-        for bucket in client.list_buckets()["Buckets"]:
-            name = bucket["Name"]
-            staging = self.mirror / f".{name}.saving"
-            shutil.rmtree(staging, ignore_errors=True)
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-                for item in page.get("Contents", []):
-                    target = staging / item["Key"]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    client.download_file(name, item["Key"], str(target))
-            staging.mkdir(parents=True, exist_ok=True)
-            final = self.mirror / name
-            old = self.mirror / f".{name}.old"
-            if final.exists():
-                final.rename(old)
-            staging.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+        for bucket, objects in self._listing().items():
+            loaded = self._loaded.get(bucket, {})
+            for key, etag in objects.items():
+                target = self.mirror / bucket / key
+                if loaded.get(key) == etag and target.is_file():
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(f".{target.name}.partial")
+                client.download_file(bucket, key, str(partial))
+                os.replace(partial, target)
+            for key in loaded.keys() - objects.keys():
+                (self.mirror / bucket / key).unlink(missing_ok=True)
+        self._loaded = self._listing()
