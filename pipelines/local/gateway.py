@@ -80,8 +80,18 @@ class ModelServer:
         self.last_used = time.monotonic()
         self.cooldown = DEFAULT_SCALE_IN_COOLDOWN  # the endpoint's scale-in cooldown, refreshed per request
         self.in_flight = 0
+        self._in_flight_lock = threading.Lock()  # gunicorn threads: `+= 1` on an attribute is not atomic
         self.starts = 0
         self.cold_starts: list[float] = []
+
+    def enter(self) -> None:
+        with self._in_flight_lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self._in_flight_lock:
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
 
     @property
     def running(self) -> bool:
@@ -194,6 +204,7 @@ class Gateway:
         self.limits: dict[str, tuple[int, threading.BoundedSemaphore]] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.throttled: dict[str, int] = {}
+        self.counters_lock = threading.Lock()
         self._state: dict[str, Any] = {}
         self._state_mtime = 0.0
         self.metrics_path = home.root / "serving" / "metrics.json"
@@ -298,14 +309,15 @@ class Gateway:
                     limit = threading.BoundedSemaphore(route["max_concurrency"])
                     self.limits[endpoint_name] = (route["max_concurrency"], limit)
             if not limit.acquire(blocking=False):
-                self.throttled[endpoint_name] = self.throttled.get(endpoint_name, 0) + 1
+                with self.counters_lock:
+                    self.throttled[endpoint_name] = self.throttled.get(endpoint_name, 0) + 1
                 raise InvocationError(
                     400, "ThrottlingException", f"Maximum concurrency ({route['max_concurrency']}) reached for "
                     f"endpoint {endpoint_name}; retry later.",
                 )  # fmt: skip
         server = self._server(route["model"], route["workers"])
         server.cooldown = route["cooldown"]
-        server.in_flight += 1
+        server.enter()
         try:
             forwarded = {
                 "Content-Type": headers.get("content-type", "application/json"),
@@ -316,12 +328,12 @@ class Gateway:
         except (OSError, http.client.HTTPException) as error:
             raise InvocationError(424, "ModelError", f"model server failed: {error}", OriginalStatusCode=500) from None
         finally:
-            server.in_flight -= 1
-            server.last_used = time.monotonic()
+            server.leave()
             if limit is not None:
                 limit.release()
-        counts = self.counts.setdefault(endpoint_name, {})
-        counts[route["variant"]] = counts.get(route["variant"], 0) + 1
+        with self.counters_lock:
+            counts = self.counts.setdefault(endpoint_name, {})
+            counts[route["variant"]] = counts.get(route["variant"], 0) + 1
         if status != 200:
             message = payload.decode(errors="replace")
             try:
@@ -379,11 +391,14 @@ class Gateway:
                 logging.getLogger(__name__).exception("gateway housekeeping failed")
 
     def write_metrics(self) -> None:
+        with self.counters_lock:  # a consistent copy: request threads keep counting meanwhile
+            invocations = {endpoint: dict(counts) for endpoint, counts in self.counts.items()}
+            throttled = dict(self.throttled)
         snapshot = {
             "updated": time.time(),
             "pid": os.getpid(),
-            "invocations": self.counts,
-            "throttled": self.throttled,
+            "invocations": invocations,
+            "throttled": throttled,
             "servers": {
                 name: {
                     "running": server.running,
