@@ -23,29 +23,15 @@ class BatchError(RuntimeError):
 
 def resolve_model(home: StateHome, project: Project, spec: str) -> tuple[str, str, Path]:
     """`NAME`, `NAME@alias` or `NAME@version` → (registered name, version, model.tar.gz path)."""
-    from pipelines.registry import list_versions
+    from pipelines.registry import VersionNotFound, find_version
 
     model, _, selector = spec.partition("@")
-    selector = selector or "champion"
     name = f"{project.prefix}-{project.environment}-{model}"
-    versions = [v for v in list_versions(home) if v["name"] == name]
-    if not versions:
-        raise BatchError(f"--model {spec}: no registered versions of {name}")
-    chosen = next((v for v in versions if v["version"] == selector or selector in v["aliases"]), None)
-    if chosen is None:
-        known = ", ".join(
-            f"{v['version']}{' (' + ','.join(v['aliases']) + ')' if v['aliases'] else ''}" for v in versions
-        )
-        raise BatchError(f"--model {spec}: no version or alias {selector!r} (versions: {known})")
-    return name, chosen["version"], local_path(home, chosen["model_data_uri"])
-
-
-def local_path(home: StateHome, location: str) -> Path:
-    """An `s3://bucket/key` in local mode is the mirror's `s3/bucket/key`; anything else is a path."""
-    if location.startswith("s3://"):
-        bucket, _, key = location.removeprefix("s3://").partition("/")
-        return home.s3 / bucket / key
-    return Path(location).resolve()
+    try:
+        chosen = find_version(home, name, selector or "champion")
+    except VersionNotFound as error:
+        raise BatchError(f"--model {spec}: {error}") from None
+    return name, chosen["version"], home.local_path(chosen["model_data_uri"])
 
 
 def predict(
@@ -54,7 +40,7 @@ def predict(
     name, version, archive = resolve_model(home, project, model_spec)
     if not archive.is_file():
         raise BatchError(f"model artifact of {name} version {version} is missing: {archive}")
-    input_path, output_path = local_path(home, source), local_path(home, destination)
+    input_path, output_path = home.local_path(source), home.local_path(destination)
     if not input_path.exists():
         raise BatchError(f"--input {source}: not found ({input_path})")
     with tempfile.TemporaryDirectory() as model_dir:

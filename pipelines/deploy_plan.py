@@ -19,7 +19,6 @@ from pipelines.config import ModelConfig, load_config
 from pipelines.state import ENVIRONMENTS, Project
 
 ROOT = Path(__file__).resolve().parent.parent
-LAMBDA_KINDS = ("evaluator", "promoter")
 
 
 @dataclass
@@ -90,7 +89,7 @@ def gate_settings(config: ModelConfig) -> str:
 
 def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_arn: str) -> Plan:
     from pipelines.definition import definition_json
-    from pipelines.gate import gate_definition_json
+    from pipelines.gate import GATE_FUNCTIONS, gate_definition_json
 
     plan = Plan(project=project, out=out)
     base = {"Project": project.prefix, "Environment": project.environment}
@@ -99,7 +98,7 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
         Stack(f"{project.prefix}-{project.environment}-iam-roles", "iam-roles.yaml", base, ("CAPABILITY_NAMED_IAM",))
     )
     code_keys = {}
-    for kind in LAMBDA_KINDS:
+    for kind in GATE_FUNCTIONS:
         source = ROOT / "lambdas" / kind
         key = f"lambdas/{kind}-{_digest(source / 'app.py', source / 'requirements.txt')}.zip"
         plan.lambdas.append((kind, out / "lambdas" / f"{kind}.zip", key))

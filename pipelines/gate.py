@@ -27,6 +27,7 @@ EVALUATOR_ARN = "${EvaluatorFunctionArn}"
 PROMOTER_ARN = "${PromoterFunctionArn}"
 INFERENCE_ROLE_ARN = "${InferenceRoleArn}"
 SUBSTITUTIONS = ("EvaluatorFunctionArn", "PromoterFunctionArn", "InferenceRoleArn")
+GATE_FUNCTIONS = ("evaluator", "promoter")  # lambdas/<kind>/app.py, deployed as {project}-{env}-gate-<kind>
 
 DECISIONS = ("deploy_realtime", "deploy_serverless", "reject")
 TRANSIENT_LAMBDA_ERRORS = [

@@ -26,14 +26,13 @@ import requests
 
 from pipelines.config import ModelConfig
 from pipelines.definition import SKLEARN_VERSION, registered_model_name
-from pipelines.gate import gate_definition, model_settings, state_machine_name, substitute
+from pipelines.gate import GATE_FUNCTIONS, gate_definition, model_settings, state_machine_name, substitute
 from pipelines.local import sfn_patch
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
 
 LAMBDAS_DIR = Path(__file__).resolve().parent.parent / "lambdas"
-GATE_FUNCTIONS = ("evaluator", "promoter")
 POLL_TIMEOUT_SECONDS = 900
 
 
@@ -118,16 +117,13 @@ def _container(config: ModelConfig, project: Project, model_data_url: str) -> di
 
 def gate_input(config: ModelConfig, project: Project, home: StateHome, version: str | None = None) -> dict[str, Any]:
     """The execution input for one registered version: where its evaluation is, what to deploy."""
-    from pipelines.registry import list_versions
+    from pipelines.registry import VersionNotFound, find_version
 
     name = registered_model_name(config, project)
-    versions = [v for v in list_versions(home) if v["name"] == name]
-    if not versions:
-        raise GateError(f"model {config.name}: no registered versions of {name}; run `sagegate run` first")
-    chosen = versions[-1] if version is None else next((v for v in versions if v["version"] == str(version)), None)
-    if chosen is None:
-        known = ", ".join(v["version"] for v in versions)
-        raise GateError(f"model {config.name}: {name} has no version {version} (versions: {known})")
+    try:
+        chosen = find_version(home, name, version)  # default: the newest registration
+    except VersionNotFound as error:
+        raise GateError(f"model {config.name}: {error}") from None
     execution_id = chosen["execution_id"]
     return {
         "model": config.name,

@@ -232,7 +232,7 @@ def _record(
         record.registered_version = registration["version"]
         record.artifacts["mlflow_model"] = registration["model_uri"]
     if model_uri:
-        record.artifacts["model"] = str(home.s3 / bucket / model_uri.removeprefix(f"s3://{bucket}/"))
+        record.artifacts["model"] = str(home.local_path(model_uri))
     record.artifacts["splits"] = str(home.s3 / bucket / "training-data" / config.name / run_id)
     return record
 

@@ -126,16 +126,6 @@ def _register_scaling(manager: EndpointManager, component: str, config: ModelCon
     )
 
 
-def _pick(config: ModelConfig, versions: list[dict[str, Any]], version: str | None) -> dict[str, Any]:
-    if version is None:
-        return next((v for v in versions if "champion" in v["aliases"]), versions[-1])
-    chosen = next((v for v in versions if v["version"] == str(version)), None)
-    if chosen is None:
-        known = ", ".join(v["version"] for v in versions)
-        raise ProvisionError(f"model {config.name}: no version {version} (versions: {known})")
-    return chosen
-
-
 def _variant(deployment: Any, name: str, model_name: str | None, weight: float) -> dict[str, Any]:
     if deployment.type == "serverless":
         sizing: dict[str, Any] = {
@@ -171,13 +161,13 @@ def provision_local(
     version, traffic split by weight (each variant hosts its model directly, no inference component).
     """
     from pipelines.local_gate import _container
-    from pipelines.registry import list_versions
+    from pipelines.registry import VersionNotFound, find_version
 
     name = f"{project.prefix}-{project.environment}-{config.name}"
-    versions = [v for v in list_versions(home) if v["name"] == name]
-    if not versions:
-        raise ProvisionError(f"model {config.name}: nothing registered yet; run `sagegate run` first")
-    picked = [_pick(config, versions, v) for v in (weights or {version: 1.0})]
+    try:  # default: the champion, else the newest
+        picked = [find_version(home, name, v, prefer_alias="champion") for v in (weights or {version: 1.0})]
+    except VersionNotFound as error:
+        raise ProvisionError(f"model {config.name}: {error}") from None
     deployment = config.deployment
     digest = uuid.uuid4().hex[:8]  # new model and config names per provisioning; the endpoint keeps its name
     config_name, endpoint_name = f"{name}-config-{digest}", f"{name}-{deployment.type}"

@@ -42,3 +42,24 @@ def list_versions(home: StateHome) -> list[dict[str, Any]]:
                 }
             )
     return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
+
+
+class VersionNotFound(LookupError):
+    """No registered version matches; the message says what is registered."""
+
+
+def find_version(
+    home: StateHome, name: str, selector: str | None = None, *, prefer_alias: str | None = None
+) -> dict[str, Any]:
+    """One registered version of `name`. `selector` is a version number or an alias; without one,
+    the version carrying `prefer_alias` if any, else the newest."""
+    versions = [v for v in list_versions(home) if v["name"] == name]
+    if not versions:
+        raise VersionNotFound(f"nothing registered yet for {name}; run `sagegate run` first")
+    if selector is None:
+        return next((v for v in versions if prefer_alias in v["aliases"]), versions[-1])
+    chosen = next((v for v in versions if v["version"] == str(selector) or selector in v["aliases"]), None)
+    if chosen is None:
+        known = ", ".join(v["version"] + (f" ({','.join(v['aliases'])})" if v["aliases"] else "") for v in versions)
+        raise VersionNotFound(f"{name} has no version or alias {selector!r} (versions: {known})")
+    return chosen

@@ -69,6 +69,13 @@ class StateHome:
         """Mirror of the local S3 buckets: `s3/{bucket}/{key}`."""
         return self.root / "s3"
 
+    def local_path(self, location: str) -> Path:
+        """Where a location is on this machine: `s3://bucket/key` is the mirror's `s3/bucket/key`."""
+        if location.startswith("s3://"):
+            bucket, _, key = location.removeprefix("s3://").partition("/")
+            return self.s3 / bucket / key
+        return Path(location).resolve()
+
     @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow" / "mlflow.db"

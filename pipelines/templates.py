@@ -99,35 +99,33 @@ def _resolve(template: dict[str, Any], parameters: dict[str, str], node: Any) ->
     return node
 
 
+def _kept(template: dict[str, Any], parameters: dict[str, str], entries: dict[str, Any]) -> dict[str, Any]:
+    """Resources or outputs whose Condition holds, with Fn::If resolved."""
+    kept = {}
+    for key, entry in entries.items():
+        condition = entry.pop("Condition", None)
+        if condition is None or _condition(template, parameters, {"Condition": condition}):
+            kept[key] = _resolve(template, parameters, entry)
+    return kept
+
+
 def render(name: str, parameters: dict[str, str]) -> dict[str, Any]:
     """The template as deployed with `parameters`: conditional resources dropped, Fn::If chosen."""
     template = load(name)
-    unknown = set(parameters) - set(template.get("Parameters", {}))
+    declared = template.get("Parameters", {})
+    unknown = set(parameters) - set(declared)
     if unknown:
         raise TemplateError(f"{name}: unknown parameters {', '.join(sorted(unknown))}")
-    resources = {}
-    for logical_id, resource in template["Resources"].items():
-        condition = resource.pop("Condition", None)
-        if condition and not _condition(template, parameters, {"Condition": condition}):
-            continue
-        resources[logical_id] = _resolve(template, parameters, resource)
     rendered = {key: value for key, value in template.items() if key not in ("Transform", "Resources", "Conditions")}
-    rendered["Resources"] = resources
-    outputs = {}
-    for key, output in template.get("Outputs", {}).items():
-        condition = output.pop("Condition", None)
-        if condition is None or _condition(template, parameters, {"Condition": condition}):
-            outputs[key] = _resolve(template, parameters, output)
+    rendered["Resources"] = _kept(template, parameters, template["Resources"])
+    outputs = _kept(template, parameters, template.get("Outputs", {}))
     if outputs:
         rendered["Outputs"] = outputs
-    rendered["Parameters"] = {
+    rendered["Parameters"] = {  # the values used become the defaults, so scanners resolve them too
         key: {**spec, "Default": str(_parameter(template, parameters, key))}
-        for key, spec in template.get("Parameters", {}).items()
         if key in parameters or "Default" in spec
-    } | {
-        key: spec
-        for key, spec in template.get("Parameters", {}).items()
-        if key not in parameters and "Default" not in spec
+        else spec
+        for key, spec in declared.items()
     }
     return rendered
 

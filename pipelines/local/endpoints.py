@@ -263,8 +263,7 @@ class EndpointManager:
         url = container.get("ModelDataUrl")
         if not url:
             return f"model {model_name}: local endpoints need PrimaryContainer.ModelDataUrl (packages resolve on AWS)"
-        bucket, _, key = url.removeprefix("s3://").partition("/")
-        path = self.home.s3 / bucket / key
+        path = self.home.local_path(url)
         if not path.is_file():
             return f"model {model_name}: model data {url} does not exist"
         try:
@@ -277,9 +276,7 @@ class EndpointManager:
         return None
 
     def model_data_path(self, model_name: str) -> Path:
-        url = self._load()["models"][model_name]["PrimaryContainer"]["ModelDataUrl"]
-        bucket, _, key = url.removeprefix("s3://").partition("/")
-        return self.home.s3 / bucket / key
+        return self.home.local_path(self._load()["models"][model_name]["PrimaryContainer"]["ModelDataUrl"])
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
