@@ -1,5 +1,12 @@
-"""Kept for tools that still call setup.py; all metadata lives in setup.cfg."""
+"""Metadata lives in setup.cfg; this maps the non-Python folders into the package as `pipelines.assets`."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-setup()
+ASSETS = ("containers", "lambdas", "cloudformation", "models")
+
+setup(
+    packages=[*find_packages(include=["pipelines", "pipelines.*"]), *(f"pipelines.assets.{f}" for f in ASSETS)],
+    package_dir={f"pipelines.assets.{folder}": folder for folder in ASSETS},  # wheels: pipelines/assets/...
+    package_data={f"pipelines.assets.{folder}": ["**/*"] for folder in ASSETS},
+    exclude_package_data={"": ["__pycache__/*", "*.pyc"]},
+)

@@ -12,9 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipelines.containers import container_code
 from pipelines.state import Project, StateHome
-
-CONTAINERS = Path(__file__).resolve().parent.parent / "containers"
 
 
 class BatchError(RuntimeError):
@@ -26,7 +25,7 @@ def resolve_model(home: StateHome, project: Project, spec: str) -> tuple[str, st
     from pipelines.registry import VersionNotFound, find_version
 
     model, _, selector = spec.partition("@")
-    name = f"{project.prefix}-{project.environment}-{model}"
+    name = project.registered_model(model)
     try:
         chosen = find_version(home, name, selector or "champion")
     except VersionNotFound as error:
@@ -46,7 +45,7 @@ def predict(
     with tempfile.TemporaryDirectory() as model_dir:
         (Path(model_dir) / "model.tar.gz").symlink_to(archive)
         command = [
-            sys.executable, str(CONTAINERS / "batch" / "batch.py"),
+            sys.executable, str(container_code("batch", "batch.py")),
             "--model-dir", model_dir, "--input-dir", str(input_path), "--output-dir", str(output_path),
             "--chunk-rows", str(chunk_rows), "--probabilities",
         ]  # fmt: skip

@@ -17,21 +17,13 @@ from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.steps import ProcessingStep
 
 from pipelines.config import ModelConfig
-from pipelines.definition import CONTAINERS, SKLEARN_VERSION
+from pipelines.containers import SKLEARN_VERSION, container_code
 from pipelines.state import Project
-
-
-def inference_pipeline_name(config: ModelConfig, project: Project) -> str:
-    return f"{project.prefix}-{project.environment}-{config.name}-inference"
-
-
-def champion_model_key(model: str) -> str:
-    return f"models/{model}/champion/model.tar.gz"
 
 
 def build_inference_pipeline(config: ModelConfig, project: Project, session: Session) -> Pipeline:
     bucket, name = project.bucket, config.name
-    model_uri = ParameterString("ModelDataUri", default_value=f"s3://{bucket}/{champion_model_key(name)}")
+    model_uri = ParameterString("ModelDataUri", default_value=project.champion_artifact_uri(name))
     input_uri = ParameterString("InputDataUri", default_value=f"s3://{bucket}/inference-data/{name}/")
     output_prefix = ParameterString("OutputPrefix", default_value=f"s3://{bucket}/predictions/{name}")
     instance = ParameterString("ProcessingInstanceType", default_value=config.training.processing_instance_type)
@@ -40,14 +32,14 @@ def build_inference_pipeline(config: ModelConfig, project: Project, session: Ses
         role=project.training_role_arn,
         instance_type=instance,
         instance_count=1,
-        base_job_name=f"{project.prefix}-{name}-batch",
+        base_job_name=project.job_name_prefix(name, "batch"),
         sagemaker_session=session,
     )
     arguments = ["--probabilities"] if config.task == "classification" else []
     step = ProcessingStep(
         name="BatchPredict",
         step_args=processor.run(
-            code=str(CONTAINERS / "batch" / "batch.py"),
+            code=str(container_code("batch", "batch.py")),
             inputs=[
                 ProcessingInput(source=model_uri, destination="/opt/ml/processing/model", input_name="model"),
                 ProcessingInput(source=input_uri, destination="/opt/ml/processing/input", input_name="input"),
@@ -63,7 +55,7 @@ def build_inference_pipeline(config: ModelConfig, project: Project, session: Ses
         ),
     )
     return Pipeline(
-        name=inference_pipeline_name(config, project),
+        name=project.inference_pipeline_name(config.name),
         parameters=[model_uri, input_uri, output_prefix, instance],
         steps=[step],
         sagemaker_session=session,

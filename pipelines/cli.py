@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import ConfigError, ModelConfig, load_config
+from pipelines.logs import quiet_sdk_logs
 from pipelines.state import ENVIRONMENTS, Project, StateHome
+from pipelines.statefiles import StateFileError, read_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _quiet_sdk_logs() -> None:
-    """The SDK, botocore and MLflow log at INFO by default; sagegate prints its own progress."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("sagemaker", "sagemaker.config", "botocore", "boto3", "mlflow", "alembic", "moto", "werkzeug"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _project(args: argparse.Namespace) -> Project:
@@ -126,15 +115,19 @@ def _find_config(model: str, config_path: str | None, overrides: list[str]) -> M
     """`--model NAME` finds the YAML in ./models whose `name` is NAME (or `--config PATH`)."""
     if config_path:
         return load_config(config_path, overrides)
-    folder = Path("models")
-    for path in sorted(folder.glob("*.y*ml")):
-        try:
-            config = load_config(path, overrides)
-        except ConfigError:
-            continue
-        if config.name == model:
-            return config
-    raise ConfigError(f"--model {model}: no model YAML named {model!r} in {folder.resolve()} (or pass --config PATH)")
+    from pipelines.containers import asset_folder
+
+    folders = [Path("models").resolve(), asset_folder("models")]  # the project's, then the bundled examples
+    for folder in dict.fromkeys(folders):
+        for path in sorted(folder.glob("*.y*ml")):
+            try:
+                config = load_config(path, overrides)
+            except ConfigError:
+                continue
+            if config.name == model:
+                return config
+    searched = " or ".join(str(folder) for folder in dict.fromkeys(folders))
+    raise ConfigError(f"--model {model}: no model YAML named {model!r} in {searched} (or pass --config PATH)")
 
 
 def cmd_gate_run(args: argparse.Namespace) -> int:
@@ -235,7 +228,11 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     manager = EndpointManager(home, _project(args))
     state = manager.snapshot()
     metrics_path = home.root / "serving" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    try:
+        metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    except StateFileError as error:
+        _report_skipped([f"{error} (no invocation counts shown)"])
+        metrics = {}
     command = getattr(args, "endpoints_command", None)
     if command == "delete":
         manager.call("deleteEndpoint", {"EndpointName": args.name})
@@ -335,7 +332,8 @@ def cmd_gate_definition(args: argparse.Namespace) -> int:
 def cmd_executions(args: argparse.Namespace) -> int:
     from pipelines.local_gate import list_executions
 
-    records = list_executions(StateHome.from_env())
+    records, problems = list_executions(StateHome.from_env())
+    _report_skipped(problems)
     if args.json:
         print(
             json.dumps([{k: v for k, v in r.to_json().items() if k not in ("events", "definition")} for r in records])
@@ -379,10 +377,17 @@ def cmd_execution_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report_skipped(problems: list[str]) -> None:
+    """Listings show every readable record and name each one they had to skip."""
+    for problem in problems:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from pipelines.local_run import list_records
 
-    records = list_records(StateHome.from_env())
+    records, problems = list_records(StateHome.from_env())
+    _report_skipped(problems)
     if args.json:
         print(json.dumps([r.to_json() for r in records], indent=2))
         return EXIT_OK
@@ -402,7 +407,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from pipelines.registry import list_versions
 
-    versions = list_versions(StateHome.from_env())
+    versions, problems = list_versions(StateHome.from_env())
+    _report_skipped(problems)
     if args.json:
         print(json.dumps(versions, indent=2))
         return EXIT_OK
@@ -560,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_sdk_logs()
+    quiet_sdk_logs()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
@@ -577,7 +583,7 @@ def get_pipeline_definition(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="get-pipeline-definition", description=get_pipeline_definition.__doc__)
     _add_common(parser)
     parser.add_argument("-f", "--file-name", help="write the JSON here instead of stdout")
-    _quiet_sdk_logs()
+    quiet_sdk_logs()
     args = parser.parse_args(argv)
     from pipelines.definition import definition_json
 

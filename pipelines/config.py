@@ -7,12 +7,13 @@ people who read these messages are editing that file right now.
 from __future__ import annotations
 
 import importlib
-import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.contract import DeploymentConfig, Threshold
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "auc")
@@ -57,46 +58,11 @@ class TrainingConfig(_Strict):
     deployment_target: Literal["local", "sagemaker_serverless", "sagemaker_realtime"] = "local"
     instance_type: str = Field("ml.m5.large", pattern=r"^(ml\.[a-z0-9]+\.[a-z0-9]+|local)$")
     processing_instance_type: str = Field("ml.m5.large", pattern=r"^(ml\.[a-z0-9]+\.[a-z0-9]+|local)$")
-    max_runtime_seconds: int = Field(3600, ge=60, le=432000)
-
-
-class Threshold(_Strict):
-    min: float | None = None
-    max: float | None = None
-
-    @model_validator(mode="after")
-    def _has_a_bound(self) -> Threshold:
-        if self.min is None and self.max is None:
-            raise ValueError("a threshold needs min, max or both")
-        for bound in (self.min, self.max):
-            if bound is not None and not math.isfinite(bound):
-                raise ValueError(f"threshold bounds must be finite numbers, got {bound}")
-        return self
+    max_runtime_seconds: int = Field(3600, ge=1, le=432000)  # SageMaker MaxRuntimeInSeconds limits
 
 
 class QualityGate(_Strict):
     metrics: dict[str, Threshold] = Field(min_length=1)
-
-
-class DeploymentConfig(_Strict):
-    """Where and how the model is served (the serving issue uses these; validated now)."""
-
-    type: Literal["serverless", "realtime"] = "serverless"
-    instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
-    min_instances: int = Field(0, ge=0)
-    max_instances: int = Field(1, ge=1)
-    scale_in_cooldown: int = Field(300, ge=0)
-    scale_out_cooldown: int = Field(60, ge=0)
-    target_invocations_per_instance: float = Field(1.0, gt=0)
-    memory_size_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = 2048
-    max_concurrency: int = Field(5, ge=1, le=200)
-    champion_tolerance: float = Field(0.01, ge=0)
-
-    @model_validator(mode="after")
-    def _min_not_above_max(self) -> DeploymentConfig:
-        if self.min_instances > self.max_instances:
-            raise ValueError(f"min_instances ({self.min_instances}) > max_instances ({self.max_instances})")
-        return self
 
 
 class ModelConfig(_Strict):
@@ -234,7 +200,3 @@ def _resolve_source(config: ModelConfig, path: Path) -> ModelConfig:
     base = path.resolve().parent.parent if path.resolve().parent.name == "models" else Path.cwd()
     data = config.data.model_copy(update={"source": str((base / source).resolve())})
     return config.model_copy(update={"data": data})
-
-
-def model_yaml(config: ModelConfig) -> str:
-    return yaml.safe_dump(config.model_dump(by_alias=True), sort_keys=False)

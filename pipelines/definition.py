@@ -36,10 +36,9 @@ from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 from pipelines.config import ModelConfig
+from pipelines.containers import SKLEARN_VERSION, container_code
 from pipelines.state import Project
 
-CONTAINERS = Path(__file__).resolve().parent.parent / "containers"
-SKLEARN_VERSION = "1.2-1"
 REGISTER_STEP = "RegisterModelPackage"
 PROCESSING_ROOT = "/opt/ml/processing"
 
@@ -76,15 +75,6 @@ def default_input_uri(config: ModelConfig, project: Project) -> str:
     return f"s3://{project.bucket}/{config.staged_data_key}"
 
 
-def mlflow_tracking_server_arn(project: Project) -> str:
-    server = f"{project.prefix}-{project.environment}-mlflow"
-    return f"arn:aws:sagemaker:{project.region}:{project.account}:mlflow-tracking-server/{server}"
-
-
-def registered_model_name(config: ModelConfig, project: Project) -> str:
-    return f"{project.prefix}-{project.environment}-{config.name}"
-
-
 def build_pipeline(config: ModelConfig, project: Project, session: Session, *, local: bool) -> Pipeline:
     name = config.name
     execution = ExecutionVariables.PIPELINE_EXECUTION_ID
@@ -95,10 +85,10 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         "ProcessingInstanceType", default_value=config.training.processing_instance_type
     )
     training_instance = ParameterString("TrainingInstanceType", default_value=config.training.instance_type)
-    tracking_uri = ParameterString("MlflowTrackingUri", default_value=mlflow_tracking_server_arn(project))
+    tracking_uri = ParameterString("MlflowTrackingUri", default_value=project.mlflow_tracking_server_arn)
     register_image = ParameterString(
         "RegisterImageUri",
-        default_value=f"{project.account}.dkr.ecr.{project.region}.amazonaws.com/{project.prefix}-register:latest",
+        default_value=project.register_image_uri,
     )
     approval = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
     hyperparameters = {k: _hyperparameter_parameter(k, v) for k, v in config.model.hyperparameters.items()}
@@ -114,14 +104,14 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         role=role,
         instance_type=processing_instance,
         instance_count=1,
-        base_job_name=f"{project.prefix}-{name}-preprocess",
+        base_job_name=project.job_name_prefix(name, "preprocess"),
         sagemaker_session=session,
     )
     split_outputs = ["train", "validation", "test", "schema"]
     step_preprocess = ProcessingStep(
         name="PreprocessData",
         step_args=processor.run(
-            code=str(CONTAINERS / "preprocess" / "preprocess.py"),
+            code=str(container_code("preprocess", "preprocess.py")),
             inputs=[ProcessingInput(source=input_uri, destination=f"{PROCESSING_ROOT}/input/data")],
             outputs=[
                 ProcessingOutput(
@@ -156,7 +146,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
 
     estimator = SKLearn(
         entry_point="train.py",
-        source_dir=str(CONTAINERS / "train"),
+        source_dir=str(container_code("train")),
         framework_version=SKLEARN_VERSION,
         py_version="py3",
         role=role,
@@ -165,7 +155,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         max_run=config.training.max_runtime_seconds,
         output_path=f"s3://{project.bucket}/models/{name}",
         code_location=f"s3://{project.bucket}/training-code/{name}",
-        base_job_name=f"{project.prefix}-{name}-train",
+        base_job_name=project.job_name_prefix(name, "train"),
         hyperparameters={"model_class": config.model.class_, **hyperparameters},
         sagemaker_session=session,
         disable_profiler=True,
@@ -187,13 +177,13 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         role=role,
         instance_type=processing_instance,
         instance_count=1,
-        base_job_name=f"{project.prefix}-{name}-evaluate",
+        base_job_name=project.job_name_prefix(name, "evaluate"),
         sagemaker_session=session,
     )
     step_evaluate = ProcessingStep(
         name="EvaluateModel",
         step_args=evaluator.run(
-            code=str(CONTAINERS / "evaluate" / "evaluate.py"),
+            code=str(container_code("evaluate", "evaluate.py")),
             inputs=[
                 ProcessingInput(source=model_data, destination=f"{PROCESSING_ROOT}/model"),
                 ProcessingInput(source=split_uri("test"), destination=f"{PROCESSING_ROOT}/test"),
@@ -238,14 +228,14 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         role=role,
         instance_type=processing_instance,
         instance_count=1,
-        base_job_name=f"{project.prefix}-{name}-register",
+        base_job_name=project.job_name_prefix(name, "register"),
         sagemaker_session=session,
     )
     registration = PropertyFile(name="Registration", output_name="registration", path="registration.json")
     step_register_mlflow = ProcessingStep(
         name="RegisterMlflowModel",
         step_args=registrar.run(
-            code=str(CONTAINERS / "register" / "register.py"),
+            code=str(container_code("register", "register.py")),
             inputs=[
                 ProcessingInput(source=model_data, destination=f"{PROCESSING_ROOT}/model"),
                 ProcessingInput(source=evaluation_uri, destination=f"{PROCESSING_ROOT}/evaluation"),
@@ -270,9 +260,9 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 "--tracking-uri",
                 tracking_uri,
                 "--experiment",
-                registered_model_name(config, project),
+                project.registered_model(config.name),
                 "--registered-model-name",
-                registered_model_name(config, project),
+                project.registered_model(config.name),
                 "--execution-id",
                 execution,
                 "--model-data-uri",
@@ -322,11 +312,11 @@ def _model_registry_step(
     mlflow_version: Any,
 ) -> ModelStep:
     model = SKLearnModel(
-        name=f"{project.prefix}-{project.environment}-{config.name}",
+        name=project.registered_model(config.name),
         model_data=model_data,
         role=project.training_role_arn,
         entry_point="inference.py",
-        source_dir=str(CONTAINERS / "inference"),
+        source_dir=str(container_code("inference")),
         framework_version=SKLEARN_VERSION,
         py_version="py3",
         code_location=f"s3://{project.bucket}/training-code/{config.name}",
@@ -348,7 +338,7 @@ def _model_registry_step(
             approval_status=approval,
             model_metrics=metrics,
             customer_metadata_properties={
-                "mlflow_registered_model": registered_model_name(config, project),
+                "mlflow_registered_model": project.registered_model(config.name),
                 "mlflow_version": mlflow_version,
             },
         ),

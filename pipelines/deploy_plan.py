@@ -15,10 +15,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines import contract
 from pipelines.config import ModelConfig, load_config
+from pipelines.containers import asset_folder, lambda_handler_path
 from pipelines.state import ENVIRONMENTS, Project
 
-ROOT = Path(__file__).resolve().parent.parent
+CONTRACT = Path(contract.__file__)
 
 
 @dataclass
@@ -80,11 +82,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-def gate_settings(config: ModelConfig) -> str:
+def gate_settings(config: ModelConfig, project: Project) -> str:
     """The model's part of the gate input, as JSON members for the registration rule's template."""
     from pipelines.gate import model_settings
 
-    return json.dumps(model_settings(config), separators=(",", ":"), sort_keys=True)[1:-1]
+    return json.dumps(model_settings(config, project), separators=(",", ":"), sort_keys=True)[1:-1]
 
 
 def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_arn: str) -> Plan:
@@ -93,14 +95,12 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
 
     plan = Plan(project=project, out=out)
     base = {"Project": project.prefix, "Environment": project.environment}
-    plan.stacks.append(Stack(f"{project.prefix}-{project.environment}-training-bucket", "training-bucket.yaml", base))
-    plan.stacks.append(
-        Stack(f"{project.prefix}-{project.environment}-iam-roles", "iam-roles.yaml", base, ("CAPABILITY_NAMED_IAM",))
-    )
+    plan.stacks.append(Stack(project.stack_name("training-bucket"), "training-bucket.yaml", base))
+    plan.stacks.append(Stack(project.stack_name("iam-roles"), "iam-roles.yaml", base, ("CAPABILITY_NAMED_IAM",)))
     code_keys = {}
     for kind in GATE_FUNCTIONS:
-        source = ROOT / "lambdas" / kind
-        key = f"lambdas/{kind}-{_digest(source / 'app.py', source / 'requirements.txt')}.zip"
+        handler = lambda_handler_path(kind)  # shipped with pipelines/contract.py, the gate's schema
+        key = f"lambdas/{kind}-{_digest(handler, handler.with_name('requirements.txt'), CONTRACT)}.zip"
         plan.lambdas.append((kind, out / "lambdas" / f"{kind}.zip", key))
         code_keys[kind] = key
     asl = _write(out / "gate.asl.json", gate_definition_json() + "\n")
@@ -108,7 +108,7 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
     plan.uploads.append((asl, definition_key))
     plan.stacks.append(
         Stack(
-            f"{project.prefix}-{project.environment}-gate",
+            project.stack_name("gate"),
             "gate.yaml",
             {
                 **base,
@@ -134,7 +134,7 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
             plan.uploads.append((source, config.staged_data_key))
         plan.stacks.append(
             Stack(
-                f"{project.prefix}-{project.environment}-{config.name}",
+                project.stack_name(config.name),
                 "model.yaml",
                 {
                     **base,
@@ -142,7 +142,7 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
                     "PipelineDefinitionKey": definition_key,
                     "InferencePipelineDefinitionKey": inference_key,
                     "InputDataKey": config.staged_data_key,
-                    "GateSettings": gate_settings(config),
+                    "GateSettings": gate_settings(config, project),
                 },
             )
         )
@@ -163,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--account", default="123456789012")
     parser.add_argument("--mlflow-tracking-server-arn", required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--models", type=Path, default=ROOT / "models")
+    parser.add_argument("--models", type=Path, default=asset_folder("models"))
     args = parser.parse_args(argv)
-    from pipelines.cli import _quiet_sdk_logs
+    from pipelines.logs import quiet_sdk_logs
 
-    _quiet_sdk_logs()
+    quiet_sdk_logs()
     project = Project(args.project, args.environment, args.region, args.account)
     configs = [load_config(path) for path in sorted(args.models.glob("*.yaml"))]
     plan = build_plan(project, args.out, configs, args.mlflow_tracking_server_arn)

@@ -20,6 +20,8 @@ from stepfunctions.steps import Catch, Chain, Choice, ChoiceRule, Fail, Retry, S
 from stepfunctions.steps.states import Graph
 
 from pipelines.config import ModelConfig
+from pipelines.contract import DIGEST
+from pipelines.local.sfn_sdk_patch import cause_path, result_selector
 from pipelines.state import Project
 
 # DefinitionSubstitutions filled in by the CloudFormation template (and by the local runner).
@@ -29,7 +31,6 @@ INFERENCE_ROLE_ARN = "${InferenceRoleArn}"
 SUBSTITUTIONS = ("EvaluatorFunctionArn", "PromoterFunctionArn", "InferenceRoleArn")
 GATE_FUNCTIONS = ("evaluator", "promoter")  # lambdas/<kind>/app.py, deployed as {project}-{env}-gate-<kind>
 
-DECISIONS = ("deploy_realtime", "deploy_serverless", "reject")
 TRANSIENT_LAMBDA_ERRORS = [
     "Lambda.ServiceException",
     "Lambda.AWSLambdaException",
@@ -43,17 +44,22 @@ CLOUDWATCH_SDK = "arn:aws:states:::aws-sdk:cloudwatch:"
 TARGET = "$.evaluation.target"
 
 
-def model_settings(config: ModelConfig) -> dict[str, Any]:
-    """The model YAML's part of the gate's execution input: task, thresholds, deployment settings."""
+def model_settings(config: ModelConfig, project: Project) -> dict[str, Any]:
+    """The model YAML's part of the gate's execution input: task, thresholds, deployment settings
+    (validated by the YAML's schema, `pipelines.contract`) and the names the deployment uses."""
+    model = config.name
     return {
         "task": config.task,
         "quality_gate": {m: t.model_dump(exclude_none=True) for m, t in config.quality_gate.metrics.items()},
         "deployment": config.deployment.model_dump(),
+        "resources": {
+            "endpoint_name": project.endpoint_name(model, config.deployment.type),
+            "model_name": project.model_name(model, DIGEST),
+            "endpoint_config_name": project.endpoint_config_name(model, DIGEST),
+            "inference_component_name": project.inference_component_name(model),
+            "champion_artifact_uri": project.champion_artifact_uri(model),
+        },
     }
-
-
-def state_machine_name(project: Project) -> str:
-    return f"{project.prefix}-{project.environment}-deployment-gate"
 
 
 def _lambda_task(state_id: str, function_arn: str, payload: dict[str, Any], result_path: str | None) -> Task:
@@ -63,7 +69,7 @@ def _lambda_task(state_id: str, function_arn: str, payload: dict[str, Any], resu
         parameters={"FunctionName": function_arn, "Payload": payload},
         result_path=result_path,
     )
-    task.fields["result_selector"] = {"Payload.$": "$.Payload"}
+    result_selector(task, {"Payload.$": "$.Payload"})
     task.add_retry(Retry(error_equals=TRANSIENT_LAMBDA_ERRORS, interval_seconds=1, backoff_rate=2.0, max_attempts=3))
     return task
 
@@ -72,10 +78,8 @@ def _service_task(state_id: str, resource: str, parameters: dict[str, Any], resu
     return Task(state_id, resource=resource, parameters=parameters, result_path=result_path)
 
 
-def _fail(state_id: str, error: str, cause_path: str) -> Fail:
-    state = Fail(state_id, error=error)
-    state.fields["cause_path"] = cause_path
-    return state
+def _fail(state_id: str, error: str, cause: str) -> Fail:
+    return cause_path(Fail(state_id, error=error), cause)
 
 
 def _endpoint_config_parameters(kind: str) -> dict[str, Any]:
@@ -241,7 +245,7 @@ def _scale_to_zero_steps(ends: _Ends) -> Task:
         },
         result_path="$.scaleOutPolicy",
     )
-    step.fields["result_selector"] = {"PolicyARN.$": "$.PolicyARN"}
+    result_selector(step, {"PolicyARN.$": "$.PolicyARN"})
     alarm = _service_task(
         "PutNoCapacityAlarm",
         f"{CLOUDWATCH_SDK}putMetricAlarm",
@@ -332,6 +336,7 @@ def build_state_machine() -> Chain:
             "model_package_arn.$": "$.model_package_arn",
             "endpoint_name.$": f"{TARGET}.endpoint_name",
             "execution_name.$": "$$.Execution.Name",
+            "champion_artifact_uri.$": "$.resources.champion_artifact_uri",
         },
         result_path="$.champion",
     )
@@ -351,14 +356,17 @@ def build_state_machine() -> Chain:
         {"gate.$": "$", "execution_name.$": "$$.Execution.Name"},
         result_path="$.evaluation",
     )
-    evaluate.fields["result_selector"] = {
-        "decision.$": "$.Payload.decision",
-        "reason.$": "$.Payload.reason",
-        "reasons.$": "$.Payload.reasons",
-        "metrics.$": "$.Payload.metrics",
-        "champion.$": "$.Payload.champion",
-        "target.$": "$.Payload.target",
-    }
+    result_selector(
+        evaluate,
+        {
+            "decision.$": "$.Payload.decision",
+            "reason.$": "$.Payload.reason",
+            "reasons.$": "$.Payload.reasons",
+            "metrics.$": "$.Payload.metrics",
+            "champion.$": "$.Payload.champion",
+            "target.$": "$.Payload.target",
+        },
+    )
     evaluate.add_catch(
         Catch(
             error_equals=["States.ALL"],
@@ -386,6 +394,17 @@ def gate_definition() -> dict[str, Any]:
         "sagegate deployment gate: evaluate a registered model version, then deploy it "
         "(realtime or serverless) or reject it with the evaluator's reasons"
     )
+    return definition
+
+
+def deploy_definition() -> dict[str, Any]:
+    """The gate's deploy branches alone, entered at ChooseDeployment with a ready `evaluation`:
+    how `sagegate provision endpoint` deploys locally, through exactly the gate's states."""
+    definition = gate_definition()
+    definition["StartAt"] = "ChooseDeployment"
+    for unreachable in ("EvaluateModel", "EvaluationFailed"):
+        del definition["States"][unreachable]
+    definition["Comment"] = "sagegate deploy: the deployment gate's deploy branches, entered after evaluation"
     return definition
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import sys
 import time
 import uuid
@@ -25,14 +26,14 @@ from typing import Any
 import requests
 
 from pipelines.config import ModelConfig
-from pipelines.definition import SKLEARN_VERSION, registered_model_name
-from pipelines.gate import GATE_FUNCTIONS, gate_definition, model_settings, state_machine_name, substitute
+from pipelines.containers import SKLEARN_VERSION, lambda_handler_path
+from pipelines.gate import GATE_FUNCTIONS, deploy_definition, gate_definition, model_settings, substitute
 from pipelines.local import sfn_patch
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
+from pipelines.statefiles import StateFileError, read_json, read_records, write_json
 
-LAMBDAS_DIR = Path(__file__).resolve().parent.parent / "lambdas"
 POLL_TIMEOUT_SECONDS = 900
 
 
@@ -71,16 +72,8 @@ class ExecutionRecord:
         return f"failed ({self.error})"
 
 
-def function_name(project: Project, kind: str) -> str:
-    return f"{project.prefix}-{project.environment}-gate-{kind}"
-
-
-def inference_role_arn(project: Project) -> str:
-    return f"arn:aws:iam::{project.account}:role/{project.prefix}-{project.environment}-sagemaker-inference"
-
-
 def _load_handler_module(kind: str) -> ModuleType:
-    path = LAMBDAS_DIR / kind / "app.py"
+    path = lambda_handler_path(kind)
     spec = importlib.util.spec_from_file_location(f"sagegate_lambda_{kind}", path)
     if spec is None or spec.loader is None:
         raise GateError(f"cannot load Lambda handler {path}")
@@ -104,7 +97,8 @@ def _captured(module: ModuleType, log_path: Path) -> sfn_patch.Handler:
     return handler
 
 
-def _container(config: ModelConfig, project: Project, model_data_url: str) -> dict[str, Any]:
+def serving_container(project: Project, model_data_url: str) -> dict[str, Any]:
+    """The PrimaryContainer of a local deployment: the stock scikit-learn image with our handlers."""
     from sagemaker import image_uris
 
     image = image_uris.retrieve("sklearn", project.region, version=SKLEARN_VERSION, image_scope="inference")
@@ -119,7 +113,7 @@ def gate_input(config: ModelConfig, project: Project, home: StateHome, version: 
     """The execution input for one registered version: where its evaluation is, what to deploy."""
     from pipelines.registry import VersionNotFound, find_version
 
-    name = registered_model_name(config, project)
+    name = project.registered_model(config.name)
     try:
         chosen = find_version(home, name, version)  # default: the newest registration
     except VersionNotFound as error:
@@ -131,8 +125,8 @@ def gate_input(config: ModelConfig, project: Project, home: StateHome, version: 
         "version": chosen["version"],
         "model_package_arn": None,
         "evaluation_uri": f"s3://{project.bucket}/evaluation/{config.name}/{execution_id}/evaluation.json",
-        "container": _container(config, project, chosen["model_data_uri"]),
-        **model_settings(config),
+        "container": serving_container(project, chosen["model_data_uri"]),
+        **model_settings(config, project),
         "poll_seconds": 0,
     }
 
@@ -147,8 +141,10 @@ class LocalGate:
         self._extra_handlers = handlers or {}
         self._s3 = LocalS3(home.s3, project.region)
         self.state_machine_arn = ""
+        self.deploy_machine_arn = ""
         self.definition: dict[str, Any] = {}
         self.logs = home.root / "executions" / "logs"
+        self._saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalGate:
         self.home.ensure()
@@ -166,6 +162,11 @@ class LocalGate:
             self._s3.__exit__(*exc)
         finally:
             sfn_patch.uninstall()
+            for key, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def client(self, service: str) -> Any:
         import boto3
@@ -185,16 +186,18 @@ class LocalGate:
         with zipfile.ZipFile(archive, "w") as zipped:
             zipped.writestr("app.py", "# the local runtime calls lambdas/<function>/app.py directly\n")
         environment = {
-            "SAGEGATE_PROJECT": self.project.prefix,
-            "SAGEGATE_ENVIRONMENT": self.project.environment,
             "MLFLOW_TRACKING_URI": self.home.mlflow_tracking_uri,
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_NAMESPACE": "sagegate",
         }
+        # The functions' environment, as Lambda would give it: set here, on the main thread, for the
+        # in-process handlers (never from the interpreter's threads while they run).
+        self._saved_env = {key: os.environ.get(key) for key in environment}
+        os.environ.update(environment)
         arns, handlers = {}, {}
         for kind in GATE_FUNCTIONS:
-            name = function_name(self.project, kind)
+            name = self.project.gate_function_name(kind)
             arns[kind] = lambdas.create_function(
                 FunctionName=name,
                 Runtime="python3.12",
@@ -208,24 +211,33 @@ class LocalGate:
             handlers[name] = _captured(_load_handler_module(kind), self.logs / f"{kind}.log")
         sfn_patch.install(self.manager, {**handlers, **self._extra_handlers})
         self.definition = gate_definition()
-        asl = substitute(
-            self.definition,
-            {
-                "EvaluatorFunctionArn": arns["evaluator"],
-                "PromoterFunctionArn": arns["promoter"],
-                "InferenceRoleArn": inference_role_arn(self.project),
-            },
-        )
-        self.state_machine_arn = self.client("stepfunctions").create_state_machine(
-            name=state_machine_name(self.project), definition=asl, roleArn=role["Arn"]
+        substitutions = {
+            "EvaluatorFunctionArn": arns["evaluator"],
+            "PromoterFunctionArn": arns["promoter"],
+            "InferenceRoleArn": self.project.inference_role_arn,
+        }
+        sfn = self.client("stepfunctions")
+        self.state_machine_arn = sfn.create_state_machine(
+            name=self.project.state_machine_name,
+            definition=substitute(self.definition, substitutions),
+            roleArn=role["Arn"],
+        )["stateMachineArn"]
+        self.deploy_machine_arn = sfn.create_state_machine(
+            name=self.project.name("deploy"),
+            definition=substitute(deploy_definition(), substitutions),
+            roleArn=role["Arn"],
         )["stateMachineArn"]
 
-    def execute(self, execution_input: dict[str, Any] | str, name: str | None = None) -> ExecutionRecord:
-        """Start one execution, wait for it to end, and persist its history."""
+    def execute(
+        self, execution_input: dict[str, Any] | str, name: str | None = None, *, deploy_only: bool = False
+    ) -> ExecutionRecord:
+        """Start one execution, wait for it to end, and persist its history. `deploy_only`: the
+        gate's deploy branches for an input that already carries its `evaluation` (provisioning)."""
         sfn = self.client("stepfunctions")
         name = name or f"gate-{uuid.uuid4().hex[:12]}"
         text = execution_input if isinstance(execution_input, str) else json.dumps(execution_input)
-        arn = sfn.start_execution(stateMachineArn=self.state_machine_arn, name=name, input=text)["executionArn"]
+        machine = self.deploy_machine_arn if deploy_only else self.state_machine_arn
+        arn = sfn.start_execution(stateMachineArn=machine, name=name, input=text)["executionArn"]
         deadline = time.monotonic() + POLL_TIMEOUT_SECONDS
         while (description := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
             if time.monotonic() > deadline:
@@ -234,7 +246,8 @@ class LocalGate:
         events = []
         for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
             events += page["events"]
-        record = _execution_record(description, events, self.definition, text)
+        definition = deploy_definition() if deploy_only else self.definition
+        record = _execution_record(description, events, definition, text)
         save_execution(self.home, record)
         return record
 
@@ -279,7 +292,7 @@ def _execution_record(
     )
     for event in events:
         exited = event.get("stateExitedEventDetails")
-        if exited and exited["name"] == "EvaluateModel":
+        if exited and exited["name"] in ("EvaluateModel", "ChooseDeployment") and record.decision is None:
             evaluation = (_json_or_text(exited.get("output")) or {}).get("evaluation") or {}
             record.decision = evaluation.get("decision")
             record.reasons = evaluation.get("reasons") or []
@@ -290,30 +303,43 @@ def _execution_record(
     return record
 
 
+def executions_folder(home: StateHome) -> Path:
+    return home.root / "executions"
+
+
 def save_execution(home: StateHome, record: ExecutionRecord) -> Path:
-    folder = home.root / "executions"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record.name}.json"
-    path.write_text(json.dumps(record.to_json(), indent=2))
+    path = executions_folder(home) / f"{record.name}.json"
+    write_json(path, record.to_json())
     return path
 
 
-def list_executions(home: StateHome) -> list[ExecutionRecord]:
-    folder = home.root / "executions"
-    if not folder.is_dir():
-        return []
-    records = [ExecutionRecord(**json.loads(path.read_text())) for path in folder.glob("*.json")]
-    return sorted(records, key=lambda r: r.started_at)
+def _parse(path: Path, data: Any) -> ExecutionRecord:
+    try:
+        return ExecutionRecord(**data)
+    except TypeError as error:
+        raise StateFileError(f"{path}: not an execution record: {error}") from None
+
+
+def list_executions(home: StateHome) -> tuple[list[ExecutionRecord], list[str]]:
+    """Every readable execution, oldest first, and a problem line per unreadable record."""
+    loaded, problems = read_records(executions_folder(home))
+    records = []
+    for path, data in loaded:
+        try:
+            records.append(_parse(path, data))
+        except StateFileError as error:
+            problems.append(str(error))
+    return sorted(records, key=lambda r: r.started_at), problems
 
 
 def load_execution(home: StateHome, name: str) -> ExecutionRecord:
-    path = home.root / "executions" / f"{name}.json"
+    path = executions_folder(home) / f"{name}.json"
     if not path.is_file():
-        matches = [r for r in list_executions(home) if r.name.startswith(name) or r.arn == name]
+        matches = [r for r in list_executions(home)[0] if r.name.startswith(name) or r.arn == name]
         if len(matches) != 1:
             raise GateError(f"no execution named {name!r} (see `sagegate executions`)")
         return matches[0]
-    return ExecutionRecord(**json.loads(path.read_text()))
+    return _parse(path, read_json(path))
 
 
 def run_gate(config: ModelConfig, project: Project, home: StateHome, version: str | None = None) -> ExecutionRecord:

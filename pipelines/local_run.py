@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ModelConfig
-from pipelines.definition import build_pipeline, registered_model_name
+from pipelines.definition import build_pipeline
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
+from pipelines.statefiles import StateFileError, process_alive, process_token, read_records, write_json
 
 Progress = Callable[[str, str, float | None], None]
 
@@ -41,6 +42,8 @@ class StepRecord:
 
 @dataclass
 class RunRecord:
+    """One `sagegate run`: written when it starts (status Executing), updated as steps finish."""
+
     run_id: str
     model: str
     pipeline: str
@@ -55,18 +58,39 @@ class RunRecord:
     registered_model: str | None = None
     registered_version: str | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
+    attempt: str = ""  # the record's file name; run_id becomes the pipeline execution id once known
+    owner: str = ""  # process token of the sagegate process running it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        data = dict(data)
         steps = [StepRecord(**step) for step in data.pop("steps", [])]
         return cls(**data, steps=steps)
 
+    def settled(self) -> RunRecord:
+        """As `sagegate runs` shows it: a run whose process died mid-way is Stopped, not Executing."""
+        if self.status != "Executing" or (self.owner and process_alive(self.owner)):
+            return self
+        pid = self.owner.partition(":")[0] or "?"
+        reason = f"the sagegate process (pid {pid}) ended before the run finished (killed or crashed)"
+        steps = [
+            StepRecord(s.name, "Stopped", s.duration_seconds, s.failure_reason) if s.status == "Executing" else s
+            for s in self.steps
+        ]
+        stopped = RunRecord.from_json({**self.to_json(), "status": "Stopped", "failure_reason": reason})
+        return _with_steps(stopped, steps)
+
+
+def _with_steps(record: RunRecord, steps: list[StepRecord]) -> RunRecord:
+    record.steps = steps
+    return record
+
 
 class _StepProgress(logging.Handler):
-    """Turns the SDK executor's step log lines into progress callbacks as steps finish."""
+    """Turns the SDK executor's step log lines into progress callbacks as steps start and finish."""
 
     def __init__(self, progress: Progress) -> None:
         super().__init__(logging.INFO)
@@ -86,6 +110,20 @@ class _StepProgress(logging.Handler):
             self.progress(step, status, time.monotonic() - began if began else None)
 
 
+class _RecordProgress:
+    """Keeps the run record on disk current as steps start and finish (what a killed run leaves)."""
+
+    def __init__(self, home: StateHome, record: RunRecord, progress: Progress | None) -> None:
+        self.home, self.record, self.progress = home, record, progress
+
+    def __call__(self, step: str, status: str, seconds: float | None) -> None:
+        steps = [s for s in self.record.steps if s.name != step]
+        self.record.steps = [*steps, StepRecord(step, status, round(seconds, 2) if seconds else None)]
+        save_record(self.home, self.record)
+        if self.progress:
+            self.progress(step, status, seconds)
+
+
 def _stage_data(config: ModelConfig, project: Project, s3: LocalS3) -> str:
     source = config.data.source
     if source.startswith("s3://"):
@@ -101,17 +139,15 @@ def _ensure_experiment(home: StateHome, name: str) -> None:
     """Local experiments keep artifacts in the state folder (the server default would be ./mlruns)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
     if client.get_experiment_by_name(name) is None:
-        client.create_experiment(name, artifact_location=(home.mlflow_artifacts / name).as_uri())
-
-
-def _read_json(s3: LocalS3, bucket: str, key: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(s3.client.get_object(Bucket=bucket, Key=key)["Body"].read())
-    except s3.client.exceptions.NoSuchKey:
-        return None
+        try:
+            client.create_experiment(name, artifact_location=(home.mlflow_artifacts / name).as_uri())
+        except MlflowException:  # a concurrent run created it first
+            if client.get_experiment_by_name(name) is None:
+                raise
 
 
 def _job_failures(log: Path) -> dict[str, str]:
@@ -131,20 +167,32 @@ def run_local(
 ) -> RunRecord:
     home.ensure()
     started = time.monotonic()
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    attempt = uuid.uuid4().hex[:8]
+    attempt = uuid.uuid4().hex[:12]
     logs = home.runs / "logs" / attempt
+    scratch = home.jobs / attempt  # this run's job containers; concurrent runs have their own
+    record = RunRecord(
+        run_id=attempt,
+        model=config.name,
+        pipeline=project.pipeline_name(config.name),
+        status="Executing",
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        duration_seconds=0.0,
+        parameters=dict(parameters or {}),
+        attempt=attempt,
+        owner=process_token(),
+        artifacts={"logs": str(logs)},
+    )
     logs.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     failure_log = logs / "failures.jsonl"
     os.environ["SAGEGATE_FAILURE_LOG"] = str(failure_log)
     os.environ["SAGEGATE_JOB_LOGS"] = str(logs)
-    handler = _StepProgress(progress) if progress else None
+    handler = _StepProgress(_RecordProgress(home, record, progress))
     sdk_logger = logging.getLogger("sagemaker.local.entities")
     saved = (sdk_logger.level, sdk_logger.propagate)
-    if handler:
-        sdk_logger.addHandler(handler)
-        sdk_logger.setLevel(logging.INFO)
-        sdk_logger.propagate = False
+    sdk_logger.addHandler(handler)
+    sdk_logger.setLevel(logging.INFO)
+    sdk_logger.propagate = False
     try:
         with LocalS3(home.s3, project.region) as s3:
             s3.ensure_bucket(project.bucket)
@@ -153,44 +201,45 @@ def run_local(
                 "MlflowTrackingUri": home.mlflow_tracking_uri,
                 **(parameters or {}),
             }
-            model_name = registered_model_name(config, project)
-            _ensure_experiment(home, model_name)
+            record.parameters = values
+            save_record(home, record)
+            _ensure_experiment(home, project.registered_model(config.name))
             from pipelines.sessions import local_session
 
-            session = local_session(project, config.name, home.jobs)
+            session = local_session(project, config.name, scratch)
             pipeline = build_pipeline(config, project, session, local=True)
             pipeline.upsert(role_arn=project.training_role_arn)
             execution = pipeline.start(parameters=values)
-            record = _record(execution, session, s3, config, project, home, values, started_at, failure_log)
-            record.duration_seconds = round(time.monotonic() - started, 2)
+            _record(record, execution, session, config, project, home, failure_log)
+    except RunError:  # the run never started: nothing to keep
+        record_path(home, record).unlink(missing_ok=True)
+        shutil.rmtree(logs, ignore_errors=True)
+        raise
+    except BaseException as error:
+        record.status, record.failure_reason = "Failed", f"{type(error).__name__}: {error}"
+        raise
     finally:
-        if handler:
-            sdk_logger.removeHandler(handler)
-            sdk_logger.level, sdk_logger.propagate = saved
+        sdk_logger.removeHandler(handler)
+        sdk_logger.level, sdk_logger.propagate = saved
         os.environ.pop("SAGEGATE_FAILURE_LOG", None)
         os.environ.pop("SAGEGATE_JOB_LOGS", None)
-        for job_dir in home.jobs.iterdir():  # the SDK leaves its container roots behind
-            shutil.rmtree(job_dir, ignore_errors=True)
-        if "record" not in locals():  # the run never started: no record to attach logs to
-            shutil.rmtree(logs, ignore_errors=True)
-    final_logs = home.runs / "logs" / record.run_id
-    logs.rename(final_logs)
-    record.artifacts["logs"] = str(final_logs)
-    save_record(home, record)
+        shutil.rmtree(scratch, ignore_errors=True)  # the SDK leaves its container roots behind
+        record.duration_seconds = round(time.monotonic() - started, 2)
+        if record_path(home, record).exists():
+            save_record(home, record)
     return record
 
 
 def _record(
+    record: RunRecord,
     execution: Any,
     session: Any,
-    s3: LocalS3,
     config: ModelConfig,
     project: Project,
     home: StateHome,
-    values: dict[str, Any],
-    started_at: str,
     failure_log: Path,
-) -> RunRecord:
+) -> None:
+    """Fill the record from the finished execution: steps, reasons, metrics, registration."""
     description = execution.describe()
     run_id = description["PipelineExecutionArn"]
     failures = _job_failures(failure_log)
@@ -209,42 +258,51 @@ def _record(
             model_uri = session.sagemaker_client.describe_training_job(job)["ModelArtifacts"]["S3ModelArtifacts"]
         duration = round(end - start, 2) if start and end else None
         steps.append(StepRecord(step["StepName"], step["StepStatus"], duration, reason))
-    record = RunRecord(
-        run_id=run_id,
-        model=config.name,
-        pipeline=project.pipeline_name(config.name),
-        status=description["PipelineExecutionStatus"],
-        started_at=started_at,
-        duration_seconds=0.0,
-        parameters=values,
-        steps=steps,
-        failure_reason=job_reason or description.get("FailureReason"),
-        gate=gate,
-    )
-    bucket = project.bucket
-    evaluation = _read_json(s3, bucket, f"evaluation/{config.name}/{run_id}/evaluation.json")
+    record.run_id = run_id
+    record.status = description["PipelineExecutionStatus"]
+    record.steps = steps
+    record.failure_reason = job_reason or description.get("FailureReason")
+    record.gate = gate
+    bucket = home.s3 / project.bucket
+    evaluation = _read_json(bucket / "evaluation" / config.name / run_id / "evaluation.json")
     if evaluation:
         record.metrics = {name: entry["value"] for name, entry in evaluation["metrics"].items()}
-        record.artifacts["evaluation"] = str(home.s3 / bucket / "evaluation" / config.name / run_id)
-    registration = _read_json(s3, bucket, f"models/{config.name}/registrations/{run_id}/registration.json")
+        record.artifacts["evaluation"] = str(bucket / "evaluation" / config.name / run_id)
+    registration = _read_json(bucket / "models" / config.name / "registrations" / run_id / "registration.json")
     if registration:
         record.registered_model = registration["registered_model_name"]
         record.registered_version = registration["version"]
         record.artifacts["mlflow_model"] = registration["model_uri"]
     if model_uri:
         record.artifacts["model"] = str(home.local_path(model_uri))
-    record.artifacts["splits"] = str(home.s3 / bucket / "training-data" / config.name / run_id)
-    return record
+    record.artifacts["splits"] = str(bucket / "training-data" / config.name / run_id)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A job's JSON output from the mirror (written through as the job uploaded it)."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def record_path(home: StateHome, record: RunRecord) -> Path:
+    return home.runs / f"{record.attempt or record.run_id}.json"
 
 
 def save_record(home: StateHome, record: RunRecord) -> Path:
-    path = home.runs / f"{record.run_id}.json"
-    path.write_text(json.dumps(record.to_json(), indent=2))
+    path = record_path(home, record)
+    write_json(path, record.to_json())
     return path
 
 
-def list_records(home: StateHome) -> list[RunRecord]:
-    if not home.runs.is_dir():
-        return []
-    records = [RunRecord.from_json(json.loads(p.read_text())) for p in home.runs.glob("*.json")]
-    return sorted(records, key=lambda r: r.started_at)
+def list_records(home: StateHome) -> tuple[list[RunRecord], list[str]]:
+    """Every run (killed ones as Stopped), oldest first, and a problem line per unreadable record."""
+    loaded, problems = read_records(home.runs)
+    records = []
+    for path, data in loaded:
+        try:
+            records.append(RunRecord.from_json(data).settled())
+        except (TypeError, ValueError, AttributeError) as error:
+            problems.append(str(StateFileError(f"{path}: not a run record: {error}")))
+    return sorted(records, key=lambda r: r.started_at), problems

@@ -1,8 +1,8 @@
 """`sagegate provision endpoint`: an endpoint for a model's serving version, from its YAML settings.
 
 On AWS it deploys `cloudformation/endpoint-{serverless,realtime}.yaml` with the settings as
-parameters; locally it creates (or updates, blue/green) the local endpoint through the same
-endpoint manager the gate's SageMaker tasks use. CLI options override the YAML's `deployment`.
+parameters; locally it runs the deployment gate's own deploy branches (everything after the
+evaluation), so the two create the same resources. CLI options override the YAML's `deployment`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from pipelines.config import ConfigError, ModelConfig
 from pipelines.local.endpoints import EndpointManager
+from pipelines.local_gate import serving_container
 from pipelines.state import Project, StateHome
 
 OVERRIDES = {
@@ -89,44 +90,14 @@ def aws_deploy_command(config: ModelConfig, project: Project, model_package_arn:
     return [
         "aws", "cloudformation", "deploy",
         "--region", project.region,
-        "--stack-name", f"{project.prefix}-{project.environment}-{config.name}-endpoint",
+        "--stack-name", project.stack_name(config.name, "endpoint"),
         "--template-file", f"cloudformation/{template}",
         "--no-fail-on-empty-changeset",
         "--parameter-overrides", *(f"{k}={v}" for k, v in parameters.items()),
     ]  # fmt: skip
 
 
-def _register_scaling(manager: EndpointManager, component: str, config: ModelConfig) -> None:
-    """What the endpoint template's scaling resources (and the gate's realtime branch) register."""
-    deployment = config.deployment
-    target = {
-        "ServiceNamespace": "sagemaker",
-        "ResourceId": f"inference-component/{component}",
-        "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount",
-    }
-    manager.call(
-        "registerScalableTarget",
-        {**target, "MinCapacity": deployment.min_instances, "MaxCapacity": deployment.max_instances},
-    )
-    manager.call(
-        "putScalingPolicy",
-        {
-            **target,
-            "PolicyName": f"{component}-invocations-per-copy",
-            "PolicyType": "TargetTrackingScaling",
-            "TargetTrackingScalingPolicyConfiguration": {
-                "PredefinedMetricSpecification": {
-                    "PredefinedMetricType": "SageMakerInferenceComponentInvocationsPerCopy"
-                },
-                "TargetValue": deployment.target_invocations_per_instance,
-                "ScaleInCooldown": deployment.scale_in_cooldown,
-                "ScaleOutCooldown": deployment.scale_out_cooldown,
-            },
-        },
-    )
-
-
-def _variant(deployment: Any, name: str, model_name: str | None, weight: float) -> dict[str, Any]:
+def _ab_variant(deployment: Any, name: str, model_name: str, weight: float) -> dict[str, Any]:
     if deployment.type == "serverless":
         sizing: dict[str, Any] = {
             "ServerlessConfig": {
@@ -135,17 +106,39 @@ def _variant(deployment: Any, name: str, model_name: str | None, weight: float) 
             }
         }
     else:
-        sizing = {
-            "InstanceType": deployment.instance_type,
-            "InitialInstanceCount": 1,
-            "ManagedInstanceScaling": {
-                "Status": "ENABLED",
-                "MinInstanceCount": deployment.min_instances,
-                "MaxInstanceCount": deployment.max_instances,
+        sizing = {"InstanceType": deployment.instance_type, "InitialInstanceCount": 1}
+    return {"VariantName": name, "InitialVariantWeight": weight, "ModelName": model_name, **sizing}
+
+
+def _provision_ab(
+    config: ModelConfig, project: Project, home: StateHome, picked: list[dict], weights: list[float]
+) -> dict:
+    """An A/B endpoint: one production variant `v{N}` per version, each hosting its model directly.
+    (The gate's branches deploy one version; this is the one deployment shape they do not cover.)"""
+    manager = EndpointManager(home, project)
+    digest = uuid.uuid4().hex[:8]
+    variants = []
+    for chosen, weight in zip(picked, weights, strict=True):
+        model_name = project.model_name(config.name, f"{digest}-v{chosen['version']}")
+        manager.call(
+            "createModel",
+            {
+                "ModelName": model_name,
+                "PrimaryContainer": serving_container(project, chosen["model_data_uri"]),
+                "ExecutionRoleArn": project.inference_role_arn,
             },
-        }
-    variant = {"VariantName": name, "InitialVariantWeight": weight, **sizing}
-    return variant | ({"ModelName": model_name} if model_name else {})
+        )
+        variants.append(_ab_variant(config.deployment, f"v{chosen['version']}", model_name, weight))
+    config_name = project.endpoint_config_name(config.name, digest)
+    endpoint_name = project.endpoint_name(config.name, config.deployment.type)
+    manager.call("createEndpointConfig", {"EndpointConfigName": config_name, "ProductionVariants": variants})
+    exists = endpoint_name in manager.snapshot()["endpoints"]
+    manager.call(
+        "updateEndpoint" if exists else "createEndpoint",
+        {"EndpointName": endpoint_name, "EndpointConfigName": config_name},
+    )
+    described = manager.call("describeEndpoint", {"EndpointName": endpoint_name})
+    return {**described, "Version": ",".join(c["version"] for c in picked), "Updated": exists}
 
 
 def provision_local(
@@ -157,65 +150,45 @@ def provision_local(
 ) -> dict[str, Any]:
     """Create or update the local endpoint for `version` (default: the champion, else the newest).
 
-    `weights` ({version: weight}) makes an A/B endpoint instead: one production variant `v{N}` per
-    version, traffic split by weight (each variant hosts its model directly, no inference component).
+    It runs the gate's own deploy branches (`pipelines.gate.deploy_definition`: model, endpoint
+    config, blue/green endpoint update, inference component, scale-to-zero policies and alarm,
+    then the champion record) with the YAML's settings, so `provision` and the gate create the
+    same resources. `weights` ({version: weight}) makes an A/B endpoint instead.
     """
-    from pipelines.local_gate import _container
+    from pipelines.contract import Resources, deployment_target
+    from pipelines.local_gate import LocalGate, gate_input
     from pipelines.registry import VersionNotFound, find_version
 
-    name = f"{project.prefix}-{project.environment}-{config.name}"
+    name = project.registered_model(config.name)
     try:  # default: the champion, else the newest
         picked = [find_version(home, name, v, prefer_alias="champion") for v in (weights or {version: 1.0})]
     except VersionNotFound as error:
         raise ProvisionError(f"model {config.name}: {error}") from None
-    deployment = config.deployment
-    digest = uuid.uuid4().hex[:8]  # new model and config names per provisioning; the endpoint keeps its name
-    config_name, endpoint_name = f"{name}-config-{digest}", f"{name}-{deployment.type}"
+    if weights:
+        return _provision_ab(config, project, home, picked, list(weights.values()))
+    chosen = picked[0]
+    execution_input = gate_input(config, project, home, chosen["version"])
+    digest = uuid.uuid4().hex[:8]
+    target = deployment_target(Resources(**execution_input["resources"]), config.deployment.type, digest)
+    decision = f"deploy_{config.deployment.type}"
+    execution_input["evaluation"] = {"decision": decision, "reasons": ["provisioned"], "target": target}
+    endpoint_name = target["endpoint_name"]
+    existed = endpoint_name in EndpointManager(home, project).snapshot()["endpoints"]
+    with LocalGate(project, home) as gate:
+        record = gate.execute(execution_input, name=f"{config.name}-provision-{digest}", deploy_only=True)
     manager = EndpointManager(home, project)
-    variants = []
-    for index, chosen in enumerate(picked):
-        model_name = f"{name}-{digest}" + (f"-v{chosen['version']}" if weights else "")
-        manager.call(
-            "createModel",
-            {
-                "ModelName": model_name,
-                "PrimaryContainer": _container(config, project, chosen["model_data_uri"]),
-                "ExecutionRoleArn": f"arn:aws:iam::{project.account}:role/{name.rsplit('-', 1)[0]}-sagemaker-inference",
-            },
-        )
-        if weights:
-            weight = float(list(weights.values())[index])
-            variants.append(_variant(deployment, f"v{chosen['version']}", model_name, weight))
-        else:
-            hosted = model_name if deployment.type == "serverless" else None  # realtime: an inference component
-            variants.append(_variant(deployment, "AllTraffic", hosted, 1.0))
-    manager.call("createEndpointConfig", {"EndpointConfigName": config_name, "ProductionVariants": variants})
-    exists = endpoint_name in manager.snapshot()["endpoints"]
-    action = "updateEndpoint" if exists else "createEndpoint"
-    manager.call(action, {"EndpointName": endpoint_name, "EndpointConfigName": config_name})
-    described = manager.call("describeEndpoint", {"EndpointName": endpoint_name})
-    if deployment.type == "realtime" and not weights and described["EndpointStatus"] == "InService":
-        component = f"{name}-component"
-        specification = {"ModelName": f"{name}-{digest}"}
-        if component in manager.snapshot()["inference_components"]:
-            manager.call(
-                "updateInferenceComponent", {"InferenceComponentName": component, "Specification": specification}
-            )
-        else:
-            manager.call(
-                "createInferenceComponent",
-                {
-                    "InferenceComponentName": component,
-                    "EndpointName": endpoint_name,
-                    "VariantName": "AllTraffic",
-                    "Specification": specification,
-                    "RuntimeConfig": {"CopyCount": 1},
-                },
-            )
+    described = manager.call("describeEndpoint", {"EndpointName": endpoint_name}) if record.endpoint else {}
+    if not described:
+        raise ProvisionError(f"model {config.name}: deployment failed ({record.error}): {record.cause}")
+    if config.deployment.type == "realtime" and target["inference_component_name"] in manager.snapshot().get(
+        "inference_components", {}
+    ):
         described["InferenceComponent"] = manager.call(
-            "describeInferenceComponent", {"InferenceComponentName": component}
+            "describeInferenceComponent", {"InferenceComponentName": target["inference_component_name"]}
         )
-        _register_scaling(manager, component, config)
-    described["Version"] = ",".join(chosen["version"] for chosen in picked)
-    described["Updated"] = exists
+    if record.status != "SUCCEEDED":
+        described["FailureReason"] = described.get("FailureReason") or f"{record.error}: {record.cause}"
+    described["Version"] = chosen["version"]
+    described["Updated"] = existed
+    described["Execution"] = record.name
     return described

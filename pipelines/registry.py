@@ -9,39 +9,43 @@ from typing import Any
 from pipelines.state import StateHome
 
 
-def list_versions(home: StateHome) -> list[dict[str, Any]]:
+def list_versions(home: StateHome) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every registered version, and a problem line per version that cannot be read."""
     if not home.mlflow_db.is_file():
-        return []
+        return [], []
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
-    rows = []
+    rows, problems = [], []
     for model in client.search_registered_models():
         aliases: dict[str, list[str]] = {}
         for alias, version_number in (model.aliases or {}).items():
             aliases.setdefault(str(version_number), []).append(alias)
         for version in client.search_model_versions(f"name='{model.name}'"):
-            tags = version.tags or {}
-            rows.append(
-                {
-                    "name": version.name,
-                    "version": str(version.version),
-                    "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
-                    .isoformat(timespec="seconds")
-                    .replace("+00:00", "Z"),
-                    "execution_id": tags.get("sagemaker.pipeline_execution_id", ""),
-                    "data_sha256": tags.get("data.sha256", ""),
-                    "model_data_uri": tags.get("model_data_uri", ""),
-                    "run_id": version.run_id,
-                    "aliases": sorted(aliases.get(str(version.version), [])),
-                    "approval_status": tags.get("approval_status", "PendingManualApproval"),
-                    "metrics": {
-                        k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")
-                    },
-                }
-            )
-    return sorted(rows, key=lambda r: (r["name"], int(r["version"])))
+            try:
+                rows.append(_row(version, aliases))
+            except (TypeError, ValueError) as error:
+                problems.append(f"{model.name} version {version.version} in {home.mlflow_db}: {error}")
+    return sorted(rows, key=lambda r: (r["name"], int(r["version"]))), problems
+
+
+def _row(version: Any, aliases: dict[str, list[str]]) -> dict[str, Any]:
+    tags = version.tags or {}
+    return {
+        "name": version.name,
+        "version": str(version.version),
+        "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z"),
+        "execution_id": tags.get("sagemaker.pipeline_execution_id", ""),
+        "data_sha256": tags.get("data.sha256", ""),
+        "model_data_uri": tags.get("model_data_uri", ""),
+        "run_id": version.run_id,
+        "aliases": sorted(aliases.get(str(version.version), [])),
+        "approval_status": tags.get("approval_status", "PendingManualApproval"),
+        "metrics": {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")},
+    }
 
 
 class VersionNotFound(LookupError):
@@ -53,7 +57,7 @@ def find_version(
 ) -> dict[str, Any]:
     """One registered version of `name`. `selector` is a version number or an alias; without one,
     the version carrying `prefer_alias` if any, else the newest."""
-    versions = [v for v in list_versions(home) if v["name"] == name]
+    versions = [v for v in list_versions(home)[0] if v["name"] == name]
     if not versions:
         raise VersionNotFound(f"nothing registered yet for {name}; run `sagegate run` first")
     if selector is None:

@@ -39,19 +39,80 @@ class Project:
             account=os.environ.get("SAGEGATE_ACCOUNT_ID", DEFAULT_ACCOUNT),
         )
 
+    # Every `{project}-{env}-...` name is built here and nowhere else.
+    def name(self, *parts: str) -> str:
+        """`{project}-{env}-{part}-...`: the shape of every resource name."""
+        return "-".join((self.prefix, self.environment, *parts))
+
     @property
     def bucket(self) -> str:
-        return f"{self.prefix}-{self.environment}-training"
+        return self.name("training")
 
     def pipeline_name(self, model: str) -> str:
-        return f"{self.prefix}-{self.environment}-{model}-training"
+        return self.name(model, "training")
 
-    def model_package_group(self, model: str) -> str:
-        return f"{self.prefix}-{self.environment}-{model}"
+    def inference_pipeline_name(self, model: str) -> str:
+        return self.name(model, "inference")
+
+    def registered_model(self, model: str) -> str:
+        """The MLflow registered model, and the SageMaker model package group."""
+        return self.name(model)
+
+    model_package_group = registered_model
+
+    def endpoint_name(self, model: str, deployment_type: str) -> str:
+        return self.name(model, deployment_type)
+
+    def model_name(self, model: str, digest: str) -> str:
+        """A SageMaker Model: new per deployment (the digest), so every deployment is blue/green."""
+        return self.name(model, digest)
+
+    def endpoint_config_name(self, model: str, digest: str) -> str:
+        return self.name(model, "config", digest)
+
+    def inference_component_name(self, model: str) -> str:
+        return self.name(model, "component")
+
+    def stack_name(self, *parts: str) -> str:
+        return self.name(*parts)
+
+    def gate_function_name(self, kind: str) -> str:
+        return self.name("gate", kind)
+
+    @property
+    def state_machine_name(self) -> str:
+        return self.name("deployment-gate")
+
+    @property
+    def mlflow_tracking_server_arn(self) -> str:
+        return f"arn:aws:sagemaker:{self.region}:{self.account}:mlflow-tracking-server/{self.name('mlflow')}"
+
+    def role_arn(self, role: str) -> str:
+        return f"arn:aws:iam::{self.account}:role/{self.name(role)}"
 
     @property
     def training_role_arn(self) -> str:
-        return f"arn:aws:iam::{self.account}:role/{self.prefix}-{self.environment}-sagemaker-training"
+        return self.role_arn("sagemaker-training")
+
+    @property
+    def inference_role_arn(self) -> str:
+        return self.role_arn("sagemaker-inference")
+
+    def job_name_prefix(self, model: str, job: str) -> str:
+        """SageMaker job base names (`{project}-{model}-{job}`; the SDK appends a timestamp)."""
+        return f"{self.prefix}-{model}-{job}"
+
+    @staticmethod
+    def champion_model_key(model: str) -> str:
+        """Where the promoter publishes the champion's artifact for the daily batch pipeline."""
+        return f"models/{model}/champion/model.tar.gz"
+
+    def champion_artifact_uri(self, model: str) -> str:
+        return f"s3://{self.bucket}/{self.champion_model_key(model)}"
+
+    @property
+    def register_image_uri(self) -> str:
+        return f"{self.account}.dkr.ecr.{self.region}.amazonaws.com/{self.prefix}-register:latest"
 
 
 @dataclass(frozen=True)

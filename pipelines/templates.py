@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "cloudformation"
+from pipelines.containers import template_path
+
 NO_VALUE = object()
 
 
@@ -43,7 +44,7 @@ _Loader.add_multi_constructor("!", _intrinsic)
 
 
 def load(name: str) -> dict[str, Any]:
-    path = TEMPLATES / name
+    path = template_path(name)
     try:
         return yaml.load(path.read_text(), Loader=_Loader)
     except (OSError, yaml.YAMLError) as error:

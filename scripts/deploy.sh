@@ -75,6 +75,8 @@ package_lambda() {  # handler + its requirements for the Lambda runtime (python3
   run "$PYTHON" -m pip install --quiet --target "$staging" --platform manylinux2014_x86_64 \
     --python-version 3.12 --implementation cp --only-binary=:all: -r "$source/requirements.txt"
   run cp "$source/app.py" "$staging/"
+  run mkdir -p "$staging/pipelines"  # the gate's schema, shared with the model YAML
+  run cp pipelines/__init__.py pipelines/contract.py "$staging/pipelines/"
   run "$PYTHON" -c "import shutil, sys; shutil.make_archive(sys.argv[1][:-4], 'zip', sys.argv[2])" "$archive" "$staging"
 }
 

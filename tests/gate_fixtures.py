@@ -18,7 +18,6 @@ import mlflow
 from sklearn.linear_model import LogisticRegression
 
 from pipelines.config import ModelConfig, load_config
-from pipelines.definition import registered_model_name
 from pipelines.state import Project, StateHome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +48,7 @@ def register_version(
     report.write_text(json.dumps({"metrics": {name: {"value": value} for name, value in metrics.items()}}))
     home.ensure()
     client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
-    name = registered_model_name(config, project)
+    name = project.registered_model(config.name)
     if not client.search_registered_models(f"name='{name}'"):
         client.create_registered_model(name)
     tags = {

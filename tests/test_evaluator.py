@@ -18,7 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from pipelines.contract import DIGEST
+from pipelines.state import Project
+
 ROOT = Path(__file__).resolve().parent.parent
+PROJECT = Project()
 BUCKET = "sagegate-development-training"
 MODEL = "sagegate-development-breast-cancer"
 
@@ -52,8 +56,6 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     patch = pytest.MonkeyPatch()
     for key, value in {
         "MLFLOW_TRACKING_URI": tracking,
-        "SAGEGATE_PROJECT": "sagegate",
-        "SAGEGATE_ENVIRONMENT": "development",
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_NAMESPACE": "sagegate",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -79,6 +81,16 @@ def report(body: Any) -> str:
     return f"s3://{BUCKET}/{key}"
 
 
+def resources(deployment_type: str = "serverless") -> dict[str, str]:
+    return {
+        "endpoint_name": PROJECT.endpoint_name("breast-cancer", deployment_type),
+        "model_name": PROJECT.model_name("breast-cancer", DIGEST),
+        "endpoint_config_name": PROJECT.endpoint_config_name("breast-cancer", DIGEST),
+        "inference_component_name": PROJECT.inference_component_name("breast-cancer"),
+        "champion_artifact_uri": PROJECT.champion_artifact_uri("breast-cancer"),
+    }
+
+
 def event(metrics: Any = None, **changes: Any) -> dict[str, Any]:
     gate = {
         "model": "breast-cancer",
@@ -90,6 +102,7 @@ def event(metrics: Any = None, **changes: Any) -> dict[str, Any]:
         "container": {"ModelDataUrl": "s3://x/model.tar.gz"},
         "quality_gate": {"accuracy": {"min": 0.85}, "f1": {"min": 0.85}},
         "deployment": {"type": "serverless", "champion_tolerance": 0.1},
+        "resources": resources(),
         "poll_seconds": 0,
     }
     gate.update(changes)
@@ -107,8 +120,18 @@ def test_passing_version_is_deployed_to_its_target(world) -> None:
     assert result["champion"]["version"] == "1"
     assert result["target"]["endpoint_name"] == "sagegate-development-breast-cancer-serverless"
     assert result["target"]["model_name"].startswith("sagegate-development-breast-cancer-")
-    realtime = decide(event({"accuracy": 0.9, "f1": 0.91}, deployment={"type": "realtime", "champion_tolerance": 0.1}))
+    realtime = decide(
+        event(
+            {"accuracy": 0.9, "f1": 0.91},
+            deployment={"type": "realtime", "champion_tolerance": 0.1},
+            resources=resources("realtime"),
+        )
+    )
     assert realtime["decision"] == "deploy_realtime"
+    assert realtime["target"]["endpoint_name"] == "sagegate-development-breast-cancer-realtime"
+    assert (
+        realtime["target"]["scalable_resource_id"] == "inference-component/sagegate-development-breast-cancer-component"
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,8 +142,6 @@ def test_passing_version_is_deployed_to_its_target(world) -> None:
         ({"accuracy": {"value": float("nan")}, "f1": {"value": 0.9}}, {}, "accuracy: missing or not a finite number"),
         ({"accuracy": {"value": "0.9"}, "f1": {"value": 0.9}}, {}, "accuracy: missing or not a finite number"),
         ({"accuracy": 0.9, "f1": 0.9}, {"quality_gate": {}}, "no quality-gate thresholds"),
-        ({"accuracy": 0.9, "f1": 0.9}, {"quality_gate": {"accuracy": {}}}, "threshold has neither min nor max"),
-        ({"accuracy": 0.9, "f1": 0.9}, {"deployment": {"type": "batch"}}, "unknown deployment target 'batch'"),
         ({"accuracy": 0.9, "f1": 0.9}, {"quality_gate": {"accuracy": {"max": 0.5}}}, "above the maximum 0.5"),
     ],
 )
@@ -167,11 +188,48 @@ def test_lower_is_better_for_max_only_metrics(world) -> None:
         ({"task": "clustering"}, "gate.task"),
         ({"surprise": 1}, "gate.surprise"),
         ({"version": "77"}, "unknown model version"),
+        ({"quality_gate": {"accuracy": {}}}, "gate.quality_gate.accuracy: Value error, a threshold needs min, max"),
+        ({"deployment": {"type": "batch"}}, "gate.deployment.type"),
+        ({"deployment": {"type": "serverless", "champion_tolerance": -1}}, "gate.deployment.champion_tolerance"),
+        ({"resources": {}}, "gate.resources.endpoint_name"),
     ],
 )
 def test_bad_input_raises_naming_the_field(world, changes, field) -> None:
     with pytest.raises(app.GateInputError, match=field.replace(".", r"\.")):
         decide(event({"accuracy": 0.9, "f1": 0.9}, **changes))
+
+
+def test_a_registry_error_is_a_rejection_never_no_champion(world, monkeypatch) -> None:
+    """Reading the champion fails (store down, permissions...): reject with the error, do not deploy
+    as if there were no champion to compare with."""
+    from mlflow.exceptions import MlflowException
+
+    def unavailable(self: Any, name: str) -> Any:
+        raise MlflowException("registry temporarily unavailable", error_code="TEMPORARILY_UNAVAILABLE")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_registered_model", unavailable)
+    result = decide(event({"accuracy": 0.99, "f1": 0.99}))
+    assert result["decision"] == "reject" and result["target"] is None
+    assert "cannot read the champion of sagegate-development-breast-cancer" in result["reason"]
+    assert "registry temporarily unavailable" in result["reason"]
+
+
+def test_an_unreachable_registry_is_a_rejection(world, monkeypatch, tmp_path) -> None:
+    broken = tmp_path / "mlflow.db"
+    broken.write_bytes(b"this is not an sqlite database" * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{broken}")
+    result = decide(event({"accuracy": 0.99, "f1": 0.99}))
+    assert result["decision"] == "reject" and "cannot read the champion" in result["reason"]
+
+
+def test_a_missing_tracking_uri_is_named_and_no_store_appears_in_the_working_directory(
+    world, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    result = decide(event({"accuracy": 0.99, "f1": 0.99}))
+    assert result["decision"] == "reject" and "MLFLOW_TRACKING_URI is not set" in result["reason"]
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db, no mlruns/
 
 
 def test_every_result_has_every_key_the_state_machine_selects(world) -> None:
@@ -240,15 +298,37 @@ def test_fuzzed_events_are_rejected_or_refused_never_deployed_wrongly(world, dat
         target.pop(path[-1], None)
     else:
         target[path[-1]] = data.draw(json_values)
+    valid = True
+    try:
+        parsed = app.GateEvent.model_validate(mutated).gate
+    except app.ValidationError:
+        valid = False
     try:
         result = decide(mutated)
     except app.GateInputError as error:
         assert str(error)
+        assert not valid or parsed.version not in ("1", "2")  # refused only when invalid or unregistered
         return
-    assert result["decision"] in ("deploy_serverless", "deploy_realtime", "reject")
-    if result["decision"] != "reject":
-        gate = mutated["gate"]
-        assert gate["deployment"]["type"] in ("serverless", "realtime")
-        for metric, threshold in gate["quality_gate"].items():
-            assert threshold.get("min") is not None or threshold.get("max") is not None
-            assert result["metrics"][metric] >= (threshold.get("min") or -math.inf)
+    assert valid, "an invalid event was evaluated instead of refused"
+    assert result["decision"] == expected_decision(parsed, evt["gate"]["evaluation_uri"]), result["reasons"]
+
+
+def expected_decision(gate: Any, original_report: str) -> str:
+    """The oracle for a valid event: the report holds accuracy = f1 = 0.9; champion v1 has 0.97 each."""
+    if gate.evaluation_uri != original_report or not gate.quality_gate:
+        return "reject"
+    recorded, champion = {"accuracy": 0.9, "f1": 0.9}, {"accuracy": 0.97, "f1": 0.97}
+    for metric, threshold in gate.quality_gate.items():
+        value = recorded.get(metric)
+        if value is None or (threshold.min is not None and value < threshold.min):
+            return "reject"
+        if threshold.max is not None and value > threshold.max:
+            return "reject"
+    if gate.version != "1":
+        for metric, threshold in gate.quality_gate.items():
+            higher = threshold.min is not None
+            best = champion[metric]
+            shortfall = best - recorded[metric] if higher else recorded[metric] - best
+            if shortfall > gate.deployment.champion_tolerance + 1e-9:
+                return "reject"
+    return f"deploy_{gate.deployment.type}"

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.execution_view import render_graph, state_rows
 from pipelines.local.sfn_patch import LambdaServiceError
-from pipelines.local_gate import LocalGate, function_name, gate_input, list_executions, load_execution
+from pipelines.local_gate import LocalGate, gate_input, list_executions, load_execution
 from pipelines.state import Project, StateHome
 from tests.gate_fixtures import breast_cancer, register_version
 
@@ -225,7 +225,7 @@ def test_input_that_is_not_an_object_fails_without_deploying(home: StateHome) ->
 
 def test_executions_persist_and_render(home: StateHome, tmp_path) -> None:
     deploy_first(home)
-    records = list_executions(StateHome(home.root))  # a fresh view of the folder, as after a restart
+    records, _ = list_executions(StateHome(home.root))  # a fresh view of the folder, as after a restart
     assert [r.status for r in records] == ["SUCCEEDED"]
     latest = load_execution(home, records[0].name[:10])
     rows = state_rows(latest)
@@ -239,10 +239,10 @@ def test_executions_persist_and_render(home: StateHome, tmp_path) -> None:
 def gate_handlers(gate: LocalGate):
     from pipelines.local import sfn_patch
 
-    return sfn_patch._handlers[function_name(PROJECT, "evaluator")]
+    return sfn_patch._handlers[PROJECT.gate_function_name("evaluator")]
 
 
 def install_handler(gate: LocalGate, kind: str, handler) -> None:
     from pipelines.local import sfn_patch
 
-    sfn_patch._handlers[function_name(PROJECT, kind)] = handler
+    sfn_patch._handlers[PROJECT.gate_function_name(kind)] = handler

@@ -36,7 +36,7 @@ def first_run(state):
 
 
 def versions(state: StateHome) -> list[str]:
-    return [v["version"] for v in list_versions(state) if v["name"] == "sagegate-development-breast-cancer"]
+    return [v["version"] for v in list_versions(state)[0] if v["name"] == "sagegate-development-breast-cancer"]
 
 
 def sagegate(state: StateHome, *args: str) -> subprocess.CompletedProcess:
@@ -101,7 +101,7 @@ def test_false_condition_ends_in_the_fail_step_and_registers_nothing(state, firs
     assert "Quality gate failed for breast-cancer: accuracy=0.95" in result.stdout
     assert "(needs >= 0.999)" in result.stdout and "Nothing was registered." in result.stdout
     assert versions(state) == ["1"]
-    record = list_records(state)[-1]
+    record = list_records(state)[0][-1]
     assert record.gate == "failed" and record.status == "Failed"
     assert [s.name for s in record.steps][-1] == "QualityGateFailed"
 
@@ -137,7 +137,7 @@ def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp
             load_config(MODELS / "breast-cancer.yaml", [f"data.source={tmp_path / 'nope.csv'}"]), Project(), state
         )
     assert versions(state) == ["1"]
-    recorded = {r.run_id for r in list_records(state)}
+    recorded = {r.run_id for r in list_records(state)[0]}
     assert {p.name for p in (state.runs / "logs").iterdir()} <= recorded  # no orphaned log folder
 
 
@@ -165,7 +165,7 @@ def test_second_run_sees_the_first_runs_registry_and_objects(state, first_run):
     deployment = record["deployment"]
     assert (deployment["status"], deployment["decision"]) == ("SUCCEEDED", "deploy_serverless")
     assert deployment["endpoint"] == "sagegate-development-breast-cancer-serverless"
-    assert [m["aliases"] for m in list_versions(state) if m["version"] == "2"] == [["champion"]]
+    assert [m["aliases"] for m in list_versions(state)[0] if m["version"] == "2"] == [["champion"]]
     shown = sagegate(state, "executions", "show", deployment["name"])
     assert "RecordChampion" in shown.stdout and "SUCCEEDED" in shown.stdout
     # the first run's evaluation survived a fresh local S3 server

@@ -12,10 +12,11 @@ import sagemaker
 from sagemaker.local import image
 
 from pipelines.local import sdk_patch
+from pipelines.local.pins import PINNED
 
 
 def test_sagemaker_is_the_pinned_version_and_below_3():
-    assert sagemaker.__version__ == sdk_patch.PINNED_SAGEMAKER_VERSION
+    assert sagemaker.__version__ == PINNED["sagemaker"]
     assert int(sagemaker.__version__.split(".")[0]) < 3
 
 

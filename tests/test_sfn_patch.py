@@ -18,17 +18,17 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state
 from moto.stepfunctions.parser.asl.parse import preprocessor
 from moto.stepfunctions.parser.asl.utils import boto_client
 
-from pipelines.local import sfn_patch
+from pipelines.local.pins import PINNED
 
 ROLE = "arn:aws:iam::123456789012:role/states"
 
 
 def test_moto_is_the_pinned_version() -> None:
-    assert moto.__version__ == sfn_patch.PINNED_MOTO_VERSION
+    assert moto.__version__ == PINNED["moto"]
 
 
 def test_patched_internals_still_have_their_shape() -> None:
-    assert callable(preprocessor.state_task_for)
+    assert list(inspect.signature(preprocessor.state_task_for).parameters) == ["resource"]
     assert list(inspect.signature(LambdaSimpleBackend.invoke).parameters) == [
         "self",
         "function_name",
@@ -45,13 +45,6 @@ def test_patched_internals_still_have_their_shape() -> None:
         "state_credentials",
     ]
     assert "MOTO_PORT" in inspect.getsource(boto_client) or "moto_server_port" in inspect.getsource(boto_client)
-
-
-def test_install_refuses_another_moto(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(moto, "__version__", "9.9.9")
-    with pytest.raises(RuntimeError, match=r"moto 9\.9\.9"):
-        sfn_patch.install(None, {})  # type: ignore[arg-type]
-    assert preprocessor.state_task_for is sfn_patch._original_state_task_for
 
 
 def run(definition: dict, execution_input: dict) -> dict:

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pipelines.state import ENVIRONMENTS
+from pipelines.state import ENVIRONMENTS, Project
 from pipelines.templates import EXAMPLE_PARAMETERS, TemplateError, render
 
 
@@ -175,7 +175,7 @@ def test_gate_input_template_is_valid_json_with_the_model_settings() -> None:
         .replace("${ModelName}", "breast-cancer")
         .replace("${Project}", "sagegate")
         .replace("${Environment}", "staging")
-        .replace("${GateSettings}", gate_settings(breast_cancer()))
+        .replace("${GateSettings}", gate_settings(breast_cancer(), Project(environment="staging")))
         .replace("<version>", "3")
         .replace("<arn>", "arn:aws:sagemaker:us-east-1:1:model-package/x/3")
         .replace("<evaluation>", "s3://b/evaluation.json")

@@ -10,6 +10,7 @@ classifiers, `probability_<class>` columns). Imports nothing from `pipelines/`.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
@@ -60,7 +61,12 @@ def predict_file(model: Any, metadata: dict, source: Path, target: Path, chunk_r
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(target.suffix + ".partial")
     try:
-        chunks = pd.read_csv(source, chunksize=chunk_rows)
+        with open(source, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+        duplicates = sorted({name for name in header if header.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"{source.name}: duplicate column name(s) in the header: {', '.join(duplicates)}")
+        chunks = pd.read_csv(source, chunksize=chunk_rows, encoding="utf-8-sig")
         for index, chunk in enumerate(chunks):
             missing = [f for f in features if f not in chunk.columns]
             if missing:

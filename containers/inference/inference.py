@@ -56,9 +56,12 @@ def _records(items: List[Dict[str, Any]], model: Model) -> np.ndarray:
         raise RequestError(f"a record is missing feature {error}") from None
 
 
+UTF8_BOM = b"\xef\xbb\xbf"  # some tools start every UTF-8 file with it; training accepts it too
+
+
 def _from_json(body: bytes, model: Model) -> np.ndarray:
     try:
-        data = json.loads(body)
+        data = json.loads(body[len(UTF8_BOM) :] if body.startswith(UTF8_BOM) else body)
     except (ValueError, UnicodeDecodeError) as error:
         raise RequestError(f"body is not valid JSON: {error}") from None
     if isinstance(data, dict):
@@ -81,7 +84,7 @@ def _from_json(body: bytes, model: Model) -> np.ndarray:
 
 def _from_csv(body: bytes) -> np.ndarray:
     try:
-        text = body.decode("utf-8").strip()
+        text = body.decode("utf-8-sig").strip()
     except UnicodeDecodeError as error:
         raise RequestError(f"CSV body is not UTF-8 text: {error}") from None
     rows = [line.split(",") for line in text.splitlines() if line.strip()]

@@ -8,6 +8,7 @@ where SageMaker surfaces it (`/opt/ml/output/message`).
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -44,6 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def duplicate_columns(path: Path) -> list[str]:
+    """Header names that occur more than once (pandas would silently rename them `col.1`)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a UTF-8 BOM is not part of a name
+        header = next(csv.reader(handle, skipinitialspace=True), [])
+    return sorted({name for name in header if header.count(name) > 1})
+
+
 def read_csvs(input_dir: Path) -> tuple[pd.DataFrame, list[Path]]:
     files = sorted(p for p in input_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".csv")
     if not files:
@@ -53,10 +61,13 @@ def read_csvs(input_dir: Path) -> tuple[pd.DataFrame, list[Path]]:
         if path.stat().st_size == 0:
             raise DataError(f"{path.name}: file is empty")
         try:
-            frame = pd.read_csv(path, skipinitialspace=True)
+            duplicates = duplicate_columns(path)
+            if duplicates:
+                raise DataError(f"{path.name}: duplicate column name(s) in the header: {', '.join(duplicates)}")
+            frame = pd.read_csv(path, skipinitialspace=True, encoding="utf-8-sig")
         except pd.errors.EmptyDataError:
             raise DataError(f"{path.name}: file has no header and no rows") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as error:
             raise DataError(f"{path.name}: malformed CSV: {error}") from None
         if frame.empty:
             raise DataError(f"{path.name}: header only, no data rows")

@@ -64,6 +64,24 @@ def signature(metadata: dict[str, Any]) -> Any:
     )
 
 
+def make_durable(artifact_location: str) -> None:
+    """fsync a local (file:) model artifact and check it is complete; remote stores are durable on upload."""
+    if not artifact_location.startswith("file:"):
+        return
+    from urllib.parse import unquote, urlparse
+
+    root = Path(unquote(urlparse(artifact_location).path))
+    if not (root / "MLmodel").is_file():
+        fail(f"register: the logged model at {root} has no MLmodel file; nothing registered")
+    for folder, _, files in os.walk(root):
+        for name in [*files, "."]:
+            descriptor = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -86,7 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     mlflow.set_tracking_uri(args.tracking_uri)
     client = mlflow.MlflowClient()
     if client.get_experiment_by_name(args.experiment) is None:
-        client.create_experiment(args.experiment, artifact_location=args.artifact_location or None)
+        try:
+            client.create_experiment(args.experiment, artifact_location=args.artifact_location or None)
+        except mlflow.exceptions.MlflowException:  # a concurrent run created it first
+            if client.get_experiment_by_name(args.experiment) is None:
+                raise
     mlflow.set_experiment(args.experiment)
     tags = {
         "sagemaker.pipeline_execution_id": args.execution_id,
@@ -109,11 +131,13 @@ def main(argv: list[str] | None = None) -> None:
             serialization_format="cloudpickle",
             signature=signature(metadata),
             pip_requirements=[f"scikit-learn=={sklearn.__version__}", "pandas", "joblib"],
-            registered_model_name=args.registered_model_name,
         )
-    version = str(info.registered_model_version)
-    for key, value in {**tags, **{f"metric.{k}": str(v) for k, v in metric_values.items()}}.items():
-        client.set_model_version_tag(args.registered_model_name, version, key, value)
+    # The version is created last, in one registry call with all its tags, and only once the
+    # artifact is durable: a job killed at any moment leaves no version without its model.
+    make_durable(mlflow.get_logged_model(info.model_id).artifact_location)
+    version_tags = {**tags, **{f"metric.{k}": str(v) for k, v in metric_values.items()}}
+    registered = mlflow.register_model(info.model_uri, args.registered_model_name, tags=version_tags)
+    version = str(registered.version)
     result = {
         "registered_model_name": args.registered_model_name,
         "version": version,

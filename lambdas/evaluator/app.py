@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 import boto3
@@ -22,13 +22,13 @@ from aws_lambda_powertools.utilities.parser import ValidationError, parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.contract import GateInput, deployment_target
+
 SERVICE = "sagegate-gate"
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace="sagegate", service=SERVICE)
 tracer = Tracer(service=SERVICE)
 
-DEPLOYMENT_TYPES = ("realtime", "serverless")
-NAME_LIMIT = 63  # SageMaker model, endpoint and endpoint-config names
 FLOAT_SLACK = 1e-9  # 0.97 - 0.96 > 0.01 in binary floating point; a tie is not worse
 
 
@@ -36,40 +36,8 @@ class GateInputError(Exception):
     """The execution input is not a gate request: the execution fails, nothing is deployed."""
 
 
-class Threshold(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    min: float | None = None
-    max: float | None = None
-
-
-class Deployment(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: str
-    instance_type: str = "ml.m5.large"
-    min_instances: int = Field(0, ge=0)
-    max_instances: int = Field(1, ge=1)
-    memory_size_mb: int = Field(2048, ge=1024, le=6144)
-    max_concurrency: int = Field(5, ge=1, le=200)
-    champion_tolerance: float = Field(0.0, ge=0.0)
-    scale_in_cooldown: int = Field(300, ge=0)
-    scale_out_cooldown: int = Field(60, ge=0)
-    target_invocations_per_instance: float = Field(1.0, gt=0)
-
-
-class GateInput(BaseModel):
-    """The execution input: one registered model version and the settings from its model YAML."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
-    task: Literal["classification", "regression"]
-    registered_model: str = Field(min_length=1)
-    version: str = Field(pattern=r"^[1-9][0-9]*$")
-    model_package_arn: str | None = None
-    evaluation_uri: str = Field(pattern=r"^s3://[^/]+/.+")
-    container: dict[str, Any]
-    quality_gate: dict[str, Threshold]
-    deployment: Deployment
-    poll_seconds: int = Field(ge=0, le=3600)
+class RegistryError(Exception):
+    """The model registry could not be read: the gate rejects (it never assumes "no champion")."""
 
 
 class GateEvent(BaseModel):
@@ -103,31 +71,45 @@ def read_report(uri: str) -> dict[str, Any]:
 
 
 def _registry() -> Any:
+    """The MLflow client of the function's MLFLOW_TRACKING_URI; never a store in the working directory."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise RegistryError("MLFLOW_TRACKING_URI is not set for this function: no model registry to read")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))  # the function's setting
+    try:
+        return mlflow.MlflowClient(tracking_uri=uri)
+    except Exception as error:  # the store cannot be opened
+        raise RegistryError(f"{type(error).__name__}: {error}") from None
 
 
 @tracer.capture_method
 def champion_of(gate: GateInput) -> dict[str, Any] | None:
-    """The version currently serving (MLflow alias `champion`) and its recorded metrics."""
+    """The version currently serving (MLflow alias `champion`) and its recorded metrics, or None when no
+    version carries the alias. An unregistered version is bad input; any other registry failure is a
+    RegistryError, which the gate turns into a rejection."""
     from mlflow.exceptions import MlflowException
 
     client = _registry()
     try:
         client.get_model_version(gate.registered_model, gate.version)
     except MlflowException as error:
-        raise GateInputError(f"unknown model version: {gate.registered_model} version {gate.version}") from error
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise GateInputError(f"unknown model version: {gate.registered_model} version {gate.version}") from None
+        raise RegistryError(f"{type(error).__name__}: {error}") from None
+    except Exception as error:  # an unreachable or broken store: fail closed
+        raise RegistryError(f"{type(error).__name__}: {error}") from None
     try:
-        champion = client.get_model_version_by_alias(gate.registered_model, "champion")
-    except MlflowException:
-        return None
-    tags = champion.tags or {}
-    return {
-        "version": str(champion.version),
-        "metrics": {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")},
-    }
+        aliases = client.get_registered_model(gate.registered_model).aliases or {}
+        if "champion" not in aliases:
+            return None
+        champion = client.get_model_version(gate.registered_model, str(aliases["champion"]))
+        tags = champion.tags or {}
+        recorded = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
+    except Exception as error:
+        raise RegistryError(f"{type(error).__name__}: {error}") from None
+    return {"version": str(champion.version), "metrics": recorded}
 
 
 def check_thresholds(gate: GateInput, report: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
@@ -183,38 +165,18 @@ def compare_with_champion(
     return reasons, notes
 
 
-def deployment_target(gate: GateInput, execution_name: str) -> dict[str, Any]:
-    """Names for this deployment: new model and config per execution, the endpoint keeps its name."""
-    project = os.environ["SAGEGATE_PROJECT"]
-    environment = os.environ["SAGEGATE_ENVIRONMENT"]
-    base = f"{project}-{environment}-{gate.model}"
+def _digest(gate: GateInput, execution_name: str) -> str:
+    """New model and config names per execution and content; the endpoint keeps its name."""
     identity = json.dumps(
         [execution_name, gate.registered_model, gate.version, gate.container, gate.deployment.model_dump()],
         sort_keys=True,
     )
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
-    target = {
-        "deployment_type": gate.deployment.type,
-        "endpoint_name": f"{base}-{gate.deployment.type}",
-        "model_name": f"{base}-{digest}",
-        "endpoint_config_name": f"{base}-config-{digest}",
-        "inference_component_name": f"{base}-component",
-        "scalable_resource_id": f"inference-component/{base}-component",
-        "scaling_policy_prefix": f"{base}-component",
-    }
-    too_long = [name for key, name in target.items() if key.endswith("_name") and len(name) > NAME_LIMIT]
-    if too_long:
-        raise GateInputError(f"resource names longer than {NAME_LIMIT} characters: {', '.join(too_long)}")
-    return target
+    return hashlib.sha256(identity.encode()).hexdigest()[:8]
 
 
 def evaluate(gate: GateInput, execution_name: str) -> dict[str, Any]:
     reasons: list[str] = []
     values: dict[str, float] = {}
-    if gate.deployment.type not in DEPLOYMENT_TYPES:
-        reasons.append(
-            f"unknown deployment target {gate.deployment.type!r} (expected one of {', '.join(DEPLOYMENT_TYPES)})"
-        )
     try:
         report = read_report(gate.evaluation_uri)
     except Exception as error:  # any unreadable report is a reject, never a crash
@@ -223,7 +185,11 @@ def evaluate(gate: GateInput, execution_name: str) -> dict[str, Any]:
     if report is not None:
         values, threshold_reasons = check_thresholds(gate, report)
         reasons += threshold_reasons
-    champion = champion_of(gate)
+    try:
+        champion = champion_of(gate)
+    except RegistryError as error:
+        champion = None
+        reasons.append(f"cannot read the champion of {gate.registered_model} from the model registry: {error}")
     champion_reasons, notes = compare_with_champion(gate, values, champion) if not reasons else ([], [])
     reasons += champion_reasons
     decision = "reject" if reasons else f"deploy_{gate.deployment.type}"
@@ -240,8 +206,15 @@ def evaluate(gate: GateInput, execution_name: str) -> dict[str, Any]:
         "notes": notes,
         "metrics": values,
         "champion": champion,
-        "target": deployment_target(gate, execution_name) if decision != "reject" else None,
+        "target": _target(gate, execution_name) if decision != "reject" else None,
     }
+
+
+def _target(gate: GateInput, execution_name: str) -> dict[str, Any]:
+    try:
+        return deployment_target(gate.resources, gate.deployment.type, _digest(gate, execution_name))
+    except ValueError as error:
+        raise GateInputError(str(error)) from None
 
 
 @logger.inject_lambda_context(correlation_id_path="execution_name", clear_state=True)

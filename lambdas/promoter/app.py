@@ -28,6 +28,7 @@ class PromotionInput(BaseModel):
     model_package_arn: str | None = None
     endpoint_name: str = Field(min_length=1)
     execution_name: str = Field(min_length=1)
+    champion_artifact_uri: str = Field(pattern=r"^s3://[^/]+/.+")
 
 
 def publish_champion_artifact(request: PromotionInput) -> str:
@@ -40,13 +41,12 @@ def publish_champion_artifact(request: PromotionInput) -> str:
         source = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
     if not source:
         raise ValueError("container has neither ModelDataUrl nor ModelPackageName: no artifact to publish")
-    bucket = f"{os.environ['SAGEGATE_PROJECT']}-{os.environ['SAGEGATE_ENVIRONMENT']}-training"
-    key = f"models/{request.model}/champion/model.tar.gz"
+    bucket, _, key = request.champion_artifact_uri.removeprefix("s3://").partition("/")
     source_bucket, _, source_key = source.removeprefix("s3://").partition("/")
     boto3.client("s3").copy_object(
         Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key}, ServerSideEncryption="aws:kms"
     )
-    return f"s3://{bucket}/{key}"
+    return request.champion_artifact_uri
 
 
 @logger.inject_lambda_context(correlation_id_path="execution_name", clear_state=True)
@@ -56,15 +56,15 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         request = parse(event=event, model=PromotionInput)
     except ValidationError as error:
         raise ValueError(f"bad promotion input: {error}") from None
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:  # never a store in the working directory
+        raise ValueError("MLFLOW_TRACKING_URI is not set for this function: no model registry to record in")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"))  # the function's setting
-    try:
-        previous = str(client.get_model_version_by_alias(request.registered_model, "champion").version)
-    except MlflowException:
-        previous = None
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    aliases = client.get_registered_model(request.registered_model).aliases or {}
+    previous = str(aliases["champion"]) if "champion" in aliases else None
     client.set_registered_model_alias(request.registered_model, "champion", request.version)
     for key, value in {
         "approval_status": "Approved",

@@ -8,6 +8,10 @@ Usage: `python -m pipelines.local.container docker-compose.yaml` (the SDK launch
 - training jobs get what the SageMaker training toolkit provides: the `sagemaker_submit_directory`
   code unpacked into a code folder, `SM_*` variables (SM_MODEL_DIR, SM_CHANNEL_*, SM_HPS, ...),
   and the user hyperparameters as `--name value` arguments to `sagemaker_program`.
+A training job's StoppingCondition (`SAGEGATE_MAX_RUNTIME_SECONDS`, set by `sdk_patch`) is enforced
+as SageMaker enforces it: past the limit the job is killed and fails with MaxRuntimeExceeded.
+The runner and its job die with their parent (PR_SET_PDEATHSIG): a killed `sagegate run` leaves
+no job behind that could still register a model.
 A failing job's reason (`/opt/ml/output/failure` or `/message`) is printed last and, when
 `SAGEGATE_FAILURE_LOG` is set, appended there as JSON so the caller can report it. With
 `SAGEGATE_JOB_LOGS` set, the job's output goes to `{job}.log` in that folder (CloudWatch's role).
@@ -15,9 +19,11 @@ A failing job's reason (`/opt/ml/output/failure` or `/message`) is printed last 
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -27,6 +33,19 @@ from urllib.parse import urlparse
 import yaml
 
 OPT_ML = "/opt/ml"
+MAX_RUNTIME_VARIABLE = "SAGEGATE_MAX_RUNTIME_SECONDS"  # = sdk_patch.MAX_RUNTIME_VARIABLE (no import: a job process)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
 
 
 class Volumes:
@@ -145,9 +164,9 @@ def _job_name(volumes: Volumes, env: dict[str, str]) -> str:
     return env.get("TRAINING_JOB_NAME", "job")
 
 
-def _report_failure(volumes: Volumes, job: str, code: int) -> None:
+def _report_failure(volumes: Volumes, job: str, code: int, reason: str | None = None) -> None:
     output = Path(volumes.host_path(f"{OPT_ML}/output"))
-    reason = next(
+    reason = reason or next(
         (
             p.read_text().strip()
             for p in (output / "failure", output / "message")
@@ -179,15 +198,34 @@ def run_service(service: dict, workdir: Path) -> int:
         print(f"unsupported local job command {service.get('command')!r}", file=sys.stderr)
         return 2
     job = _job_name(volumes, env)
+    limit = int(env.pop(MAX_RUNTIME_VARIABLE, "0") or 0) or None
     log_dir = os.environ.get("SAGEGATE_JOB_LOGS")
-    if log_dir:
-        with open(Path(log_dir) / f"{job}.log", "w", encoding="utf-8") as log:
-            code = subprocess.call(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    else:
-        code = subprocess.call(command, env=env, cwd=cwd)
+    log = open(Path(log_dir) / f"{job}.log", "w", encoding="utf-8") if log_dir else None
+    try:
+        code, reason = _supervise(command, env, cwd, log, limit)
+    finally:
+        if log:
+            log.close()
     if code != 0:
-        _report_failure(volumes, job, code)
+        _report_failure(volumes, job, code, reason)
     return code
+
+
+def _supervise(
+    command: list[str], env: dict[str, str], cwd: Path, log: object, limit: int | None
+) -> tuple[int, str | None]:
+    """Run the job in its own process group; past `limit` seconds kill the group (MaxRuntimeExceeded)."""
+    output = {"stdout": log, "stderr": subprocess.STDOUT} if log else {}
+    process = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent, **output)
+    try:
+        return process.wait(timeout=limit), None
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return 1, (
+            f"MaxRuntimeExceeded: the training job ran longer than its stopping condition "
+            f"(MaxRuntimeInSeconds={limit}, training.max_runtime_seconds) and was stopped"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m pipelines.local.container docker-compose.yaml", file=sys.stderr)
         return 2
+    die_with_parent()
     compose_file = Path(args[0])
     compose = yaml.safe_load(compose_file.read_text())
     for host, service in compose["services"].items():

@@ -4,20 +4,20 @@ The gate's SageMaker tasks call this instead of AWS. It keeps AWS's shapes and s
 the gate depends on them: names are unique, an endpoint goes Creating → InService | Failed,
 an update keeps the old config serving until the new one is ready and rolls back (InService on
 the old config, with a FailureReason) when it cannot be, and every record persists under
-`endpoints/state.json` in the state folder so it survives restarts.
+`endpoints/state.json` in the state folder so it survives restarts. Every call is a
+read-modify-write under the file's lock (threads and processes: the gate, `provision` and the
+gateway may touch it at once), and every write is atomic.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import tarfile
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipelines.state import Project, StateHome
+from pipelines.statefiles import StateFileError, locked, read_json, write_json
 
 KINDS = (
     "models",
@@ -48,20 +48,18 @@ class EndpointManager:
         self.home = home
         self.project = project
         self.path = home.root / "endpoints" / "state.json"
-        self._lock = threading.RLock()
 
     # -- persistence -------------------------------------------------------------------------
     def _load(self) -> dict[str, dict[str, Any]]:
         if not self.path.is_file():
             return {kind: {} for kind in KINDS}
-        state = json.loads(self.path.read_text())
+        state = read_json(self.path)
+        if not isinstance(state, dict) or not all(isinstance(state.get(kind, {}), dict) for kind in KINDS):
+            raise StateFileError(f"{self.path}: not an endpoint state file")
         return {kind: state.get(kind, {}) for kind in KINDS}
 
     def _save(self, state: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(state, indent=2, sort_keys=True))
-        os.replace(partial, self.path)
+        write_json(self.path, state)
 
     def _arn(self, kind: str, name: str) -> str:
         resource = {"models": "model", "endpoint_configs": "endpoint-config", "endpoints": "endpoint"}.get(
@@ -76,7 +74,7 @@ class EndpointManager:
         method = getattr(self, snake, None)
         if method is None or snake.startswith("_") or snake == "call":
             raise SageMakerError("UnknownOperationException", f"local SageMaker does not implement {action}")
-        with self._lock:
+        with locked(self.path):
             return method(**parameters)
 
     def _create(self, kind: str, name: str, record: dict[str, Any], label: str) -> dict[str, Any]:
@@ -154,9 +152,6 @@ class EndpointManager:
                 del state["inference_components"][name]
         self._save(state)
         return {}
-
-    def list_endpoints(self, **_: Any) -> dict:
-        return {"Endpoints": [self.describe_endpoint(name) for name in sorted(self._load()["endpoints"])]}
 
     def create_inference_component(
         self, InferenceComponentName: str, EndpointName: str, VariantName: str, Specification: dict, **extra: Any
@@ -276,8 +271,8 @@ class EndpointManager:
         return None
 
     def model_data_path(self, model_name: str) -> Path:
-        return self.home.local_path(self._load()["models"][model_name]["PrimaryContainer"]["ModelDataUrl"])
+        return self.home.local_path(self.snapshot()["models"][model_name]["PrimaryContainer"]["ModelDataUrl"])
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return self._load()
+        """The whole state as last written (atomic writes: no lock needed to read a consistent copy)."""
+        return self._load()

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from pipelines.containers import container_code
 from pipelines.local.endpoints import EndpointManager
 from pipelines.state import Project, StateHome
+from pipelines.statefiles import StateFileError, locked, read_json, write_json
 
-INFERENCE_CODE = Path(__file__).resolve().parent.parent.parent / "containers" / "inference"
 DEFAULT_SCALE_IN_COOLDOWN = 300.0
 MAX_PAYLOAD = 6 * 1024 * 1024
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
@@ -116,7 +117,7 @@ class ModelServer:
             self.socket.unlink(missing_ok=True)
             log = (self.folder / "server.log").open("ab")
             self.process = subprocess.Popen(
-                [sys.executable, str(INFERENCE_CODE / "serve.py"), "--model-dir", str(model_dir),
+                [sys.executable, str(container_code("inference", "serve.py")), "--model-dir", str(model_dir),
                  "--bind", f"unix:{self.socket}", "--workers", str(self.workers)],
                 stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
@@ -210,8 +211,11 @@ class Gateway:
         self.metrics_path = home.root / "serving" / "metrics.json"
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         if self.metrics_path.is_file():  # invocation counts survive gateway restarts
-            previous = json.loads(self.metrics_path.read_text())
-            self.counts, self.throttled = previous.get("invocations", {}), previous.get("throttled", {})
+            try:
+                previous = read_json(self.metrics_path)
+                self.counts, self.throttled = previous.get("invocations", {}), previous.get("throttled", {})
+            except (StateFileError, AttributeError) as error:
+                logging.getLogger(__name__).warning("starting counters from zero: %s", error)
         self._stop = threading.Event()
         threading.Thread(target=self._housekeeping, daemon=True, name="scale-in").start()
 
@@ -411,9 +415,7 @@ class Gateway:
                 for name, server in list(self.servers.items())
             },
         }
-        partial = self.metrics_path.with_suffix(".partial")
-        partial.write_text(json.dumps(snapshot, indent=2))
-        os.replace(partial, self.metrics_path)
+        write_json(self.metrics_path, snapshot)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -467,7 +469,11 @@ def running_gateway(home: StateHome) -> dict[str, Any] | None:
     path = gateway_file(home)
     if not path.is_file():
         return None
-    info = json.loads(path.read_text())
+    try:
+        info = read_json(path)
+    except StateFileError:
+        path.unlink(missing_ok=True)
+        return None
     try:
         os.kill(info["pid"], 0)
         connection = http.client.HTTPConnection("127.0.0.1", info["port"], timeout=2)
@@ -481,7 +487,13 @@ def running_gateway(home: StateHome) -> dict[str, Any] | None:
 
 
 def start_gateway(home: StateHome, project: Project, port: int | None = None) -> dict[str, Any]:
-    """Start the gateway in the background (or return the one already running)."""
+    """Start the gateway in the background (or return the one already running). Two commands
+    starting it at once get the same gateway: the check and the start hold the file's lock."""
+    with locked(gateway_file(home)):
+        return _start_gateway(home, project, port)
+
+
+def _start_gateway(home: StateHome, project: Project, port: int | None) -> dict[str, Any]:
     running = running_gateway(home)
     if running:
         return running
@@ -510,7 +522,7 @@ def start_gateway(home: StateHome, project: Project, port: int | None = None) ->
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             connection.request("GET", "/ping")
             if connection.getresponse().status == 200:
-                gateway_file(home).write_text(json.dumps(info))
+                write_json(gateway_file(home), info)
                 return info
         except OSError:
             time.sleep(0.05)

@@ -20,8 +20,10 @@ from typing import Any
 
 import sagemaker
 from sagemaker.local import image
+from sagemaker.local.local_session import LocalSagemakerClient
 
-PINNED_SAGEMAKER_VERSION = "2.257.7"
+from pipelines.local.pins import PINNED, require
+
 RUNNER_MODULE = "pipelines.local.container"
 
 # name -> parameters the SDK calls it with (checked at install time)
@@ -31,6 +33,8 @@ _EXPECTED_SIGNATURES = {
     "_ecr_login_if_needed": ["boto_session", "image"],
     "_aws_credentials": ["session"],
 }
+MAX_RUNTIME_VARIABLE = "SAGEGATE_MAX_RUNTIME_SECONDS"  # how the runner learns the job's StoppingCondition
+_original_create_training_job = LocalSagemakerClient.create_training_job
 
 
 class SdkPatchError(RuntimeError):
@@ -47,12 +51,17 @@ def _target(dotted: str) -> Any:
 
 
 def check_sdk() -> None:
+    require("sagemaker")
+    found = list(inspect.signature(_original_create_training_job).parameters)
+    if found[:7] != ["self", "TrainingJobName", "AlgorithmSpecification", "OutputDataConfig", "ResourceConfig",
+                     "InputDataConfig", "Environment"]:  # fmt: skip
+        raise SdkPatchError(f"LocalSagemakerClient.create_training_job takes {found}")
     for dotted, expected in _EXPECTED_SIGNATURES.items():
         found = list(inspect.signature(_target(dotted)).parameters)
         if found != expected:
             raise SdkPatchError(
                 f"sagemaker {sagemaker.__version__}: sagemaker.local.image.{dotted} takes {found}, "
-                f"the local runner was written for {expected} (pinned {PINNED_SAGEMAKER_VERSION})"
+                f"the local runner was written for {expected} (pinned {PINNED['sagemaker']})"
             )
     if not hasattr(image, "DOCKER_COMPOSE_FILENAME"):
         raise SdkPatchError("sagemaker.local.image.DOCKER_COMPOSE_FILENAME is gone")
@@ -77,6 +86,15 @@ def _credentials_from_environment(session: Any) -> None:
     return None
 
 
+def _create_training_job(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """The local client ignores StoppingCondition ("not supported in local mode"); pass the limit to the
+    runner, which enforces it as SageMaker does (the job is stopped, MaxRuntimeExceeded)."""
+    limit = (kwargs.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+    if limit and len(args) < 6:  # Environment is passed by keyword (the executor passes the name only)
+        kwargs["Environment"] = {**(kwargs.get("Environment") or {}), MAX_RUNTIME_VARIABLE: str(int(limit))}
+    return _original_create_training_job(self, *args, **kwargs)
+
+
 def install() -> None:
     """Idempotent. Raises SdkPatchError instead of half-patching an SDK it does not know."""
     check_sdk()
@@ -84,3 +102,4 @@ def install() -> None:
     image._SageMakerContainer._get_compose_cmd_prefix = staticmethod(_no_compose_binary)
     image._ecr_login_if_needed = _no_ecr_login
     image._aws_credentials = _credentials_from_environment
+    LocalSagemakerClient.create_training_job = _create_training_job

@@ -3,23 +3,20 @@
 moto 5.2.5's interpreter executes ASL with AWS-shaped history, Retry and Catch, but (1) with
 `lambda.use_docker: False` a Lambda invocation runs no code, and (2) it forwards SageMaker
 tasks to moto's fake SageMaker, whose errors surface as uncatchable States.Runtime. Here
-(1) an invocation calls the real handler (its function's environment applied, errors
-returned the way Lambda returns them), and (2) SageMaker tasks go to the local endpoint
-manager, with errors named as Step Functions names them on AWS. `tests/test_sfn_patch.py`
-fails when an upgrade moves or reshapes anything patched here.
+(1) an invocation calls the real handler (errors returned the way Lambda returns them; the
+functions' environment is set once by the caller, on its main thread, never from here), and
+(2) SageMaker tasks go to the local endpoint manager, with errors named as Step Functions names
+them on AWS. `tests/test_sfn_patch.py` fails when an upgrade moves or reshapes anything patched here.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-import moto
 from botocore.exceptions import ClientError
 from moto.awslambda.exceptions import LambdaClientError
 from moto.awslambda_simple.models import LambdaSimpleBackend
@@ -37,8 +34,8 @@ from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.parse import preprocessor
 
 from pipelines.local.endpoints import EndpointManager, SageMakerError
+from pipelines.local.pins import require
 
-PINNED_MOTO_VERSION = "5.2.5"
 Handler = Callable[[dict[str, Any], Any], Any]
 SERVICE_ERROR_NAMES = {
     "sagemaker": "SageMaker",
@@ -80,20 +77,6 @@ class LambdaContext:
         return 60_000
 
 
-@contextmanager
-def _function_environment(variables: dict[str, str]) -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _invoke(
     self: LambdaSimpleBackend, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
 ) -> bytes | None:
@@ -102,21 +85,20 @@ def _invoke(
     if handler is None:
         return _original_invoke(self, function_name, qualifier, body, headers, response_headers)
     event = json.loads(body) if body else {}
-    with _function_environment(dict(function.environment_vars or {})):
-        try:
-            result = handler(event, LambdaContext(function))
-        except LambdaServiceError as error:
-            service_error = LambdaClientError(error.code, str(error))
-            service_error.code = error.status
-            raise service_error from None
-        except Exception as error:  # Lambda reports any handler exception as an Unhandled function error
-            response_headers["x-amz-function-error"] = "Unhandled"
-            payload = {
-                "errorMessage": str(error),
-                "errorType": type(error).__name__,
-                "stackTrace": traceback.format_tb(error.__traceback__)[-5:],
-            }
-            return json.dumps(payload).encode()
+    try:
+        result = handler(event, LambdaContext(function))
+    except LambdaServiceError as error:
+        service_error = LambdaClientError(error.code, str(error))
+        service_error.code = error.status
+        raise service_error from None
+    except Exception as error:  # Lambda reports any handler exception as an Unhandled function error
+        response_headers["x-amz-function-error"] = "Unhandled"
+        payload = {
+            "errorMessage": str(error),
+            "errorType": type(error).__name__,
+            "stackTrace": traceback.format_tb(error.__traceback__)[-5:],
+        }
+        return json.dumps(payload).encode()
     return json.dumps(result).encode()
 
 
@@ -181,9 +163,7 @@ def _state_task_for(resource: Any) -> Any:
 
 def install(manager: EndpointManager, handlers: dict[str, Handler]) -> None:
     """Route SageMaker tasks to `manager` and the named Lambda functions to their handlers."""
-    installed = moto.__version__
-    if installed != PINNED_MOTO_VERSION:
-        raise RuntimeError(f"sagegate patches moto {PINNED_MOTO_VERSION} internals; moto {installed} is installed")
+    require("moto")
     _manager[:] = [manager]
     _handlers.clear()
     _handlers.update(handlers)

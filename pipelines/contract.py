@@ -1,0 +1,102 @@
+"""The gate's contract: deployment settings, thresholds and the execution input, one schema.
+
+The model YAML validates `deployment` and `quality_gate` with these models, the gate input is
+built from them, and the gate's Lambda handlers parse their events with them (deploy.sh ships
+this module in each Lambda package), so a default or a limit exists exactly once. Only
+pydantic is imported: the Lambdas carry nothing else of sagegate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DIGEST = "{digest}"  # placeholder in per-deployment names, filled by whoever deploys
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Threshold(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _has_a_finite_bound(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold needs min, max or both")
+        for bound in (self.min, self.max):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"threshold bounds must be finite numbers, got {bound}")
+        return self
+
+
+class DeploymentConfig(_Strict):
+    """Where and how a model is served: the YAML's `deployment`, the gate's and the endpoints'."""
+
+    type: Literal["serverless", "realtime"] = "serverless"
+    instance_type: str = Field("ml.m5.large", pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+    min_instances: int = Field(0, ge=0)
+    max_instances: int = Field(1, ge=1)
+    scale_in_cooldown: int = Field(300, ge=0)
+    scale_out_cooldown: int = Field(60, ge=0)
+    target_invocations_per_instance: float = Field(1.0, gt=0)
+    memory_size_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = 2048
+    max_concurrency: int = Field(5, ge=1, le=200)
+    champion_tolerance: float = Field(0.01, ge=0)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> DeploymentConfig:
+        if self.min_instances > self.max_instances:
+            raise ValueError(f"min_instances ({self.min_instances}) > max_instances ({self.max_instances})")
+        return self
+
+
+class Resources(_Strict):
+    """The names a deployment uses (built by `pipelines.state.Project`); `{digest}` marks the parts
+    that are new for every deployment (model, endpoint config), so every deployment is blue/green."""
+
+    endpoint_name: str = Field(min_length=1, max_length=63)
+    model_name: str = Field(pattern=r"\{digest\}")
+    endpoint_config_name: str = Field(pattern=r"\{digest\}")
+    inference_component_name: str = Field(min_length=1, max_length=63)
+    champion_artifact_uri: str = Field(pattern=r"^s3://[^/]+/.+")
+
+
+class GateInput(_Strict):
+    """The execution input: one registered model version and the settings from its model YAML."""
+
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
+    task: Literal["classification", "regression"]
+    registered_model: str = Field(min_length=1)
+    version: str = Field(pattern=r"^[1-9][0-9]*$")
+    model_package_arn: str | None = None
+    evaluation_uri: str = Field(pattern=r"^s3://[^/]+/.+")
+    container: dict[str, Any]
+    quality_gate: dict[str, Threshold]
+    deployment: DeploymentConfig
+    resources: Resources
+    poll_seconds: int = Field(ge=0, le=3600)
+
+
+NAME_LIMIT = 63  # SageMaker model, endpoint, endpoint-config and inference-component names
+
+
+def deployment_target(resources: Resources, deployment_type: str, digest: str) -> dict[str, Any]:
+    """The names one deployment uses: what the gate's deploy branches read from `$.evaluation.target`."""
+    target = {
+        "deployment_type": deployment_type,
+        "endpoint_name": resources.endpoint_name,
+        "model_name": resources.model_name.replace(DIGEST, digest),
+        "endpoint_config_name": resources.endpoint_config_name.replace(DIGEST, digest),
+        "inference_component_name": resources.inference_component_name,
+        "scalable_resource_id": f"inference-component/{resources.inference_component_name}",
+        "scaling_policy_prefix": resources.inference_component_name,
+    }
+    too_long = [name for key, name in target.items() if key.endswith("_name") and len(name) > NAME_LIMIT]
+    if too_long:
+        raise ValueError(f"resource names longer than {NAME_LIMIT} characters: {', '.join(too_long)}")
+    return target
