@@ -23,7 +23,7 @@ from pipelines.config import ModelConfig
 from pipelines.definition import build_pipeline
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
-from pipelines.statefiles import StateFileError, process_alive, process_token, read_records, write_json
+from pipelines.statefiles import StateFileError, locked, process_alive, process_token, read_records, write_json
 
 Progress = Callable[[str, str, float | None], None]
 
@@ -141,13 +141,16 @@ def _ensure_experiment(home: StateHome, name: str) -> None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
-    if client.get_experiment_by_name(name) is None:
-        try:
-            client.create_experiment(name, artifact_location=(home.mlflow_artifacts / name).as_uri())
-        except MlflowException:  # a concurrent run created it first
-            if client.get_experiment_by_name(name) is None:
-                raise
+    # The first use of a store creates and migrates its schema: two runs starting together on a
+    # fresh state folder would both migrate (duplicate columns), so the first use holds the lock.
+    with locked(home.mlflow_db):
+        client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+        if client.get_experiment_by_name(name) is None:
+            try:
+                client.create_experiment(name, artifact_location=(home.mlflow_artifacts / name).as_uri())
+            except MlflowException:  # a concurrent run created it first
+                if client.get_experiment_by_name(name) is None:
+                    raise
 
 
 def _job_failures(log: Path) -> dict[str, str]:

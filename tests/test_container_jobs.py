@@ -124,3 +124,29 @@ def test_training_script_rejects_bad_hyperparameters(tmp_path, monkeypatch, argv
     assert expected in str(stop.value)
     assert expected in (failure / "failure").read_text()
     assert not (tmp_path / "model").exists()
+
+
+def test_duplicate_column_names_are_an_error_naming_the_column(tmp_path, monkeypatch):
+    rows = "a,b,a,label\n" + "".join(f"{i},{i},{i},{i % 2}\n" for i in range(40))
+    with pytest.raises(SystemExit, match=r"data\.csv: duplicate column name\(s\) in the header: a"):
+        run_preprocess(tmp_path, rows, monkeypatch=monkeypatch)
+    assert not (tmp_path / "output").exists()
+    assert "duplicate column name(s) in the header: a" in (tmp_path / "sm-output" / "message").read_text()
+
+
+def test_a_utf8_bom_is_accepted_by_training_and_by_the_model_server(tmp_path):
+    output = run_preprocess(tmp_path, "\ufeff" + GOOD_ROWS)
+    schema = json.loads((output / "schema" / "schema.json").read_text())
+    assert schema["features"] == ["a", "b"]  # not "\ufeffa"
+    inference = load_job_file("inference", "inference.py")
+    model = inference.Model(None, {"features": ["a", "b"], "task": "classification"})
+    bom = b"\xef\xbb\xbf"
+    assert inference.input_fn(bom + b"1,2\n3,4\n", "text/csv", model).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert inference.input_fn(bom + b'{"instances": [[1, 2]]}', "application/json", model).tolist() == [[1.0, 2.0]]
+
+
+def load_job_file(folder: str, script: str):
+    spec = importlib.util.spec_from_file_location(f"{folder}_{script[:-3]}", ROOT / "containers" / folder / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

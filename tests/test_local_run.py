@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,8 @@ def test_false_condition_ends_in_the_fail_step_and_registers_nothing(state, firs
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "QualityGateFailed" in result.stdout
-    assert "Quality gate failed for breast-cancer: accuracy=0.95" in result.stdout
+    shown = re.search(r"Quality gate failed for breast-cancer: accuracy=([0-9.]+)", result.stdout)
+    assert shown and float(shown.group(1)) == pytest.approx(first_run.metrics["accuracy"], abs=1e-4)
     assert "(needs >= 0.999)" in result.stdout and "Nothing was registered." in result.stdout
     assert versions(state) == ["1"]
     record = list_records(state)[0][-1]
@@ -137,7 +139,7 @@ def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp
             load_config(MODELS / "breast-cancer.yaml", [f"data.source={tmp_path / 'nope.csv'}"]), Project(), state
         )
     assert versions(state) == ["1"]
-    recorded = {r.run_id for r in list_records(state)[0]}
+    recorded = {r.attempt for r in list_records(state)[0]}
     assert {p.name for p in (state.runs / "logs").iterdir()} <= recorded  # no orphaned log folder
 
 
@@ -181,3 +183,18 @@ def test_regression_example_passes_its_r2_gate(state):
     assert record.status == "Succeeded", record.failure_reason
     assert record.metrics["r2"] >= 0.7 and record.registered_version == "1"
     assert (Path(record.artifacts["evaluation"]) / "residuals.png").is_file()
+
+
+def test_training_past_its_max_runtime_is_stopped_naming_the_limit(state, first_run):
+    """SageMaker's StoppingCondition, enforced locally: the job is killed, the step fails, nothing registers."""
+    config = load_config(
+        MODELS / "breast-cancer.yaml", ["training.max_runtime_seconds=1", "model.hyperparameters.n_estimators=3000"]
+    )
+    before = versions(state)
+    record = run_local(config, Project(), state)
+    assert record.status == "Failed"
+    train = next(step for step in record.steps if step.name == "TrainModel")
+    assert train.status == "Failed"
+    assert "MaxRuntimeExceeded" in train.failure_reason and "MaxRuntimeInSeconds=1" in train.failure_reason
+    assert "MaxRuntimeExceeded" in record.failure_reason
+    assert versions(state) == before

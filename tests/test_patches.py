@@ -31,12 +31,12 @@ def test_the_moto_patches_refuse_another_moto(other_versions: None, tmp_path) ->
 
 
 def test_the_sdk_patch_refuses_another_sagemaker(other_versions: None) -> None:
-    with pytest.raises(pins.PatchedVersionError, match="sagemaker 2.257.7 internals"):
+    with pytest.raises(pins.PatchedVersionError, match=r"sagemaker 2\.257\.7 internals"):
         sdk_patch.install()
 
 
 def test_the_stepfunctions_fields_refuse_another_sdk(other_versions: None) -> None:
-    with pytest.raises(pins.PatchedVersionError, match="stepfunctions 2.3.0"):
+    with pytest.raises(pins.PatchedVersionError, match=r"stepfunctions 2\.3\.0"):
         cause_path(Fail("Failed"), "$.cause")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,36 @@ def test_local_realtime_endpoint_scales_to_zero_shape(tmp_path: Path) -> None:
     ][0]
     assert "ModelName" not in variant
     assert variant["ManagedInstanceScaling"] == {"Status": "ENABLED", "MinInstanceCount": 0, "MaxInstanceCount": 3}
+
+
+def _shape(state: dict) -> dict:
+    """The local resources with per-deployment digests, ARNs' digests and timestamps taken out."""
+    text = re.sub(r"-[0-9a-f]{8}\b", "-DIGEST", json.dumps(state, sort_keys=True))
+    text = re.sub(r"/[0-9a-f]{12}/", "/EXECUTION/", text)  # each home registered its own training run
+    return json.loads(re.sub(r'"(CreationTime|LastModifiedTime)": "[^"]*"', r'"\1": "T"', text))
+
+
+@pytest.mark.parametrize("deployment_type", ["realtime", "serverless"])
+def test_provision_and_the_gate_create_the_same_local_resources(tmp_path: Path, deployment_type: str) -> None:
+    """One deploy flow: provision runs the gate's deploy branches, scale-out policy and alarm included."""
+    from pipelines.local_gate import run_gate
+
+    config = breast_cancer(f"deployment.type={deployment_type}", "deployment.max_instances=2")
+    states = []
+    for kind in ("gate", "provision"):
+        home = StateHome(tmp_path / kind).ensure()
+        version = register_version(home, PROJECT, config, {"accuracy": 0.9, "f1": 0.9})
+        if kind == "gate":
+            assert run_gate(config, PROJECT, home, version).status == "SUCCEEDED"
+        else:
+            assert provision_local(config, PROJECT, home, version)["EndpointStatus"] == "InService"
+        states.append(_shape(EndpointManager(home, PROJECT).snapshot()))
+    gate, provisioned = states
+    assert provisioned == gate
+    if deployment_type == "realtime":
+        policies = {p["PolicyType"] for p in gate["scaling_policies"].values()}
+        assert policies == {"TargetTrackingScaling", "StepScaling"}
+        assert [a["MetricName"] for a in gate["alarms"].values()] == ["NoCapacityInvocationFailures"]
 
 
 def test_nothing_registered_is_a_clear_error(tmp_path: Path) -> None:
