@@ -117,8 +117,9 @@ def _find_config(model: str, config_path: str | None, overrides: list[str]) -> M
         return load_config(config_path, overrides)
     from pipelines.containers import asset_folder
 
-    folders = [Path("models").resolve(), asset_folder("models")]  # the project's, then the bundled examples
-    for folder in dict.fromkeys(folders):
+    # the project's models, then the bundled examples (once, when they are the same folder)
+    folders = list(dict.fromkeys([Path("models").resolve(), asset_folder("models")]))
+    for folder in folders:
         for path in sorted(folder.glob("*.y*ml")):
             try:
                 config = load_config(path, overrides)
@@ -126,7 +127,7 @@ def _find_config(model: str, config_path: str | None, overrides: list[str]) -> M
                 continue
             if config.name == model:
                 return config
-    searched = " or ".join(str(folder) for folder in dict.fromkeys(folders))
+    searched = " or ".join(str(folder) for folder in folders)
     raise ConfigError(f"--model {model}: no model YAML named {model!r} in {searched} (or pass --config PATH)")
 
 

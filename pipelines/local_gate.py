@@ -109,13 +109,21 @@ def serving_container(project: Project, model_data_url: str) -> dict[str, Any]:
     }
 
 
-def gate_input(config: ModelConfig, project: Project, home: StateHome, version: str | None = None) -> dict[str, Any]:
-    """The execution input for one registered version: where its evaluation is, what to deploy."""
+def gate_input(
+    config: ModelConfig,
+    project: Project,
+    home: StateHome,
+    version: str | None = None,
+    *,
+    prefer_alias: str | None = None,
+) -> dict[str, Any]:
+    """The execution input for one registered version (`registry.find_version`'s choice: without a
+    version, the one carrying `prefer_alias`, else the newest): where its evaluation is, what to deploy."""
     from pipelines.registry import VersionNotFound, find_version
 
     name = project.registered_model(config.name)
     try:
-        chosen = find_version(home, name, version)  # default: the newest registration
+        chosen = find_version(home, name, version, prefer_alias=prefer_alias)
     except VersionNotFound as error:
         raise GateError(f"model {config.name}: {error}") from None
     execution_id = chosen["execution_id"]
@@ -143,6 +151,7 @@ class LocalGate:
         self.state_machine_arn = ""
         self.deploy_machine_arn = ""
         self.definition: dict[str, Any] = {}
+        self.deploy_definition: dict[str, Any] = {}
         self.logs = home.root / "executions" / "logs"
         self._saved_env: dict[str, str | None] = {}
 
@@ -211,6 +220,7 @@ class LocalGate:
             handlers[name] = _captured(_load_handler_module(kind), self.logs / f"{kind}.log")
         sfn_patch.install(self.manager, {**handlers, **self._extra_handlers})
         self.definition = gate_definition()
+        self.deploy_definition = deploy_definition()
         substitutions = {
             "EvaluatorFunctionArn": arns["evaluator"],
             "PromoterFunctionArn": arns["promoter"],
@@ -224,7 +234,7 @@ class LocalGate:
         )["stateMachineArn"]
         self.deploy_machine_arn = sfn.create_state_machine(
             name=self.project.name("deploy"),
-            definition=substitute(deploy_definition(), substitutions),
+            definition=substitute(self.deploy_definition, substitutions),
             roleArn=role["Arn"],
         )["stateMachineArn"]
 
@@ -246,7 +256,7 @@ class LocalGate:
         events = []
         for page in sfn.get_paginator("get_execution_history").paginate(executionArn=arn):
             events += page["events"]
-        definition = deploy_definition() if deploy_only else self.definition
+        definition = self.deploy_definition if deploy_only else self.definition
         record = _execution_record(description, events, definition, text)
         save_execution(self.home, record)
         return record

@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,15 @@ from pipelines.config import ModelConfig
 from pipelines.definition import build_pipeline
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
-from pipelines.statefiles import StateFileError, locked, process_alive, process_token, read_records, write_json
+from pipelines.statefiles import (
+    StateFileError,
+    locked,
+    process_alive,
+    process_token,
+    read_json,
+    read_records,
+    write_json,
+)
 
 Progress = Callable[[str, str, float | None], None]
 
@@ -80,13 +88,7 @@ class RunRecord:
             StepRecord(s.name, "Stopped", s.duration_seconds, s.failure_reason) if s.status == "Executing" else s
             for s in self.steps
         ]
-        stopped = RunRecord.from_json({**self.to_json(), "status": "Stopped", "failure_reason": reason})
-        return _with_steps(stopped, steps)
-
-
-def _with_steps(record: RunRecord, steps: list[StepRecord]) -> RunRecord:
-    record.steps = steps
-    return record
+        return replace(self, status="Stopped", failure_reason=reason, steps=steps)
 
 
 class _StepProgress(logging.Handler):
@@ -282,11 +284,8 @@ def _record(
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    """A job's JSON output from the mirror (written through as the job uploaded it)."""
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
+    """A job's JSON output from the mirror (written through as the job uploaded it), if it wrote one."""
+    return read_json(path) if path.is_file() else None
 
 
 def record_path(home: StateHome, record: RunRecord) -> Path:

@@ -156,18 +156,20 @@ def provision_local(
     same resources. `weights` ({version: weight}) makes an A/B endpoint instead.
     """
     from pipelines.contract import Resources, deployment_target
-    from pipelines.local_gate import LocalGate, gate_input
+    from pipelines.local_gate import GateError, LocalGate, gate_input
     from pipelines.registry import VersionNotFound, find_version
 
-    name = project.registered_model(config.name)
-    try:  # default: the champion, else the newest
-        picked = [find_version(home, name, v, prefer_alias="champion") for v in (weights or {version: 1.0})]
-    except VersionNotFound as error:
-        raise ProvisionError(f"model {config.name}: {error}") from None
     if weights:
+        name = project.registered_model(config.name)
+        try:
+            picked = [find_version(home, name, v) for v in weights]
+        except VersionNotFound as error:
+            raise ProvisionError(f"model {config.name}: {error}") from None
         return _provision_ab(config, project, home, picked, list(weights.values()))
-    chosen = picked[0]
-    execution_input = gate_input(config, project, home, chosen["version"])
+    try:  # default: the champion, else the newest
+        execution_input = gate_input(config, project, home, version, prefer_alias="champion")
+    except GateError as error:
+        raise ProvisionError(str(error)) from None
     digest = uuid.uuid4().hex[:8]
     target = deployment_target(Resources(**execution_input["resources"]), config.deployment.type, digest)
     decision = f"deploy_{config.deployment.type}"
@@ -177,9 +179,9 @@ def provision_local(
     with LocalGate(project, home) as gate:
         record = gate.execute(execution_input, name=f"{config.name}-provision-{digest}", deploy_only=True)
     manager = EndpointManager(home, project)
-    described = manager.call("describeEndpoint", {"EndpointName": endpoint_name}) if record.endpoint else {}
-    if not described:
+    if endpoint_name not in manager.snapshot()["endpoints"]:  # failed before the endpoint was created
         raise ProvisionError(f"model {config.name}: deployment failed ({record.error}): {record.cause}")
+    described = manager.call("describeEndpoint", {"EndpointName": endpoint_name})
     if config.deployment.type == "realtime" and target["inference_component_name"] in manager.snapshot().get(
         "inference_components", {}
     ):
@@ -188,7 +190,7 @@ def provision_local(
         )
     if record.status != "SUCCEEDED":
         described["FailureReason"] = described.get("FailureReason") or f"{record.error}: {record.cause}"
-    described["Version"] = chosen["version"]
+    described["Version"] = execution_input["version"]
     described["Updated"] = existed
     described["Execution"] = record.name
     return described

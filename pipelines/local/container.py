@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import yaml
 
 OPT_ML = "/opt/ml"
-MAX_RUNTIME_VARIABLE = "SAGEGATE_MAX_RUNTIME_SECONDS"  # = sdk_patch.MAX_RUNTIME_VARIABLE (no import: a job process)
+MAX_RUNTIME_VARIABLE = "SAGEGATE_MAX_RUNTIME_SECONDS"  # the training job's StoppingCondition, set by sdk_patch
 _PR_SET_PDEATHSIG = 1
 
 

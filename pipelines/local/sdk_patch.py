@@ -19,48 +19,53 @@ import sys
 from typing import Any
 
 import sagemaker
-from sagemaker.local import image
-from sagemaker.local.local_session import LocalSagemakerClient
+from sagemaker.local import image, local_session
 
+from pipelines.local.container import MAX_RUNTIME_VARIABLE
 from pipelines.local.pins import PINNED, require
 
 RUNNER_MODULE = "pipelines.local.container"
 
-# name -> parameters the SDK calls it with (checked at install time)
+# (module, name) -> parameters the SDK calls it with (checked at install time)
 _EXPECTED_SIGNATURES = {
-    "_SageMakerContainer._compose": ["self", "detached"],
-    "_SageMakerContainer._get_compose_cmd_prefix": [],
-    "_ecr_login_if_needed": ["boto_session", "image"],
-    "_aws_credentials": ["session"],
+    (image, "_SageMakerContainer._compose"): ["self", "detached"],
+    (image, "_SageMakerContainer._get_compose_cmd_prefix"): [],
+    (image, "_ecr_login_if_needed"): ["boto_session", "image"],
+    (image, "_aws_credentials"): ["session"],
+    (local_session, "LocalSagemakerClient.create_training_job"): [
+        "self",
+        "TrainingJobName",
+        "AlgorithmSpecification",
+        "OutputDataConfig",
+        "ResourceConfig",
+        "InputDataConfig",
+        "Environment",
+        "kwargs",
+    ],
 }
-MAX_RUNTIME_VARIABLE = "SAGEGATE_MAX_RUNTIME_SECONDS"  # how the runner learns the job's StoppingCondition
-_original_create_training_job = LocalSagemakerClient.create_training_job
+_original_create_training_job = local_session.LocalSagemakerClient.create_training_job
 
 
 class SdkPatchError(RuntimeError):
     """The installed sagemaker SDK no longer has the internals the local runner replaces."""
 
 
-def _target(dotted: str) -> Any:
-    owner: Any = image
+def _target(module: Any, dotted: str) -> Any:
+    owner: Any = module
     for part in dotted.split("."):
         owner = getattr(owner, part, None)
         if owner is None:
-            raise SdkPatchError(f"sagemaker {sagemaker.__version__}: sagemaker.local.image.{dotted} is gone")
+            raise SdkPatchError(f"sagemaker {sagemaker.__version__}: {module.__name__}.{dotted} is gone")
     return owner
 
 
 def check_sdk() -> None:
     require("sagemaker")
-    found = list(inspect.signature(_original_create_training_job).parameters)
-    if found[:7] != ["self", "TrainingJobName", "AlgorithmSpecification", "OutputDataConfig", "ResourceConfig",
-                     "InputDataConfig", "Environment"]:  # fmt: skip
-        raise SdkPatchError(f"LocalSagemakerClient.create_training_job takes {found}")
-    for dotted, expected in _EXPECTED_SIGNATURES.items():
-        found = list(inspect.signature(_target(dotted)).parameters)
+    for (module, dotted), expected in _EXPECTED_SIGNATURES.items():
+        found = list(inspect.signature(_target(module, dotted)).parameters)
         if found != expected:
             raise SdkPatchError(
-                f"sagemaker {sagemaker.__version__}: sagemaker.local.image.{dotted} takes {found}, "
+                f"sagemaker {sagemaker.__version__}: {module.__name__}.{dotted} takes {found}, "
                 f"the local runner was written for {expected} (pinned {PINNED['sagemaker']})"
             )
     if not hasattr(image, "DOCKER_COMPOSE_FILENAME"):
@@ -89,17 +94,24 @@ def _credentials_from_environment(session: Any) -> None:
 def _create_training_job(self: Any, *args: Any, **kwargs: Any) -> Any:
     """The local client ignores StoppingCondition ("not supported in local mode"); pass the limit to the
     runner, which enforces it as SageMaker does (the job is stopped, MaxRuntimeExceeded)."""
-    limit = (kwargs.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
-    if limit and len(args) < 6:  # Environment is passed by keyword (the executor passes the name only)
-        kwargs["Environment"] = {**(kwargs.get("Environment") or {}), MAX_RUNTIME_VARIABLE: str(int(limit))}
-    return _original_create_training_job(self, *args, **kwargs)
+    call = inspect.signature(_original_create_training_job).bind(self, *args, **kwargs)
+    limit = (call.arguments.get("kwargs", {}).get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+    if limit:
+        call.arguments["Environment"] = {
+            **(call.arguments.get("Environment") or {}),
+            MAX_RUNTIME_VARIABLE: str(int(limit)),
+        }
+    return _original_create_training_job(*call.args, **call.kwargs)
 
 
 def install() -> None:
     """Idempotent. Raises SdkPatchError instead of half-patching an SDK it does not know."""
+    require("sagemaker")
+    if local_session.LocalSagemakerClient.create_training_job is _create_training_job:
+        return  # installed: the signature checks ran against the SDK's own functions
     check_sdk()
     image._SageMakerContainer._compose = _compose
     image._SageMakerContainer._get_compose_cmd_prefix = staticmethod(_no_compose_binary)
     image._ecr_login_if_needed = _no_ecr_login
     image._aws_credentials = _credentials_from_environment
-    LocalSagemakerClient.create_training_job = _create_training_job
+    local_session.LocalSagemakerClient.create_training_job = _create_training_job
