@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.containers import asset_folder
 from pipelines.contract import DeploymentConfig, Threshold
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
@@ -200,3 +201,19 @@ def _resolve_source(config: ModelConfig, path: Path) -> ModelConfig:
     base = path.resolve().parent.parent if path.resolve().parent.name == "models" else Path.cwd()
     data = config.data.model_copy(update={"source": str((base / source).resolve())})
     return config.model_copy(update={"data": data})
+
+
+def find_model_config(model: str, overrides: list[str] | None = None) -> ModelConfig:
+    """The config whose `name` is `model`: from the project's `./models`, then the bundled examples."""
+    # once each, when the project's folder is the bundled one (a checkout)
+    folders = list(dict.fromkeys([Path("models").resolve(), asset_folder("models")]))
+    for folder in folders:
+        for path in sorted(folder.glob("*.y*ml")):
+            try:
+                config = load_config(path, overrides)
+            except ConfigError:
+                continue
+            if config.name == model:
+                return config
+    searched = " or ".join(str(folder) for folder in folders)
+    raise ConfigError(f"--model {model}: no model YAML named {model!r} in {searched} (or pass --config PATH)")

@@ -152,7 +152,7 @@ class LocalGate:
         self.deploy_machine_arn = ""
         self.definition: dict[str, Any] = {}
         self.deploy_definition: dict[str, Any] = {}
-        self.logs = home.root / "executions" / "logs"
+        self.logs = home.executions / "logs"
         self._saved_env: dict[str, str | None] = {}
 
     def __enter__(self) -> LocalGate:
@@ -313,12 +313,8 @@ def _execution_record(
     return record
 
 
-def executions_folder(home: StateHome) -> Path:
-    return home.root / "executions"
-
-
 def save_execution(home: StateHome, record: ExecutionRecord) -> Path:
-    path = executions_folder(home) / f"{record.name}.json"
+    path = home.executions / f"{record.name}.json"
     write_json(path, record.to_json())
     return path
 
@@ -332,7 +328,7 @@ def _parse(path: Path, data: Any) -> ExecutionRecord:
 
 def list_executions(home: StateHome) -> tuple[list[ExecutionRecord], list[str]]:
     """Every readable execution, oldest first, and a problem line per unreadable record."""
-    loaded, problems = read_records(executions_folder(home))
+    loaded, problems = read_records(home.executions)
     records = []
     for path, data in loaded:
         try:
@@ -343,7 +339,7 @@ def list_executions(home: StateHome) -> tuple[list[ExecutionRecord], list[str]]:
 
 
 def load_execution(home: StateHome, name: str) -> ExecutionRecord:
-    path = executions_folder(home) / f"{name}.json"
+    path = home.executions / f"{name}.json"
     if not path.is_file():
         matches = [r for r in list_executions(home)[0] if r.name.startswith(name) or r.arn == name]
         if len(matches) != 1:

@@ -16,6 +16,18 @@ KNOWN_WARNINGS = [
     (r".*pkg_resources is deprecated.*", UserWarning, r".*", "imported by a dependency, not by sagegate"),
     (r".*datetime\.datetime\.utcnow\(\) is deprecated.*", DeprecationWarning, r".*", "botocore/moto internals"),
     (r".*Field name .* shadows an attribute in parent.*", UserWarning, r".*", "sagemaker SDK's pydantic models"),
+    (
+        r"Running within a PipelineSession, there will be No Wait, No Logs, and No Job being started",
+        UserWarning,
+        r"sagemaker\.workflow\.pipeline_context",
+        "the SDK says so for every step a pipeline definition builds, and building one is the point",
+    ),
+    (
+        r"The ``noload`` loader strategy is deprecated",
+        DeprecationWarning,
+        r"mlflow\.store\..*",
+        "mlflow's SQLAlchemy store (SQLAlchemy 2.1 deprecation), not sagegate's code",
+    ),
 ]
 
 

@@ -158,6 +158,21 @@ class StateHome:
         """Scratch space for local job containers (the SDK's `container_root`)."""
         return self.root / "jobs"
 
+    @property
+    def executions(self) -> Path:
+        """Gate execution records (`{name}.json`) and their Lambda logs (`logs/`)."""
+        return self.root / "executions"
+
+    @property
+    def endpoint_state(self) -> Path:
+        """The local hosting control plane's records (models, configs, endpoints, scaling)."""
+        return self.root / "endpoints" / "state.json"
+
+    @property
+    def serving(self) -> Path:
+        """The gateway's files: `gateway.json` (who serves), `metrics.json`, logs, `models/{name}`."""
+        return self.root / "serving"
+
     def ensure(self) -> StateHome:
         for folder in (self.s3, self.mlflow_db.parent, self.mlflow_artifacts, self.runs, self.jobs):
             folder.mkdir(parents=True, exist_ok=True)

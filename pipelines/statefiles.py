@@ -110,13 +110,19 @@ def read_records(folder: Path, pattern: str = "*.json") -> tuple[list[tuple[Path
     return records, problems
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), so a reused pid is not mistaken for its predecessor."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/{pid}/stat after the command name (Linux), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]
+    return stat.rpartition(")")[2].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), so a reused pid is not mistaken for its predecessor."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
 
 
 def process_token(pid: int | None = None) -> str:
@@ -126,7 +132,8 @@ def process_token(pid: int | None = None) -> str:
 
 
 def process_alive(token: str) -> bool:
-    """Whether the process a `process_token` names is still running."""
+    """Whether the process a `process_token` (or a bare pid) names is still running; a zombie, dead but
+    not yet reaped by its parent, is not."""
     pid_text, _, started = token.partition(":")
     try:
         pid = int(pid_text)
@@ -135,4 +142,7 @@ def process_alive(token: str) -> bool:
         return False
     except PermissionError:
         pass
-    return not started or _start_time(pid) in (started, None)
+    fields = _stat(pid)
+    if fields is None:
+        return True  # no /proc: the signal check is all there is
+    return fields[0] != "Z" and (not started or fields[19] == started)

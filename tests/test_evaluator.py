@@ -113,9 +113,10 @@ def decide(evt: dict[str, Any]) -> dict[str, Any]:
     return app.lambda_handler(evt, Context())
 
 
-def test_passing_version_is_deployed_to_its_target(world) -> None:
+def test_passing_version_is_deployed_to_its_target(world, capsys) -> None:
     result = decide(event({"accuracy": {"value": 0.9}, "f1": {"value": 0.91}}))
     assert result["decision"] == "deploy_serverless"
+    assert emitted_metrics(capsys.readouterr().out) == {"GateDecisions": 1.0}
     assert result["metrics"] == {"accuracy": 0.9, "f1": 0.91}
     assert result["champion"]["version"] == "1"
     assert result["target"]["endpoint_name"] == "sagegate-development-breast-cancer-serverless"
@@ -194,9 +195,26 @@ def test_lower_is_better_for_max_only_metrics(world) -> None:
         ({"resources": {}}, "gate.resources.endpoint_name"),
     ],
 )
-def test_bad_input_raises_naming_the_field(world, changes, field) -> None:
+def test_bad_input_raises_naming_the_field(world, changes, field, capsys) -> None:
     with pytest.raises(app.GateInputError, match=field.replace(".", r"\.")):
         decide(event({"accuracy": 0.9, "f1": 0.9}, **changes))
+    assert emitted_metrics(capsys.readouterr().out) == {"GateInputErrors": 1.0}
+
+
+def emitted_metrics(stdout: str) -> dict[str, float]:
+    """The CloudWatch embedded-metric-format values the handler printed."""
+    values: dict[str, float] = {}
+    for line in stdout.splitlines():
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and "_aws" in document:
+            for definition in document["_aws"]["CloudWatchMetrics"]:
+                for metric in definition["Metrics"]:
+                    value = document[metric["Name"]]  # one value, or the list of values added
+                    values[metric["Name"]] = sum(value) if isinstance(value, list) else value
+    return values
 
 
 def test_a_registry_error_is_a_rejection_never_no_champion(world, monkeypatch) -> None:

@@ -74,6 +74,8 @@ def test_provision_and_the_gate_create_the_same_local_resources(tmp_path: Path, 
         states.append(_shape(EndpointManager(home, PROJECT).snapshot()))
     gate, provisioned = states
     assert provisioned == gate
+    # the role is the inference role the roles stack creates, for a hyphenated model too
+    assert {m["ExecutionRoleArn"] for m in gate["models"].values()} == {PROJECT.inference_role_arn}
     if deployment_type == "realtime":
         policies = {p["PolicyType"] for p in gate["scaling_policies"].values()}
         assert policies == {"TargetTrackingScaling", "StepScaling"}

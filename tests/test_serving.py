@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import RandomForestClassifier
@@ -30,8 +31,10 @@ from sklearn.preprocessing import StandardScaler
 
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.gateway import running_gateway, start_gateway, stop_gateway
+from pipelines.local.serving_metrics import metrics_path
 from pipelines.provision import provision_local, with_overrides
 from pipelines.state import Project, StateHome
+from pipelines.statefiles import process_alive, read_json
 from tests.gate_fixtures import ROOT, breast_cancer
 
 PROJECT = Project()
@@ -42,11 +45,11 @@ FEATURES = [c for c in DATA.columns if c != "label"]
 ROWS = DATA[FEATURES].head(5)
 
 
-def write_model(home: StateHome, key: str, trees: int) -> str:
+def write_model(home: StateHome, key: str, trees: int, project: Project = PROJECT) -> str:
     """A model.tar.gz like the training job's: a fitted sklearn Pipeline + metadata.json."""
     model = Pipeline([("scale", StandardScaler()), ("model", RandomForestClassifier(trees, random_state=0))])
     model.fit(DATA[FEATURES], DATA["label"])
-    archive = home.s3 / PROJECT.bucket / key
+    archive = home.s3 / project.bucket / key
     archive.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"features": FEATURES, "task": "classification", "target": "label", "classes": [0, 1]}
     with tarfile.open(archive, "w:gz") as tar:
@@ -58,40 +61,43 @@ def write_model(home: StateHome, key: str, trees: int) -> str:
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
-    return f"s3://{PROJECT.bucket}/{key}"
+    return f"s3://{project.bucket}/{key}"
 
 
-def register(home: StateHome, trees: int) -> str:
+def register(home: StateHome, trees: int, project: Project = PROJECT) -> str:
     import mlflow
 
-    uri = write_model(home, f"models/breast-cancer/t{trees}-{time.monotonic_ns()}/output/model.tar.gz", trees)
+    key = f"models/breast-cancer/t{trees}-{time.monotonic_ns()}/output/model.tar.gz"
+    uri = write_model(home, key, trees, project)
     client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
-    if not client.search_registered_models("name='sagegate-development-breast-cancer'"):
-        client.create_registered_model("sagegate-development-breast-cancer")
-    version = client.create_model_version(
-        "sagegate-development-breast-cancer", source=uri, tags={"model_data_uri": uri}
-    )
-    return str(version.version)
+    name = project.registered_model("breast-cancer")
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    return str(client.create_model_version(name, source=uri, tags={"model_data_uri": uri}).version)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
+    """One state folder and gateway for the module. The fixture's endpoints (PROJECT's serverless,
+    max concurrency 2, and realtime, cooldown 2 s) are only invoked; a test that changes endpoints
+    creates its own under its own project prefix, so no test depends on another's order."""
     home = StateHome(tmp_path_factory.mktemp("serving") / "state").ensure()
     patch = pytest.MonkeyPatch()
     patch.setenv("SAGEGATE_SCALE_IN_COOLDOWN", "2")
     first = register(home, 20)
     provision_local(with_overrides(breast_cancer(), {"max_concurrency": 2}), PROJECT, home, first)
     provision_local(breast_cancer("deployment.type=realtime", "deployment.scale_in_cooldown=2"), PROJECT, home, first)
-    info = start_gateway(home, PROJECT)
-    yield home, info
+    start_gateway(home, PROJECT)
+    yield home
     stop_gateway(home)
     patch.undo()
 
 
-def runtime(info: dict):
+def runtime(home: StateHome):
+    """A boto3 client on the state folder's gateway (the running one, or a new one if a test stopped it)."""
     return boto3.client(
         "sagemaker-runtime",
-        endpoint_url=info["url"],
+        endpoint_url=start_gateway(home, PROJECT)["url"],
         region_name="us-east-1",
         aws_access_key_id="x",
         aws_secret_access_key="x",
@@ -99,11 +105,20 @@ def runtime(info: dict):
     )
 
 
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll `condition` until it holds; fail the test naming `what` when the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
 def metrics(home: StateHome, until: Callable[[dict], bool] = lambda m: True, timeout: float = 15) -> dict:
     """The gateway's metrics file (rewritten every 0.25 s), once `until` holds for it."""
     deadline = time.monotonic() + timeout
     while True:
-        snapshot = json.loads((home.root / "serving" / "metrics.json").read_text())
+        snapshot = read_json(metrics_path(home))
         if until(snapshot):
             return snapshot
         if time.monotonic() > deadline:
@@ -116,8 +131,7 @@ def csv(rows: pd.DataFrame) -> str:
 
 
 def test_boto3_invoke_in_every_content_type(served) -> None:
-    _, info = served
-    client = runtime(info)
+    client = runtime(served)
     expected = None
     bodies = {
         "text/csv": csv(ROWS),
@@ -149,10 +163,9 @@ def test_sagemaker_sdk_predictor(served) -> None:
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.serializers import CSVSerializer
 
-    _, info = served
     session = sagemaker.Session(
         boto_session=boto3.Session(region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"),
-        sagemaker_runtime_client=runtime(info),
+        sagemaker_runtime_client=runtime(served),
         sagemaker_client=boto3.client(
             "sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
         ),
@@ -176,7 +189,7 @@ def test_sagemaker_sdk_predictor(served) -> None:
     ],
 )
 def test_bad_requests_get_model_errors_naming_the_problem(served, content_type, body, status, message) -> None:
-    client = runtime(served[1])
+    client = runtime(served)
     with pytest.raises(client.exceptions.ModelError) as error:
         client.invoke_endpoint(EndpointName=SERVERLESS, ContentType=content_type, Body=body)
     assert error.value.response["OriginalStatusCode"] == status
@@ -184,7 +197,7 @@ def test_bad_requests_get_model_errors_naming_the_problem(served, content_type, 
 
 
 def test_unknown_endpoint_empty_and_huge_bodies(served) -> None:
-    client = runtime(served[1])
+    client = runtime(served)
     with pytest.raises(client.exceptions.ValidationError, match="Endpoint nope of account 123456789012 not found"):
         client.invoke_endpoint(EndpointName="nope", ContentType="text/csv", Body="1")
     with pytest.raises(client.exceptions.ClientError, match="exceeds 6 MB"):
@@ -199,8 +212,8 @@ def test_unknown_endpoint_empty_and_huge_bodies(served) -> None:
     content_type=st.sampled_from(["text/csv", "application/json", "application/x-npy", "image/png", ""]),
 )
 def test_fuzzed_bodies_never_crash_the_server(served, body, content_type) -> None:
-    home, info = served
-    client = runtime(info)
+    home = served
+    client = runtime(home)
     try:
         client.invoke_endpoint(EndpointName=SERVERLESS, ContentType=content_type or "text/csv", Body=body)
     except client.exceptions.ModelError as error:
@@ -211,8 +224,8 @@ def test_fuzzed_bodies_never_crash_the_server(served, body, content_type) -> Non
 
 
 def test_serverless_max_concurrency_throttles_like_aws(served) -> None:
-    home, info = served
-    client = runtime(info)
+    home = served
+    client = runtime(home)
     body = csv(pd.concat([ROWS] * 400))  # slow enough to overlap
 
     def call(_: int) -> str:
@@ -231,131 +244,200 @@ def test_serverless_max_concurrency_throttles_like_aws(served) -> None:
 
 
 def test_realtime_scales_to_zero_and_back(served) -> None:
-    home, info = served
-    client = runtime(info)
+    home = served
+    client = runtime(home)
     client.invoke_endpoint(EndpointName=REALTIME, ContentType="text/csv", Body=csv(ROWS))
     component = EndpointManager(home, PROJECT).snapshot()["inference_components"][
-        "sagegate-development-breast-cancer-component"
+        PROJECT.inference_component_name("breast-cancer")
     ]
     model = component["Specification"]["ModelName"]
     server = metrics(home, lambda m: m["servers"].get(model, {}).get("starts", 0) >= 1)["servers"][model]
     pid, starts = server["pid"], server["starts"]
     assert server["running"] and pid
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:  # cooldown 2 s: the process must go away
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("the idle model server was not stopped")
-    began = time.monotonic()
+    wait_for(lambda: not process_alive(str(pid)), "the idle model server (cooldown 2 s) stopping", timeout=15)
     client.invoke_endpoint(EndpointName=REALTIME, ContentType="text/csv", Body=csv(ROWS))
-    cold = time.monotonic() - began
     after = metrics(home, lambda m: m["servers"][model]["starts"] == starts + 1)["servers"][model]
-    assert after["starts"] == starts + 1 and after["pid"] != pid  # a new process answered the first request
-    assert len(after["cold_starts_seconds"]) == min(10, starts + 1)  # this request was the recorded cold start
-    assert 0 < after["cold_starts_seconds"][-1] <= cold
+    assert after["running"] and after["pid"] != pid  # a new process answered the first request
+    assert len(after["cold_starts_seconds"]) == min(10, starts + 1)  # and its start was recorded as a cold start
+
+
+class Load:
+    """Clients invoking an endpoint in a loop until stopped; every outcome recorded."""
+
+    def __init__(self, client, endpoint: str, clients: int, rows: int) -> None:
+        self.outcomes: list[str] = []
+        self._stop = threading.Event()
+
+        def invoke() -> None:
+            while not self._stop.is_set():
+                try:
+                    client.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Body=csv(ROWS.head(rows)))
+                    self.outcomes.append("ok")
+                except client.exceptions.ClientError as error:
+                    self.outcomes.append(error.response["Error"]["Code"])
+                except BotoCoreError as error:  # the gateway itself went away
+                    self.outcomes.append(type(error).__name__)
+
+        self._threads = [threading.Thread(target=invoke) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def served_at_least(self, count: int) -> Callable[[], bool]:
+        return lambda: self.outcomes.count("ok") >= count
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        return self.outcomes
 
 
 def test_killed_model_server_is_restarted_under_load(served) -> None:
-    home, info = served
-    client = runtime(info)
+    home = served
+    client = runtime(home)
     client.invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS))
-    running = metrics(home, lambda m: any(s["running"] and s["pid"] for s in m["servers"].values()))
-    pid = next(s["pid"] for s in running["servers"].values() if s["running"] and s["pid"])
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                client.invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS.head(1)))
-            except client.exceptions.ClientError as error:
-                errors.append(error.response["Error"]["Code"])
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    time.sleep(0.5)
-    os.killpg(pid, signal.SIGKILL)
-    time.sleep(3)
-    stop.set()
-    worker.join()
+    state = EndpointManager(home, PROJECT).snapshot()
+    config = state["endpoint_configs"][state["endpoints"][SERVERLESS]["EndpointConfigName"]]
+    model = config["ProductionVariants"][0]["ModelName"]
+    server = metrics(home, lambda m: m["servers"].get(model, {}).get("running", False))["servers"][model]
+    load = Load(client, SERVERLESS, clients=2, rows=1)
+    try:
+        wait_for(load.served_at_least(20), "the load being served before the kill")
+        os.killpg(server["pid"], signal.SIGKILL)
+        metrics(home, lambda m: m["servers"][model]["starts"] > server["starts"] and m["servers"][model]["running"])
+        served_before = load.outcomes.count("ok")
+        wait_for(load.served_at_least(served_before + 20), "the load being served by the restarted server")
+    finally:
+        outcomes = load.stop()
+    assert set(outcomes) <= {"ok", "ModelError", "ThrottlingException"}, set(outcomes)
     after = client.invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS))
     assert len(json.loads(after["Body"].read())["predictions"]) == 5
-    assert set(errors) <= {"ModelError", "ThrottlingException"}
+    # exactly one server for the model: concurrent restarts left no orphan behind
+    assert len(server_sessions(home.serving / "models" / model)) == 1
+
+
+def server_sessions(folder: Path) -> set[int]:
+    """The sessions of the model-server processes serving from `folder` (each server is its own session)."""
+    sessions = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(folder) in cmdline.read_bytes().decode(errors="replace"):
+                sessions.add(os.getsid(int(cmdline.parent.name)))
+        except (OSError, ProcessLookupError):
+            continue
+    return sessions
 
 
 def test_sixteen_clients_and_an_update_while_serving_drop_nothing(served) -> None:
-    home, info = served
-    client = runtime(info)
-    second = register(home, 30)
-    results: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                client.invoke_endpoint(EndpointName=REALTIME, ContentType="text/csv", Body=csv(ROWS.head(2)))
-                results.append("ok")
-            except client.exceptions.ClientError as error:
-                results.append(error.response["Error"]["Code"])
-
-    threads = [threading.Thread(target=load) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.5)
-    updated = provision_local(
-        breast_cancer("deployment.type=realtime", "deployment.scale_in_cooldown=2"), PROJECT, home, second
-    )
-    time.sleep(3)
-    stop.set()
-    for thread in threads:
-        thread.join()
+    home = served
+    rollout = Project(prefix="rollout")  # its own endpoint: the update changes nothing other tests invoke
+    config = breast_cancer("deployment.type=realtime", "deployment.scale_in_cooldown=30")
+    first, second = register(home, 20, rollout), register(home, 30, rollout)
+    provision_local(config, rollout, home, first)
+    endpoint = rollout.endpoint_name("breast-cancer", "realtime")
+    component = rollout.inference_component_name("breast-cancer")
+    load = Load(runtime(home), endpoint, clients=16, rows=2)
+    try:
+        wait_for(load.served_at_least(100), "16 clients being served before the update")
+        updated = provision_local(config, rollout, home, second)
+        new_model = EndpointManager(home, rollout).snapshot()["inference_components"][component]["Specification"][
+            "ModelName"
+        ]
+        metrics(home, lambda m: m["servers"].get(new_model, {}).get("starts", 0) >= 1)  # the new version serves
+        served_before = load.outcomes.count("ok")
+        wait_for(load.served_at_least(served_before + 100), "16 clients being served after the update")
+    finally:
+        outcomes = load.stop()
     assert updated["Updated"] and updated["Version"] == second
-    assert results and set(results) == {"ok"}, {r for r in results if r != "ok"}
+    assert set(outcomes) == {"ok"}, {r for r in outcomes if r != "ok"}
 
 
 def test_ab_variants_split_traffic_and_target_variant_forces_one(served) -> None:
-    home, info = served
+    home = served
+    ab = Project(prefix="abtest")  # its own endpoint and registered versions
+    first, second = register(home, 20, ab), register(home, 30, ab)
+    endpoint = ab.endpoint_name("breast-cancer", "serverless")
     exe = Path(sys.executable).parent / "sagegate"
     environment = {**os.environ, "SAGEGATE_HOME": str(home.root)}
     created = subprocess.run(
-        [str(exe), "provision", "endpoint", "--model", "breast-cancer", "--ab", "1=0.5,2=0.5", "--json"],
+        [str(exe), "provision", "endpoint", "--model", "breast-cancer", "--project", "abtest",
+         "--ab", f"{first}=0.5,{second}=0.5", "--json"],
         capture_output=True, text=True, cwd=ROOT, env=environment,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
-    client = runtime(info)
+    client = runtime(home)
     seen = [
-        client.invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS.head(1)))[
+        client.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Body=csv(ROWS.head(1)))[
             "InvokedProductionVariant"
         ]
         for _ in range(60)
     ]
-    assert 10 < seen.count("v1") < 50 and seen.count("v1") + seen.count("v2") == 60
+    first_variant, second_variant = f"v{first}", f"v{second}"
+    assert 10 < seen.count(first_variant) < 50 and seen.count(first_variant) + seen.count(second_variant) == 60
     forced = client.invoke_endpoint(
-        EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS.head(1)), TargetVariant="v2"
+        EndpointName=endpoint, ContentType="text/csv", Body=csv(ROWS.head(1)), TargetVariant=second_variant
     )
-    assert forced["InvokedProductionVariant"] == "v2"
-    expected = {"v1": seen.count("v1"), "v2": seen.count("v2") + 1}
-    metrics(home, lambda m: m["invocations"].get(SERVERLESS, {}).get("v2") == expected["v2"])
+    assert forced["InvokedProductionVariant"] == second_variant
+    expected = {first_variant: seen.count(first_variant), second_variant: seen.count(second_variant) + 1}
+    metrics(home, lambda m: m["invocations"].get(endpoint, {}) == expected)
     shown = subprocess.run(
-        [str(exe), "endpoints", "show", SERVERLESS], capture_output=True, text=True, env=environment, check=True
-    )
+        [str(exe), "endpoints", "--project", "abtest", "show", endpoint],
+        capture_output=True, text=True, env=environment, check=True,
+    )  # fmt: skip
     counts = {v["VariantName"]: v["Invocations"] for v in json.loads(shown.stdout)["ProductionVariants"]}
     assert counts == expected
     bad = subprocess.run(
-        [str(exe), "provision", "endpoint", "--model", "breast-cancer", "--ab", "1=0.5"],
+        [str(exe), "provision", "endpoint", "--model", "breast-cancer", "--project", "abtest", "--ab", f"{first}=0.5"],
         capture_output=True, text=True, cwd=ROOT, env=environment,
     )  # fmt: skip
     assert bad.returncode == 2 and "at least two versions" in bad.stderr
 
 
 def test_endpoints_survive_a_gateway_restart(served) -> None:
-    home, _ = served
-    stop_gateway(home)
-    info = start_gateway(home, PROJECT)
-    response = runtime(info).invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS))
+    home = served
+    before = running_gateway(home) or start_gateway(home, PROJECT)
+    assert stop_gateway(home) and not process_alive(before["process"])
+    assert running_gateway(home) is None
+    response = runtime(home).invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS))
     assert len(json.loads(response["Body"].read())["predictions"]) == 5
-    assert Path(home.root / "serving" / "gateway.json").is_file()
+    after = running_gateway(home)
+    assert after is not None and after["pid"] != before["pid"]
+
+
+def test_a_gateway_killed_while_writing_state_leaves_it_whole(served) -> None:
+    """SIGKILL the gateway (master and worker) three times under load, while it rewrites its metrics
+    four times a second: every state file stays readable, counters resume from the last snapshot,
+    the endpoints are untouched, the orphaned model servers are reaped and serving resumes."""
+    home = served
+    endpoints_before = EndpointManager(home, PROJECT).snapshot()
+
+    def invocations(snapshot: dict) -> int:
+        return snapshot["invocations"].get(SERVERLESS, {}).get("AllTraffic", 0)
+
+    for _ in range(3):
+        before = invocations(metrics(home))
+        load = Load(runtime(home), SERVERLESS, clients=2, rows=1)
+        try:
+            # a snapshot with 20 more invocations: restored counters are told apart from a reset
+            snapshot = metrics(home, lambda m: invocations(m) >= before + 20)  # noqa: B023
+            gateway = running_gateway(home)
+            orphans = [s["pid"] for s in snapshot["servers"].values() if s["running"]]
+            assert orphans
+            os.killpg(gateway["pid"], signal.SIGKILL)
+            wait_for(lambda: not process_alive(gateway["process"]), "the killed gateway exiting")  # noqa: B023
+        finally:
+            load.stop()
+        counted = invocations(read_json(metrics_path(home)))  # a whole file, whatever the kill interrupted
+        assert counted >= before + 20
+        response = runtime(home).invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS))
+        assert len(json.loads(response["Body"].read())["predictions"]) == 5
+        for pid in orphans:
+            wait_for(lambda: not process_alive(str(pid)), f"the orphaned model server {pid} being reaped")  # noqa: B023
+        resumed = metrics(home, lambda m: m["pid"] != gateway["pid"])  # noqa: B023
+        assert invocations(resumed) >= counted  # resumed from the last snapshot, not from zero
+    assert EndpointManager(home, PROJECT).snapshot() == endpoints_before
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "sagegate"), "endpoints", "--json"],
+        capture_output=True, text=True, env={**os.environ, "SAGEGATE_HOME": str(home.root)}, check=True,
+    )  # fmt: skip
+    assert listed.stderr == "" and SERVERLESS in {row["EndpointName"] for row in json.loads(listed.stdout)}

@@ -221,3 +221,18 @@ def test_bucket_and_roles_stacks_create_in_moto() -> None:
         "sagegate-staging-gate-lambda",
         "sagegate-staging-scheduler",
     } <= names
+
+
+@pytest.mark.parametrize("project", [Project(), Project(prefix="acme-ml", environment="staging")])
+def test_the_role_arns_project_builds_are_the_roles_the_template_creates(project: Project) -> None:
+    roles = render("iam-roles.yaml", {"Project": project.prefix, "Environment": project.environment})
+    created = {
+        resource["Properties"]["RoleName"]["Fn::Sub"]
+        .replace("${Project}", project.prefix)
+        .replace("${Environment}", project.environment)
+        for resource in roles["Resources"].values()
+        if resource["Type"] == "AWS::IAM::Role"
+    }
+    for arn in (project.training_role_arn, project.inference_role_arn):
+        assert arn.startswith(f"arn:aws:iam::{project.account}:role/")
+        assert arn.rpartition("/")[2] in created, (arn, created)

@@ -222,10 +222,15 @@ def _target(gate: GateInput, execution_name: str) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
-        request = parse(event=event, model=GateEvent)
-    except ValidationError as error:
-        raise _input_error(error) from None
-    result = evaluate(request.gate, request.execution_name)
+        try:
+            request = parse(event=event, model=GateEvent)
+        except ValidationError as error:
+            raise _input_error(error) from None
+        result = evaluate(request.gate, request.execution_name)
+    except GateInputError:
+        # the execution fails (nothing is deployed); the count is what an alarm on bad requests watches
+        metrics.add_metric(name="GateInputErrors", unit=MetricUnit.Count, value=1)
+        raise
     metrics.add_dimension(name="decision", value=result["decision"])
     metrics.add_metric(name="GateDecisions", unit=MetricUnit.Count, value=1)
     logger.info(

@@ -47,7 +47,7 @@ class EndpointManager:
     def __init__(self, home: StateHome, project: Project) -> None:
         self.home = home
         self.project = project
-        self.path = home.root / "endpoints" / "state.json"
+        self.path = home.endpoint_state
 
     # -- persistence -------------------------------------------------------------------------
     def _load(self) -> dict[str, dict[str, Any]]:

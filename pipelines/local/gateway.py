@@ -1,33 +1,28 @@
 """Local sagemaker-runtime: `POST /endpoints/{name}/invocations` for the local endpoints.
 
 An unmodified `boto3.client("sagemaker-runtime", endpoint_url=...)` or the SDK's Predictor
-talks to it. It routes each request the way SageMaker does — production variants by weight
-(or `TargetVariant`), inference components (or `InferenceComponentName`) — to a model server
-(`containers/inference/serve.py` under gunicorn, on a unix socket) that it starts on the first
-request and stops after the endpoint's scale-in cooldown without traffic: realtime endpoints
-scale to zero for real. Serverless endpoints enforce `MaxConcurrency` with AWS's throttling
-error. Errors use sagemaker-runtime's codes (ValidationError, ModelError, ThrottlingException).
+talks to it. This module is the WSGI app and its lifecycle (`start_gateway`, `stop_gateway`);
+it composes `routing` (which model serves a request), `model_server` (one supervised server
+process per model, started on first request and stopped after the endpoint's scale-in
+cooldown: realtime endpoints scale to zero for real) and `serving_metrics` (the counters
+`sagegate endpoints` shows). Serverless endpoints enforce `MaxConcurrency` with AWS's
+throttling error; errors use sagemaker-runtime's codes (ValidationError, ModelError,
+ThrottlingException).
 
-Run by gunicorn as one process with threads (`sagegate gateway start`): its state — servers,
-in-flight counts, per-variant invocation counts — lives in that process and is written to
-`serving/metrics.json` for `sagegate endpoints show`.
+Run by gunicorn as one process with threads (`sagegate gateway start`): servers and in-flight
+counts live in that process.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import logging
 import os
-import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,162 +30,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from pipelines.containers import container_code
 from pipelines.local.endpoints import EndpointManager
+from pipelines.local.model_server import ModelServer, ModelServerError, reap_orphans
+from pipelines.local.routing import InvocationError, route
+from pipelines.local.serving_metrics import ServingMetrics
 from pipelines.state import Project, StateHome
-from pipelines.statefiles import StateFileError, locked, read_json, write_json
+from pipelines.statefiles import StateFileError, locked, process_alive, process_token, read_json, write_json
 
-DEFAULT_SCALE_IN_COOLDOWN = 300.0
 MAX_PAYLOAD = 6 * 1024 * 1024
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-
-
-class InvocationError(Exception):
-    """An error sagemaker-runtime would return: HTTP status, error code, message, extra fields."""
-
-    def __init__(self, status: int, code: str, message: str, **fields: Any) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.fields = status, code, message, fields
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
-
-
-class ModelServer:
-    """One model's server process: started on demand, stopped when idle (scale to zero)."""
-
-    def __init__(self, home: StateHome, model_name: str, model_data: Path, workers: int) -> None:
-        self.model_name = model_name
-        self.model_data = model_data
-        self.workers = max(1, workers)
-        self.folder = home.root / "serving" / "models" / model_name
-        # AF_UNIX paths are limited to ~107 bytes: the socket lives under the temp dir, named by hash
-        digest = hashlib.sha256(str(self.folder).encode()).hexdigest()[:16]
-        self.socket = Path(tempfile.gettempdir()) / f"sagegate-{digest}.sock"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.lock = threading.Lock()
-        self.local = threading.local()
-        self.last_used = time.monotonic()
-        self.cooldown = DEFAULT_SCALE_IN_COOLDOWN  # the endpoint's scale-in cooldown, refreshed per request
-        self.in_flight = 0
-        self._in_flight_lock = threading.Lock()  # gunicorn threads: `+= 1` on an attribute is not atomic
-        self.starts = 0
-        self.cold_starts: list[float] = []
-
-    def enter(self) -> None:
-        with self._in_flight_lock:
-            self.in_flight += 1
-
-    def leave(self) -> None:
-        with self._in_flight_lock:
-            self.in_flight -= 1
-            self.last_used = time.monotonic()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def _unpack(self) -> Path:
-        model_dir = self.folder / "model"
-        if not (model_dir / "model.joblib").is_file():
-            shutil.rmtree(model_dir, ignore_errors=True)
-            model_dir.mkdir(parents=True)
-            with tarfile.open(self.model_data) as archive:
-                archive.extractall(model_dir, filter="data")
-        return model_dir
-
-    def ensure_started(self) -> float | None:
-        """Start the server if it is not running; the cold-start seconds when it had to."""
-        with self.lock:
-            if self.running:
-                return None
-            began = time.monotonic()
-            model_dir = self._unpack()
-            self.socket.unlink(missing_ok=True)
-            log = (self.folder / "server.log").open("ab")
-            self.process = subprocess.Popen(
-                [sys.executable, str(container_code("inference", "serve.py")), "--model-dir", str(model_dir),
-                 "--bind", f"unix:{self.socket}", "--workers", str(self.workers)],
-                stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-            log.close()
-            deadline = began + 120
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise InvocationError(
-                        424, "ModelError", f"model server for {self.model_name} exited while starting "
-                        f"(see {self.folder / 'server.log'})", OriginalStatusCode=500,
-                    )  # fmt: skip
-                if self.socket.exists() and self._ping():
-                    break
-                time.sleep(0.02)
-            else:
-                self.stop()
-                raise InvocationError(424, "ModelError", f"model server for {self.model_name} did not start in 120 s")
-            self.starts += 1
-            self.local = threading.local()
-            cold = time.monotonic() - began
-            self.cold_starts.append(round(cold, 3))
-            return cold
-
-    def _ping(self) -> bool:
-        try:
-            connection = _UnixConnection(str(self.socket), timeout=2)
-            connection.request("GET", "/ping")
-            ok = connection.getresponse().status == 200
-            connection.close()
-            return ok
-        except OSError:
-            return False
-
-    def _connection(self) -> _UnixConnection:
-        connection = getattr(self.local, "connection", None)
-        if connection is None:
-            connection = self.local.connection = _UnixConnection(str(self.socket), timeout=60)
-        return connection
-
-    def forward(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        """POST /invocations; a dead server is restarted once and the request retried."""
-        for attempt in (1, 2):
-            self.ensure_started()
-            connection = self._connection()
-            try:
-                connection.request("POST", "/invocations", body=body, headers=headers)
-                response = connection.getresponse()
-                return response.status, dict(response.getheaders()), response.read()
-            except (OSError, http.client.HTTPException):
-                connection.close()
-                self.local.connection = None
-                if attempt == 2:
-                    raise
-                if self.running:  # the server is alive: the connection just went stale; retry on a new one
-                    continue
-                with self.lock:
-                    self.process = None
-        raise AssertionError("unreachable")
-
-    def stop(self) -> None:
-        with self.lock:
-            if self.process is not None and self.process.poll() is None:
-                # idle (no request in flight): gunicorn's quick shutdown, not the graceful one that
-                # would wait for the gateway's idle keep-alive connections
-                try:
-                    os.killpg(self.process.pid, signal.SIGQUIT)
-                    self.process.wait(timeout=5)
-                except ProcessLookupError:
-                    pass
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            self.process = None
 
 
 class Gateway:
@@ -203,24 +51,16 @@ class Gateway:
         self.servers: dict[str, ModelServer] = {}
         self.servers_lock = threading.Lock()
         self.limits: dict[str, tuple[int, threading.BoundedSemaphore]] = {}
-        self.counts: dict[str, dict[str, int]] = {}
-        self.throttled: dict[str, int] = {}
-        self.counters_lock = threading.Lock()
+        self.metrics = ServingMetrics(home)
+        for pid in reap_orphans(home.serving / "models"):
+            logging.getLogger(__name__).warning("stopped model server %s left by a gateway that was killed", pid)
         self._state: dict[str, Any] = {}
         self._state_mtime = 0.0
-        self.metrics_path = home.root / "serving" / "metrics.json"
-        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.metrics_path.is_file():  # invocation counts survive gateway restarts
-            try:
-                previous = read_json(self.metrics_path)
-                self.counts, self.throttled = previous.get("invocations", {}), previous.get("throttled", {})
-            except (StateFileError, AttributeError) as error:
-                logging.getLogger(__name__).warning("starting counters from zero: %s", error)
         self._stop = threading.Event()
         threading.Thread(target=self._housekeeping, daemon=True, name="scale-in").start()
 
-    # -- state --------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The endpoint records, re-read only when the file changed."""
         try:
             mtime = self.manager.path.stat().st_mtime
         except FileNotFoundError:
@@ -229,98 +69,45 @@ class Gateway:
             self._state, self._state_mtime = self.manager.snapshot(), mtime
         return self._state
 
-    def _server(self, model_name: str, workers: int) -> ModelServer:
+    def _server(self, model_name: str, workers: int, cooldown: float) -> ModelServer:
         with self.servers_lock:
             server = self.servers.get(model_name)
             if server is None:
                 server = self.servers[model_name] = ModelServer(
-                    self.home, model_name, self.manager.model_data_path(model_name), workers
+                    self.home.serving / "models" / model_name,
+                    model_name,
+                    self.manager.model_data_path(model_name),
+                    workers,
+                    cooldown,
                 )
+            server.cooldown = cooldown
             return server
 
-    def route(self, endpoint_name: str, target_variant: str | None, component: str | None) -> dict[str, Any]:
-        """Which variant and model serve this request, and with which limits."""
-        state = self.state()
-        endpoint = state["endpoints"].get(endpoint_name)
-        if endpoint is None or not endpoint.get("EndpointConfigName"):
+    def _concurrency_slot(self, endpoint_name: str, size: int) -> threading.BoundedSemaphore:
+        """A serverless endpoint's MaxConcurrency slot, or ThrottlingException as AWS answers."""
+        with self.servers_lock:
+            current, limit = self.limits.get(endpoint_name, (0, None))
+            if limit is None or current != size:  # new endpoint, or its config changed
+                limit = threading.BoundedSemaphore(size)
+                self.limits[endpoint_name] = (size, limit)
+        if not limit.acquire(blocking=False):
+            self.metrics.throttle(endpoint_name)
             raise InvocationError(
-                400, "ValidationError", f"Endpoint {endpoint_name} of account {self.project.account} not found."
-            )
-        config = state["endpoint_configs"][endpoint["EndpointConfigName"]]
-        variants = config["ProductionVariants"]
-        if target_variant:
-            variants = [v for v in variants if v["VariantName"] == target_variant]
-            if not variants:
-                raise InvocationError(
-                    400, "ValidationError", f"Variant {target_variant} not found for {endpoint_name}."
-                )
-        components = {
-            name: c
-            for name, c in state["inference_components"].items()
-            if c["EndpointName"] == endpoint_name and c.get("Specification")
-        }
-        if component:
-            if component not in components:
-                raise InvocationError(400, "ValidationError", f"Inference component {component} not found.")
-            chosen = components[component]
-            variant = next((v for v in variants if v["VariantName"] == chosen["VariantName"]), variants[0])
-            model_name = chosen["Specification"]["ModelName"]
-        else:
-            weights = [float(v.get("InitialVariantWeight", 1.0)) for v in variants]
-            variant = random.choices(variants, weights=weights)[0] if len(variants) > 1 else variants[0]
-            model_name = variant.get("ModelName")
-            if model_name is None:  # scale-to-zero shape: the model is an inference component
-                hosted = [c for c in components.values() if c["VariantName"] == variant["VariantName"]]
-                if not hosted:
-                    raise InvocationError(
-                        400, "ValidationError", f"Endpoint {endpoint_name} has no inference component to invoke."
-                    )
-                model_name = hosted[0]["Specification"]["ModelName"]
-        serverless = variant.get("ServerlessConfig")
-        scaling = variant.get("ManagedInstanceScaling", {})
-        return {
-            "variant": variant["VariantName"],
-            "model": model_name,
-            "max_concurrency": serverless["MaxConcurrency"] if serverless else None,
-            "workers": int(scaling.get("MaxInstanceCount", 1)) if not serverless else 1,
-            "cooldown": self._cooldown(endpoint_name),
-        }
+                400, "ThrottlingException",
+                f"Maximum concurrency ({size}) reached for endpoint {endpoint_name}; retry later.",
+            )  # fmt: skip
+        return limit
 
-    def _cooldown(self, endpoint_name: str) -> float:
-        """The scale-in cooldown of the endpoint's target-tracking policy (realtime, as registered by
-        the gate or `provision`), else $SAGEGATE_SCALE_IN_COOLDOWN (serverless: AWS's idle release)."""
-        state = self.state()
-        components = {f"inference-component/{n}" for n, c in state["inference_components"].items()
-                      if c["EndpointName"] == endpoint_name}  # fmt: skip
-        for policy in state.get("scaling_policies", {}).values():
-            config = policy.get("TargetTrackingScalingPolicyConfiguration") or {}
-            if policy["ResourceId"] in components and "ScaleInCooldown" in config:
-                return float(config["ScaleInCooldown"])
-        return float(os.environ.get("SAGEGATE_SCALE_IN_COOLDOWN", DEFAULT_SCALE_IN_COOLDOWN))
-
-    # -- requests -----------------------------------------------------------------------------
     def invoke(self, endpoint_name: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        route = self.route(
+        chosen = route(
+            self.state(),
             endpoint_name,
             headers.get("x-amzn-sagemaker-target-variant"),
             headers.get("x-amzn-sagemaker-inference-component"),
+            self.project.account,
         )
-        limit = None
-        if route["max_concurrency"]:
-            with self.servers_lock:
-                size, limit = self.limits.get(endpoint_name, (0, None))
-                if limit is None or size != route["max_concurrency"]:  # new endpoint, or its config changed
-                    limit = threading.BoundedSemaphore(route["max_concurrency"])
-                    self.limits[endpoint_name] = (route["max_concurrency"], limit)
-            if not limit.acquire(blocking=False):
-                with self.counters_lock:
-                    self.throttled[endpoint_name] = self.throttled.get(endpoint_name, 0) + 1
-                raise InvocationError(
-                    400, "ThrottlingException", f"Maximum concurrency ({route['max_concurrency']}) reached for "
-                    f"endpoint {endpoint_name}; retry later.",
-                )  # fmt: skip
-        server = self._server(route["model"], route["workers"])
-        server.cooldown = route["cooldown"]
+        limit = self._concurrency_slot(endpoint_name, chosen.max_concurrency) if chosen.max_concurrency else None
+        server = self._server(chosen.model, chosen.workers, chosen.cooldown)
         server.enter()
         try:
             forwarded = {
@@ -329,15 +116,15 @@ class Gateway:
                 "X-Amzn-SageMaker-Custom-Attributes": headers.get("x-amzn-sagemaker-custom-attributes", ""),
             }
             status, response_headers, payload = server.forward(body, forwarded)
+        except ModelServerError as error:
+            raise InvocationError(424, "ModelError", str(error), OriginalStatusCode=500) from None
         except (OSError, http.client.HTTPException) as error:
             raise InvocationError(424, "ModelError", f"model server failed: {error}", OriginalStatusCode=500) from None
         finally:
             server.leave()
             if limit is not None:
                 limit.release()
-        with self.counters_lock:
-            counts = self.counts.setdefault(endpoint_name, {})
-            counts[route["variant"]] = counts.get(route["variant"], 0) + 1
+        self.metrics.count(endpoint_name, chosen.variant)
         if status != 200:
             message = payload.decode(errors="replace")
             try:
@@ -348,7 +135,7 @@ class Gateway:
                 424, "ModelError", f"Received client error ({status}) from primary with message \"{message}\".",
                 OriginalStatusCode=status, OriginalMessage=message,
             )  # fmt: skip
-        extra = {"X-Amzn-Invoked-Production-Variant": route["variant"]}
+        extra = {"X-Amzn-Invoked-Production-Variant": chosen.variant}
         if headers.get("x-amzn-sagemaker-custom-attributes"):
             extra["X-Amzn-SageMaker-Custom-Attributes"] = headers["x-amzn-sagemaker-custom-attributes"]
         return 200, {"Content-Type": response_headers.get("Content-Type", "application/json"), **extra}, payload
@@ -382,46 +169,23 @@ class Gateway:
         start_response(f"{status} {http.client.responses.get(status, 'Error')}", [*headers.items()])
         return [body]
 
-    # -- scale in -----------------------------------------------------------------------------
     def _housekeeping(self) -> None:
+        """Scale idle servers to zero and publish the counters, four times a second."""
         while not self._stop.wait(0.25):
             try:
                 now = time.monotonic()
                 for server in list(self.servers.values()):
-                    if server.running and server.in_flight == 0 and now - server.last_used > server.cooldown:
+                    if server.idle_past_cooldown(now):
                         server.stop()
-                self.write_metrics()
+                self.metrics.write(list(self.servers.values()))
             except Exception:  # keep scaling in and reporting whatever one pass hit
                 logging.getLogger(__name__).exception("gateway housekeeping failed")
-
-    def write_metrics(self) -> None:
-        with self.counters_lock:  # a consistent copy: request threads keep counting meanwhile
-            invocations = {endpoint: dict(counts) for endpoint, counts in self.counts.items()}
-            throttled = dict(self.throttled)
-        snapshot = {
-            "updated": time.time(),
-            "pid": os.getpid(),
-            "invocations": invocations,
-            "throttled": throttled,
-            "servers": {
-                name: {
-                    "running": server.running,
-                    "pid": server.process.pid if server.running and server.process else None,
-                    "workers": server.workers,
-                    "starts": server.starts,
-                    "cold_starts_seconds": server.cold_starts[-10:],
-                    "idle_seconds": round(time.monotonic() - server.last_used, 1),
-                }
-                for name, server in list(self.servers.items())
-            },
-        }
-        write_json(self.metrics_path, snapshot)
 
     def shutdown(self) -> None:
         self._stop.set()
         for server in list(self.servers.values()):
             server.stop()
-        self.write_metrics()
+        self.metrics.write(list(self.servers.values()))
 
 
 def serve(port: int, threads: int = 64) -> None:
@@ -461,7 +225,7 @@ def _free_port() -> int:
 
 
 def gateway_file(home: StateHome) -> Path:
-    return home.root / "serving" / "gateway.json"
+    return home.serving / "gateway.json"
 
 
 def running_gateway(home: StateHome) -> dict[str, Any] | None:
@@ -475,7 +239,8 @@ def running_gateway(home: StateHome) -> dict[str, Any] | None:
         path.unlink(missing_ok=True)
         return None
     try:
-        os.kill(info["pid"], 0)
+        if not process_alive(info.get("process") or str(info["pid"])):
+            raise ProcessLookupError(info["pid"])
         connection = http.client.HTTPConnection("127.0.0.1", info["port"], timeout=2)
         connection.request("GET", "/ping")
         if connection.getresponse().status == 200:
@@ -498,7 +263,7 @@ def _start_gateway(home: StateHome, project: Project, port: int | None) -> dict[
     if running:
         return running
     port = port or _free_port()
-    log_path = home.root / "serving" / "gateway.log"
+    log_path = home.serving / "gateway.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     environment = {
         **os.environ,
@@ -513,7 +278,12 @@ def _start_gateway(home: StateHome, project: Project, port: int | None) -> dict[
             [sys.executable, "-m", "pipelines.local.gateway", "--port", str(port)],
             stdout=log, stderr=log, env=environment, start_new_session=True,
         )  # fmt: skip
-    info = {"pid": process.pid, "port": port, "url": f"http://127.0.0.1:{port}"}
+    info = {
+        "pid": process.pid,
+        "process": process_token(process.pid),  # a reused pid is not mistaken for the gateway
+        "port": port,
+        "url": f"http://127.0.0.1:{port}",
+    }
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -530,16 +300,32 @@ def _start_gateway(home: StateHome, project: Project, port: int | None) -> dict[
     raise OSError(f"the local runtime gateway did not answer within 30 s (see {log_path})")
 
 
-def stop_gateway(home: StateHome) -> bool:
+def runtime_client(home: StateHome, project: Project) -> Any:
+    """An unmodified boto3 `sagemaker-runtime` client on this state folder's gateway (started if needed)."""
+    import boto3
+
+    info = start_gateway(home, project)
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=info["url"],
+        region_name=project.region,
+        aws_access_key_id="sagegate-local",
+        aws_secret_access_key="sagegate-local",
+    )
+
+
+def stop_gateway(home: StateHome, timeout: float = 20) -> bool:
+    """Stop the gateway gracefully (it stops its model servers); past `timeout`, kill its process group
+    (the next gateway reaps the servers it leaves). False when none was running."""
     info = running_gateway(home)
     if info is None:
         return False
+    token = info.get("process") or str(info["pid"])
     os.kill(info["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(info["pid"], 0)
-        except OSError:
+    deadline = time.monotonic() + timeout
+    while process_alive(token):
+        if time.monotonic() > deadline:
+            os.killpg(info["pid"], signal.SIGKILL)
             break
         time.sleep(0.05)
     gateway_file(home).unlink(missing_ok=True)

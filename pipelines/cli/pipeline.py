@@ -1,0 +1,152 @@
+"""`sagegate run | runs | models | pipeline definition`: the training pipeline and its registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TYPE_CHECKING
+
+from pipelines.cli.common import EXIT_FAILED, EXIT_OK, AddParser, add_common, model_config, project, report_skipped
+from pipelines.cli.gate import print_verdict
+from pipelines.config import ConfigError, ModelConfig
+from pipelines.state import StateHome
+
+if TYPE_CHECKING:  # the work modules import the SageMaker SDK: loaded by the commands that need them
+    from pipelines.local_run import RunRecord
+
+
+def register(add: AddParser) -> None:
+    run = add("run", help="run the training pipeline locally on a model config, then the gate")
+    add_common(run)
+    run.add_argument("--json", action="store_true", help="print the run record as JSON")
+    run.set_defaults(handler=run_command)
+
+    runs = add("runs", help="list past local runs")
+    runs.add_argument("--json", action="store_true")
+    runs.set_defaults(handler=runs_command)
+
+    models = add("models", help="list registered model versions with their metrics")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=models_command)
+
+    pipeline = add("pipeline", help="pipeline definition commands")
+    pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    definition = pipeline_commands.add_parser("definition", help="print the pipeline definition JSON (offline)")
+    add_common(definition)
+    definition.add_argument("--local", action="store_true", help="the local-mode variant (no Model Registry step)")
+    definition.add_argument("--inference", action="store_true", help="the daily batch-inference pipeline instead")
+    definition.set_defaults(handler=definition_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from pipelines.local_gate import run_gate
+    from pipelines.local_run import run_local
+
+    config = model_config(args)
+    if config.training.platform != "local":
+        raise ConfigError(
+            f"{args.config}: training.platform is {config.training.platform!r}; `sagegate run` executes the pipeline "
+            "locally. On AWS, upsert `get-pipeline-definition` output and call start-pipeline-execution, or run "
+            "locally with --set training.platform=local"
+        )
+    names = project(args)
+    home = StateHome.from_env()
+    if not args.json:
+        print(f"sagegate run: {config.name} ({config.task}) — pipeline {names.pipeline_name(config.name)}, local mode")
+    record = run_local(config, names, home, progress=None if args.json else print_progress)
+    if not args.json:
+        print_run(record, config, home)
+    execution = None
+    if record.status == "Succeeded" and record.registered_version:
+        execution = run_gate(config, names, home, record.registered_version)
+        if not args.json:
+            print_verdict(execution)
+    if args.json:
+        brief = None
+        if execution:
+            brief = {k: v for k, v in execution.to_json().items() if k not in ("events", "definition", "input")}
+        print(json.dumps({**record.to_json(), "deployment": brief}, indent=2))
+    return EXIT_OK if execution and execution.status == "SUCCEEDED" else EXIT_FAILED
+
+
+def print_progress(step: str, status: str, seconds: float | None) -> None:
+    if status == "Executing":
+        print(f"  … {step}", flush=True)
+    else:
+        mark = "✓" if status == "Succeeded" else "✗"
+        print(f"  {mark} {step:<22} {status:<10} {seconds or 0:6.1f}s", flush=True)
+
+
+def gate_description(config: ModelConfig) -> str:
+    parts = []
+    for metric, threshold in config.quality_gate.metrics.items():
+        if threshold.min is not None:
+            parts.append(f"{metric} >= {threshold.min}")
+        if threshold.max is not None:
+            parts.append(f"{metric} <= {threshold.max}")
+    return ", ".join(parts)
+
+
+def print_run(record: RunRecord, config: ModelConfig, home: StateHome) -> None:
+    print(f"\nResult: {record.status} in {record.duration_seconds:.1f}s (run {record.run_id})")
+    if record.metrics:
+        print("Metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in record.metrics.items()))
+    if record.gate:
+        print(f"Quality gate: {record.gate} ({gate_description(config)})")
+    if record.registered_version:
+        print(
+            f"Registered: {record.registered_model} version {record.registered_version} in MLflow "
+            f"({home.mlflow_tracking_uri})"
+        )
+    if record.failure_reason:
+        print(f"Reason: {record.failure_reason}")
+        print("Nothing was registered.")
+    for name, location in record.artifacts.items():
+        print(f"  {name:<13} {location}")
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    from pipelines.local_run import list_records
+
+    records, problems = list_records(StateHome.from_env())
+    report_skipped(problems)
+    if args.json:
+        print(json.dumps([r.to_json() for r in records], indent=2))
+        return EXIT_OK
+    if not records:
+        print("no runs yet: try `sagegate run models/breast-cancer.yaml`")
+        return EXIT_OK
+    print(f"{'RUN':<14} {'STARTED':<26} {'MODEL':<16} {'STATUS':<10} {'GATE':<7} {'VERSION':<8} REASON")
+    for r in records:
+        reason = (r.failure_reason or "")[:70]
+        print(
+            f"{r.run_id:<14} {r.started_at:<26} {r.model:<16} {r.status:<10} {r.gate or '-':<7} "
+            f"{r.registered_version or '-':<8} {reason}"
+        )
+    return EXIT_OK
+
+
+def models_command(args: argparse.Namespace) -> int:
+    from pipelines.registry import list_versions
+
+    versions, problems = list_versions(StateHome.from_env())
+    report_skipped(problems)
+    if args.json:
+        print(json.dumps(versions, indent=2))
+        return EXIT_OK
+    if not versions:
+        print("no registered models yet")
+        return EXIT_OK
+    print(f"{'MODEL':<36} {'VERSION':<8} {'ALIASES':<10} {'CREATED':<20} {'RUN':<14} METRICS")
+    for v in versions:
+        metrics = ", ".join(f"{k}={float(x):.4f}" for k, x in sorted(v["metrics"].items()))
+        aliases = ",".join(v["aliases"]) or "-"
+        print(f"{v['name']:<36} {v['version']:<8} {aliases:<10} {v['created']:<20} {v['execution_id']:<14} {metrics}")
+    return EXIT_OK
+
+
+def definition_command(args: argparse.Namespace) -> int:
+    from pipelines.definition import definition_json
+
+    print(definition_json(model_config(args), project(args), local=args.local, inference=args.inference))
+    return EXIT_OK

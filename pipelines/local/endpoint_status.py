@@ -1,0 +1,59 @@
+"""What `sagegate endpoints` reports: the control plane's records joined with the gateway's counters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.local.endpoints import EndpointManager
+from pipelines.local.serving_metrics import read_metrics
+from pipelines.state import Project, StateHome
+from pipelines.statefiles import StateFileError
+
+
+def _metrics(home: StateHome, problems: list[str]) -> dict[str, Any]:
+    try:
+        return read_metrics(home)
+    except StateFileError as error:
+        problems.append(f"{error} (no invocation counts shown)")
+        return {}
+
+
+def endpoint_rows(home: StateHome, project: Project) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every local endpoint as `DescribeEndpoint` returns it, with its total `Invocations`."""
+    problems: list[str] = []
+    manager = EndpointManager(home, project)
+    invocations = _metrics(home, problems).get("invocations", {})
+    rows = [
+        {
+            **manager.call("describeEndpoint", {"EndpointName": name}),
+            "Invocations": sum(invocations.get(name, {}).values()),
+        }
+        for name in sorted(manager.snapshot()["endpoints"])
+    ]
+    return rows, problems
+
+
+def endpoint_detail(home: StateHome, project: Project, name: str) -> tuple[dict[str, Any], list[str]]:
+    """One endpoint: its description, variants with invocation counts, components, model servers."""
+    problems: list[str] = []
+    manager = EndpointManager(home, project)
+    state = manager.snapshot()
+    if name not in state["endpoints"]:
+        raise ValueError(f"no local endpoint {name!r} (see `sagegate endpoints`)")
+    metrics = _metrics(home, problems)
+    described = manager.call("describeEndpoint", {"EndpointName": name})
+    config = state["endpoint_configs"].get(described["EndpointConfigName"], {})
+    variants = config.get("ProductionVariants", [])
+    components = {n: c for n, c in state["inference_components"].items() if c["EndpointName"] == name}
+    models = {v.get("ModelName") for v in variants} | {
+        (c.get("Specification") or {}).get("ModelName") for c in components.values()
+    }
+    counts = metrics.get("invocations", {}).get(name, {})
+    detail = {
+        **described,
+        "ProductionVariants": [{**v, "Invocations": counts.get(v["VariantName"], 0)} for v in variants],
+        "InferenceComponents": components,
+        "Throttled": metrics.get("throttled", {}).get(name, 0),
+        "ModelServers": {model: server for model, server in metrics.get("servers", {}).items() if model in models},
+    }
+    return detail, problems

@@ -1,0 +1,91 @@
+"""Which model serves a request, decided the way SageMaker does from the endpoint's records.
+
+Production variants by weight (or `TargetVariant`), inference components (or
+`InferenceComponentName`); serverless variants carry their `MaxConcurrency`, realtime ones
+their instance count (the model server's workers) and the scale-in cooldown of their
+target-tracking policy. Errors are sagemaker-runtime's (`InvocationError`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_SCALE_IN_COOLDOWN = 300.0
+
+
+class InvocationError(Exception):
+    """An error sagemaker-runtime would return: HTTP status, error code, message, extra fields."""
+
+    def __init__(self, status: int, code: str, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields
+
+
+@dataclass(frozen=True)
+class Route:
+    variant: str
+    model: str
+    max_concurrency: int | None  # serverless only
+    workers: int
+    cooldown: float
+
+
+def route(
+    state: dict[str, Any], endpoint_name: str, target_variant: str | None, component: str | None, account: str
+) -> Route:
+    """The variant and model that serve this request, with their limits."""
+    endpoint = state["endpoints"].get(endpoint_name)
+    if endpoint is None or not endpoint.get("EndpointConfigName"):
+        raise InvocationError(400, "ValidationError", f"Endpoint {endpoint_name} of account {account} not found.")
+    config = state["endpoint_configs"][endpoint["EndpointConfigName"]]
+    variants = config["ProductionVariants"]
+    if target_variant:
+        variants = [v for v in variants if v["VariantName"] == target_variant]
+        if not variants:
+            raise InvocationError(400, "ValidationError", f"Variant {target_variant} not found for {endpoint_name}.")
+    components = {
+        name: c
+        for name, c in state["inference_components"].items()
+        if c["EndpointName"] == endpoint_name and c.get("Specification")
+    }
+    if component:
+        if component not in components:
+            raise InvocationError(400, "ValidationError", f"Inference component {component} not found.")
+        chosen = components[component]
+        variant = next((v for v in variants if v["VariantName"] == chosen["VariantName"]), variants[0])
+        model_name = chosen["Specification"]["ModelName"]
+    else:
+        weights = [float(v.get("InitialVariantWeight", 1.0)) for v in variants]
+        variant = random.choices(variants, weights=weights)[0] if len(variants) > 1 else variants[0]
+        model_name = variant.get("ModelName")
+        if model_name is None:  # scale-to-zero shape: the model is an inference component
+            hosted = [c for c in components.values() if c["VariantName"] == variant["VariantName"]]
+            if not hosted:
+                raise InvocationError(
+                    400, "ValidationError", f"Endpoint {endpoint_name} has no inference component to invoke."
+                )
+            model_name = hosted[0]["Specification"]["ModelName"]
+    serverless = variant.get("ServerlessConfig")
+    scaling = variant.get("ManagedInstanceScaling", {})
+    return Route(
+        variant=variant["VariantName"],
+        model=model_name,
+        max_concurrency=serverless["MaxConcurrency"] if serverless else None,
+        workers=int(scaling.get("MaxInstanceCount", 1)) if not serverless else 1,
+        cooldown=scale_in_cooldown(state, endpoint_name),
+    )
+
+
+def scale_in_cooldown(state: dict[str, Any], endpoint_name: str) -> float:
+    """The scale-in cooldown of the endpoint's target-tracking policy (realtime, as registered by
+    the gate or `provision`), else $SAGEGATE_SCALE_IN_COOLDOWN (serverless: AWS's idle release)."""
+    components = {f"inference-component/{n}" for n, c in state["inference_components"].items()
+                  if c["EndpointName"] == endpoint_name}  # fmt: skip
+    for policy in state.get("scaling_policies", {}).values():
+        config = policy.get("TargetTrackingScalingPolicyConfiguration") or {}
+        if policy["ResourceId"] in components and "ScaleInCooldown" in config:
+            return float(config["ScaleInCooldown"])
+    return float(os.environ.get("SAGEGATE_SCALE_IN_COOLDOWN", DEFAULT_SCALE_IN_COOLDOWN))

@@ -1,0 +1,82 @@
+"""The gateway's counters: invocations per endpoint and variant, throttles, model-server status.
+
+They live in the gateway process (request threads count under one lock) and are written
+atomically to `serving/metrics.json` for `sagegate endpoints`; they survive gateway restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pipelines.local.model_server import ModelServer
+from pipelines.state import StateHome
+from pipelines.statefiles import StateFileError, read_json, write_json
+
+
+def metrics_path(home: StateHome) -> Path:
+    return home.serving / "metrics.json"
+
+
+def read_metrics(home: StateHome) -> dict[str, Any]:
+    """The last snapshot the gateway wrote ({} before its first); StateFileError names a bad file."""
+    path = metrics_path(home)
+    if not path.is_file():
+        return {}
+    metrics = read_json(path)
+    if not isinstance(metrics, dict):
+        raise StateFileError(f"{path}: not a serving metrics file")
+    return metrics
+
+
+class ServingMetrics:
+    def __init__(self, home: StateHome) -> None:
+        self.path = metrics_path(home)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.invocations: dict[str, dict[str, int]] = {}
+        self.throttled: dict[str, int] = {}
+        try:
+            previous = read_metrics(home)
+            self.invocations = dict(previous.get("invocations", {}))
+            self.throttled = dict(previous.get("throttled", {}))
+        except (StateFileError, TypeError, ValueError) as error:
+            logging.getLogger(__name__).warning("starting counters from zero: %s", error)
+
+    def count(self, endpoint: str, variant: str) -> None:
+        with self.lock:
+            counts = self.invocations.setdefault(endpoint, {})
+            counts[variant] = counts.get(variant, 0) + 1
+
+    def throttle(self, endpoint: str) -> None:
+        with self.lock:
+            self.throttled[endpoint] = self.throttled.get(endpoint, 0) + 1
+
+    def write(self, servers: Iterable[ModelServer]) -> None:
+        with self.lock:  # a consistent copy: request threads keep counting meanwhile
+            invocations = {endpoint: dict(counts) for endpoint, counts in self.invocations.items()}
+            throttled = dict(self.throttled)
+        now = time.monotonic()
+        snapshot = {
+            "updated": time.time(),
+            "pid": os.getpid(),
+            "invocations": invocations,
+            "throttled": throttled,
+            "servers": {
+                server.model_name: {
+                    "running": server.running,
+                    "pid": server.process.pid if server.running and server.process else None,
+                    "workers": server.workers,
+                    "starts": server.starts,
+                    "cold_starts_seconds": server.cold_starts[-10:],
+                    "idle_seconds": round(now - server.last_used, 1),
+                }
+                for server in servers
+            },
+        }
+        write_json(self.path, snapshot)
