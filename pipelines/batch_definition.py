@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.session import Session
-from sagemaker.sklearn.processing import SKLearnProcessor
 from sagemaker.workflow.execution_variables import ExecutionVariables
 from sagemaker.workflow.functions import Join
 from sagemaker.workflow.parameters import ParameterString
@@ -17,7 +16,8 @@ from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.steps import ProcessingStep
 
 from pipelines.config import ModelConfig
-from pipelines.containers import SKLEARN_VERSION, container_code
+from pipelines.containers import container_code
+from pipelines.runtime_image import script_processor
 from pipelines.state import Project
 
 
@@ -27,14 +27,7 @@ def build_inference_pipeline(config: ModelConfig, project: Project, session: Ses
     input_uri = ParameterString("InputDataUri", default_value=f"s3://{bucket}/inference-data/{name}/")
     output_prefix = ParameterString("OutputPrefix", default_value=f"s3://{bucket}/predictions/{name}")
     instance = ParameterString("ProcessingInstanceType", default_value=config.training.processing_instance_type)
-    processor = SKLearnProcessor(
-        framework_version=SKLEARN_VERSION,
-        role=project.training_role_arn,
-        instance_type=instance,
-        instance_count=1,
-        base_job_name=project.job_name_prefix(name, "batch"),
-        sagemaker_session=session,
-    )
+    processor = script_processor(project, session, name, "batch", instance)
     arguments = ["--probabilities"] if config.task == "classification" else []
     step = ProcessingStep(
         name="BatchPredict",

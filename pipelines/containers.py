@@ -9,13 +9,15 @@ any working directory, and nothing else locates them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from importlib.metadata import distributions
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-SKLEARN_VERSION = "1.2-1"  # the SDK's scikit-learn framework images (training, processing, inference)
+# The runtime image's build context (containers/): what its content-addressed tag hashes.
+IMAGE_FILES = ("Dockerfile", "requirements.lock", "entrypoint.sh", "inference/inference.py", "inference/serve.py")
 
 
 @cache
@@ -49,3 +51,25 @@ def lambda_handler_path(kind: str) -> Path:
 
 def template_path(name: str) -> Path:
     return asset_folder("cloudformation") / name
+
+
+def context_digest(folder: Path) -> str:
+    """A hash of the image's build-context files in `folder` (names and contents)."""
+    digest = hashlib.sha256()
+    for name in IMAGE_FILES:
+        digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@cache
+def image_tag() -> str:
+    """The runtime image's tag: the hash of its build context, so a tag names one content and an
+    unchanged image is never rebuilt (the ECR repository's tags are immutable)."""
+    return context_digest(asset_folder("containers"))
+
+
+def locked_versions() -> dict[str, str]:
+    """The runtime image's packages (`containers/requirements.lock`): name → version."""
+    lines = (asset_folder("containers") / "requirements.lock").read_text().splitlines()
+    pins = (line.split("#", 1)[0].strip() for line in lines)
+    return dict(pin.split("==", 1) for pin in pins if pin)

@@ -79,6 +79,9 @@ class GateInput(_Strict):
     quality_gate: dict[str, Threshold]
     deployment: DeploymentConfig
     resources: Resources
+    # the serving image's packages (containers/requirements.lock): a model is deployed only onto the
+    # library versions it was trained with
+    runtime_libraries: dict[str, str] = Field(min_length=1)
     poll_seconds: int = Field(ge=0, le=3600)
 
 

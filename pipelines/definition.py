@@ -8,16 +8,16 @@ leave it out and rely on the MLflow register job, which runs in both modes.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sagemaker.inputs import TrainingInput
+from sagemaker.model import Model
 from sagemaker.model_metrics import MetricsSource, ModelMetrics
-from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
+from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.session import Session
 from sagemaker.sklearn.estimator import SKLearn
-from sagemaker.sklearn.model import SKLearnModel
-from sagemaker.sklearn.processing import SKLearnProcessor
 from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo, ConditionLessThanOrEqualTo
 from sagemaker.workflow.execution_variables import ExecutionVariables
@@ -36,7 +36,8 @@ from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 from pipelines.config import ModelConfig
-from pipelines.containers import SKLEARN_VERSION, container_code
+from pipelines.containers import container_code
+from pipelines.runtime_image import runtime_image_uri, script_processor
 from pipelines.state import Project
 
 REGISTER_STEP = "RegisterModelPackage"
@@ -86,10 +87,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     )
     training_instance = ParameterString("TrainingInstanceType", default_value=config.training.instance_type)
     tracking_uri = ParameterString("MlflowTrackingUri", default_value=project.mlflow_tracking_server_arn)
-    register_image = ParameterString(
-        "RegisterImageUri",
-        default_value=project.register_image_uri,
-    )
+    image = runtime_image_uri(project)
     approval = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
     hyperparameters = {k: _hyperparameter_parameter(k, v) for k, v in config.model.hyperparameters.items()}
     thresholds = {
@@ -99,14 +97,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         if value is not None
     }
 
-    processor = SKLearnProcessor(
-        framework_version=SKLEARN_VERSION,
-        role=role,
-        instance_type=processing_instance,
-        instance_count=1,
-        base_job_name=project.job_name_prefix(name, "preprocess"),
-        sagemaker_session=session,
-    )
+    processor = script_processor(project, session, name, "preprocess", processing_instance)
     split_outputs = ["train", "validation", "test", "schema"]
     step_preprocess = ProcessingStep(
         name="PreprocessData",
@@ -147,8 +138,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     estimator = SKLearn(
         entry_point="train.py",
         source_dir=str(container_code("train")),
-        framework_version=SKLEARN_VERSION,
-        py_version="py3",
+        image_uri=image,
         role=role,
         instance_type=training_instance,
         instance_count=1,
@@ -172,14 +162,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     model_data = step_train.properties.ModelArtifacts.S3ModelArtifacts
 
     evaluation_report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
-    evaluator = SKLearnProcessor(
-        framework_version=SKLEARN_VERSION,
-        role=role,
-        instance_type=processing_instance,
-        instance_count=1,
-        base_job_name=project.job_name_prefix(name, "evaluate"),
-        sagemaker_session=session,
-    )
+    evaluator = script_processor(project, session, name, "evaluate", processing_instance)
     step_evaluate = ProcessingStep(
         name="EvaluateModel",
         step_args=evaluator.run(
@@ -222,15 +205,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         failure_parts += [f" {m}=", metric(m), f" (needs {'>=' if bound == 'min' else '<='} ", p, ");"]
     step_fail = FailStep(name="QualityGateFailed", error_message=Join(on="", values=failure_parts))
 
-    registrar = ScriptProcessor(
-        image_uri=register_image,
-        command=["python3"],
-        role=role,
-        instance_type=processing_instance,
-        instance_count=1,
-        base_job_name=project.job_name_prefix(name, "register"),
-        sagemaker_session=session,
-    )
+    registrar = script_processor(project, session, name, "register", processing_instance)
     registration = PropertyFile(name="Registration", output_name="registration", path="registration.json")
     step_register_mlflow = ProcessingStep(
         name="RegisterMlflowModel",
@@ -276,7 +251,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         # the package carries its MLflow version: the gate (triggered by the package) checks that one
         mlflow_version = JsonGet(step_name=step_register_mlflow.name, property_file=registration, json_path="version")
         if_steps.append(
-            _model_registry_step(config, project, session, model_data, evaluation_uri, approval, mlflow_version)
+            _model_registry_step(config, project, session, image, model_data, evaluation_uri, approval, mlflow_version)
         )
 
     step_gate = ConditionStep(
@@ -292,7 +267,6 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
             processing_instance,
             training_instance,
             tracking_uri,
-            register_image,
             approval,
             *[p for p in hyperparameters.values() if isinstance(p, Parameter)],
             *thresholds.values(),
@@ -306,20 +280,19 @@ def _model_registry_step(
     config: ModelConfig,
     project: Project,
     session: Session,
+    image: Any,
     model_data: Any,
     evaluation_uri: Any,
     approval: Any,
     mlflow_version: Any,
 ) -> ModelStep:
-    model = SKLearnModel(
+    """The Model Registry version: the trained artifact on the runtime image, whose entry point serves
+    it (`serve`: containers/inference baked in), so no repack step rewrites the artifact."""
+    model = Model(
+        image_uri=image,
         name=project.registered_model(config.name),
         model_data=model_data,
-        role=project.training_role_arn,
-        entry_point="inference.py",
-        source_dir=str(container_code("inference")),
-        framework_version=SKLEARN_VERSION,
-        py_version="py3",
-        code_location=f"s3://{project.bucket}/training-code/{config.name}",
+        role=project.inference_role_arn,
         sagemaker_session=session,
     )
     metrics = ModelMetrics(
@@ -345,14 +318,26 @@ def _model_registry_step(
     )
 
 
-def definition_json(config: ModelConfig, project: Project, *, local: bool = False, inference: bool = False) -> str:
-    """The JSON `upsert` would send, built offline: the SDK's code uploads go to moto.
+@dataclass(frozen=True)
+class ExportedDefinition:
+    """A definition as `upsert` would send it, and the step code it references: the objects the SDK
+    uploaded while building it (content-addressed keys under `training-code/{model}/`), which must be
+    in the bucket before an execution starts."""
+
+    json: str
+    code: dict[str, bytes]
+
+
+def export_definition(
+    config: ModelConfig, project: Project, *, local: bool = False, inference: bool = False
+) -> ExportedDefinition:
+    """Build offline: the SDK's code uploads go to an in-process moto S3 and are returned.
 
     `inference=True`: the daily batch-inference pipeline instead of the training pipeline.
     """
     from moto import mock_aws
 
-    from pipelines.sessions import aws_session, local_session
+    from pipelines.sessions import aws_session, code_prefix, local_session
 
     with mock_aws():
         if local:
@@ -361,14 +346,24 @@ def definition_json(config: ModelConfig, project: Project, *, local: bool = Fals
             session: Session = local_session(project, config.name, Path(tempfile.mkdtemp()))
         else:
             session = aws_session(project, config.name)
+        s3 = session.boto_session.client("s3")
         location = {} if project.region == "us-east-1" else {"LocationConstraint": project.region}
-        session.boto_session.client("s3").create_bucket(
-            Bucket=project.bucket, **({"CreateBucketConfiguration": location} if location else {})
-        )
+        s3.create_bucket(Bucket=project.bucket, **({"CreateBucketConfiguration": location} if location else {}))
         if inference:
             from pipelines.batch_definition import build_inference_pipeline
 
             pipeline = build_inference_pipeline(config, project, session)
         else:
             pipeline = build_pipeline(config, project, session, local=local)
-        return json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True)
+        text = json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True)
+        listed = s3.list_objects_v2(Bucket=project.bucket, Prefix=code_prefix(config.name) + "/")
+        code = {
+            item["Key"]: s3.get_object(Bucket=project.bucket, Key=item["Key"])["Body"].read()
+            for item in listed.get("Contents", [])
+        }
+    return ExportedDefinition(text, code)
+
+
+def definition_json(config: ModelConfig, project: Project, *, local: bool = False, inference: bool = False) -> str:
+    """The JSON `upsert` would send, built offline (no credentials, no network)."""
+    return export_definition(config, project, local=local, inference=inference).json

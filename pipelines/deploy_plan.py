@@ -12,12 +12,13 @@ import argparse
 import hashlib
 import json
 import shlex
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines import contract
 from pipelines.config import ModelConfig, load_config
-from pipelines.containers import asset_folder, lambda_handler_path
+from pipelines.containers import IMAGE_FILES, asset_folder, image_tag, lambda_handler_path
 from pipelines.state import ENVIRONMENTS, Project
 
 CONTRACT = Path(contract.__file__)
@@ -51,18 +52,23 @@ class Plan:
     uploads: list[tuple[Path, str]] = field(default_factory=list)
     lambdas: list[tuple[str, Path, str]] = field(default_factory=list)
     stacks: list[Stack] = field(default_factory=list)
+    image_context: tuple[Path, str] = (Path(), "")  # the runtime image's zipped build context and its key
 
     def commands(self) -> list[list[str]]:
         region, bucket = self.project.region, self.project.bucket
         lines: list[list[str]] = []
         for stack in self.stacks[:2]:  # bucket and roles first: everything else lives in or uses them
             lines.append(["run", *stack.deploy_command(region)])
+        archive, key = self.image_context  # then the runtime image, before anything that runs on it
+        lines.append(["upload", str(archive), f"s3://{bucket}/{key}"])
+        lines.append(["run", *self.stacks[2].deploy_command(region)])
+        lines.append(["build_image", self.project.image_build_project, self.project.image_repository, image_tag()])
         for kind, archive, key in self.lambdas:
             lines.append(["package_lambda", f"lambdas/{kind}", str(archive)])
             lines.append(["upload", str(archive), f"s3://{bucket}/{key}"])
         for path, key in self.uploads:
             lines.append(["upload", str(path), f"s3://{bucket}/{key}"])
-        for stack in self.stacks[2:]:
+        for stack in self.stacks[3:]:
             lines.append(["run", *stack.deploy_command(region)])
         for stack in self.stacks:
             lines.append(["outputs", region, stack.name])
@@ -76,9 +82,28 @@ def _digest(*paths: Path) -> str:
     return hasher.hexdigest()[:12]
 
 
+def _write_bytes(path: Path, body: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(body)
+    return path
+
+
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    return path
+
+
+def zip_image_context(out: Path) -> Path:
+    """The runtime image's build context as a zip (fixed timestamps: the same content, the same bytes)."""
+    path = out / "images" / f"runtime-{image_tag()}.zip"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in IMAGE_FILES:
+            source = asset_folder("containers") / name
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = (0o755 if name.endswith(".sh") else 0o644) << 16
+            archive.writestr(info, source.read_bytes(), zipfile.ZIP_DEFLATED)
     return path
 
 
@@ -90,13 +115,17 @@ def gate_settings(config: ModelConfig, project: Project) -> str:
 
 
 def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_arn: str) -> Plan:
-    from pipelines.definition import definition_json
+    from pipelines.definition import export_definition
     from pipelines.gate import GATE_FUNCTIONS, gate_definition_json
 
     plan = Plan(project=project, out=out)
     base = {"Project": project.prefix, "Environment": project.environment}
     plan.stacks.append(Stack(project.stack_name("training-bucket"), "training-bucket.yaml", base))
     plan.stacks.append(Stack(project.stack_name("iam-roles"), "iam-roles.yaml", base, ("CAPABILITY_NAMED_IAM",)))
+    context_key = f"images/runtime-{image_tag()}.zip"
+    plan.image_context = (zip_image_context(out), context_key)
+    images = {**base, "ImageTag": image_tag(), "ContextKey": context_key}
+    plan.stacks.append(Stack(project.stack_name("images"), "images.yaml", images, ("CAPABILITY_NAMED_IAM",)))
     code_keys = {}
     for kind in GATE_FUNCTIONS:
         handler = lambda_handler_path(kind)  # shipped with pipelines/contract.py, the gate's schema
@@ -120,15 +149,15 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
         )
     )
     for config in configs:
-        definition = _write(out / "pipelines" / f"{config.name}.json", definition_json(config, project) + "\n")
+        training, batch = export_definition(config, project), export_definition(config, project, inference=True)
+        definition = _write(out / "pipelines" / f"{config.name}.json", training.json + "\n")
         definition_key = f"pipelines/{config.name}/definition-{_digest(definition)}.json"
         plan.uploads.append((definition, definition_key))
-        inference = _write(
-            out / "pipelines" / f"{config.name}-inference.json",
-            definition_json(config, project, inference=True) + "\n",
-        )
+        inference = _write(out / "pipelines" / f"{config.name}-inference.json", batch.json + "\n")
         inference_key = f"pipelines/{config.name}/inference-{_digest(inference)}.json"
         plan.uploads.append((inference, inference_key))
+        for key, body in sorted({**training.code, **batch.code}.items()):  # the step code both reference
+            plan.uploads.append((_write_bytes(out / "code" / key, body), key))
         source = Path(config.data.source)
         if source.is_file():
             plan.uploads.append((source, config.staged_data_key))

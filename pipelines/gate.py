@@ -20,6 +20,7 @@ from stepfunctions.steps import Catch, Chain, Choice, ChoiceRule, Fail, Retry, S
 from stepfunctions.steps.states import Graph
 
 from pipelines.config import ModelConfig
+from pipelines.containers import locked_versions
 from pipelines.contract import DIGEST
 from pipelines.local.sfn_sdk_patch import cause_path, result_selector
 from pipelines.state import Project
@@ -59,6 +60,7 @@ def model_settings(config: ModelConfig, project: Project) -> dict[str, Any]:
             "inference_component_name": project.inference_component_name(model),
             "champion_artifact_uri": project.champion_artifact_uri(model),
         },
+        "runtime_libraries": locked_versions(),
     }
 
 

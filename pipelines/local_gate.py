@@ -26,7 +26,7 @@ from typing import Any
 import requests
 
 from pipelines.config import ModelConfig
-from pipelines.containers import SKLEARN_VERSION, lambda_handler_path
+from pipelines.containers import image_tag, lambda_handler_path
 from pipelines.gate import GATE_FUNCTIONS, deploy_definition, gate_definition, model_settings, substitute
 from pipelines.local import sfn_patch
 from pipelines.local.endpoints import EndpointManager
@@ -98,15 +98,9 @@ def _captured(module: ModuleType, log_path: Path) -> sfn_patch.Handler:
 
 
 def serving_container(project: Project, model_data_url: str) -> dict[str, Any]:
-    """The PrimaryContainer of a local deployment: the stock scikit-learn image with our handlers."""
-    from sagemaker import image_uris
-
-    image = image_uris.retrieve("sklearn", project.region, version=SKLEARN_VERSION, image_scope="inference")
-    return {
-        "Image": image,
-        "ModelDataUrl": model_data_url,
-        "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_CONTAINER_LOG_LEVEL": "20"},
-    }
+    """The PrimaryContainer of a local deployment: the runtime image (its entry point serves the model),
+    as the Model Registry version names it on AWS."""
+    return {"Image": project.image_uri(image_tag()), "ModelDataUrl": model_data_url}
 
 
 def gate_input(

@@ -68,6 +68,8 @@ class RunRecord:
     artifacts: dict[str, str] = field(default_factory=dict)
     attempt: str = ""  # the record's file name; run_id becomes the pipeline execution id once known
     owner: str = ""  # process token of the sagegate process running it
+    platform: str = "local"  # or "sagemaker": executed by SageMaker (remote_run), not by this machine
+    execution_arn: str | None = None  # SageMaker's pipeline execution (remote runs)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +82,7 @@ class RunRecord:
 
     def settled(self) -> RunRecord:
         """As `sagegate runs` shows it: a run whose process died mid-way is Stopped, not Executing."""
-        if self.status != "Executing" or (self.owner and process_alive(self.owner)):
+        if self.status != "Executing" or self.platform != "local" or (self.owner and process_alive(self.owner)):
             return self
         pid = self.owner.partition(":")[0] or "?"
         reason = f"the sagegate process (pid {pid}) ended before the run finished (killed or crashed)"

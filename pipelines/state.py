@@ -111,8 +111,17 @@ class Project:
         return f"s3://{self.bucket}/{self.champion_model_key(model)}"
 
     @property
-    def register_image_uri(self) -> str:
-        return f"{self.account}.dkr.ecr.{self.region}.amazonaws.com/{self.prefix}-register:latest"
+    def image_repository(self) -> str:
+        """The ECR repository of the runtime image (every job and the model server run on it)."""
+        return self.name("runtime")
+
+    @property
+    def image_build_project(self) -> str:
+        """The CodeBuild project that builds the runtime image (cloudformation/images.yaml)."""
+        return self.name("runtime-image")
+
+    def image_uri(self, tag: str) -> str:
+        return f"{self.account}.dkr.ecr.{self.region}.amazonaws.com/{self.image_repository}:{tag}"
 
 
 @dataclass(frozen=True)

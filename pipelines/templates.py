@@ -134,6 +134,7 @@ def render(name: str, parameters: dict[str, str]) -> dict[str, Any]:
 EXAMPLE_PARAMETERS: dict[str, dict[str, str]] = {
     "training-bucket.yaml": {},
     "iam-roles.yaml": {},
+    "images.yaml": {"ImageTag": "0123456789abcdef", "ContextKey": "images/runtime-0123456789abcdef.zip"},
     "gate.yaml": {
         "EvaluatorCodeKey": "lambdas/evaluator-0123abcd.zip",
         "PromoterCodeKey": "lambdas/promoter-0123abcd.zip",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Deploy sagegate to one AWS environment: training bucket, roles, deployment gate, and per model the
-# SageMaker pipeline, its schedules and its registration trigger.
+# Deploy sagegate to one AWS environment: training bucket, roles, the runtime image (built by CodeBuild:
+# no Docker here), deployment gate, and per model the SageMaker pipeline, its schedules and its
+# registration trigger.
 #
 #   scripts/deploy.sh [development|staging|production] [--region R] [--project P] [--dry-run]
 #
@@ -27,7 +28,7 @@ while [[ $# -gt 0 ]]; do
     --region) REGION="${2:?--region needs a value}"; shift ;;
     --project) PROJECT="${2:?--project needs a value}"; shift ;;
     --dry-run) DRY_RUN=true ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (expected development|staging|production, --region, --project, --dry-run)" ;;
   esac
   shift
@@ -78,6 +79,28 @@ package_lambda() {  # handler + its requirements for the Lambda runtime (python3
   run mkdir -p "$staging/pipelines"  # the gate's schema, shared with the model YAML
   run cp pipelines/__init__.py pipelines/contract.py "$staging/pipelines/"
   run "$PYTHON" -c "import shutil, sys; shutil.make_archive(sys.argv[1][:-4], 'zip', sys.argv[2])" "$archive" "$staging"
+}
+
+build_image() {  # CodeBuild builds the runtime image unless ECR already holds this content's tag
+  local build_project="$1" repository="$2" tag="$3" id status
+  if $DRY_RUN; then
+    echo "+ aws ecr describe-images --repository-name $repository --image-ids imageTag=$tag || aws codebuild start-build --project-name $build_project (then poll batch-get-builds)"
+    return
+  fi
+  if aws ecr describe-images --region "$REGION" --repository-name "$repository" --image-ids "imageTag=$tag" > /dev/null 2>&1; then
+    echo "image $repository:$tag exists: not rebuilt"
+    return
+  fi
+  id="$(aws codebuild start-build --region "$REGION" --project-name "$build_project" --query build.id --output text)"
+  echo "building $repository:$tag with CodeBuild ($id; about 5 minutes)"
+  while true; do
+    status="$(aws codebuild batch-get-builds --region "$REGION" --ids "$id" --query 'builds[0].buildStatus' --output text)"
+    case "$status" in
+      SUCCEEDED) echo "image $repository:$tag built"; return ;;
+      IN_PROGRESS) sleep 15 ;;
+      *) die "image build $id ended $status: see CloudWatch Logs /aws/codebuild/$build_project" ;;
+    esac
+  done
 }
 
 outputs() {

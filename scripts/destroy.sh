@@ -70,7 +70,7 @@ for model in "${MODELS[@]}"; do
   run aws cloudformation delete-stack --region "$REGION" --stack-name "$PREFIX-$model"
   run aws cloudformation wait stack-delete-complete --region "$REGION" --stack-name "$PREFIX-$model"
 done
-for stack in gate iam-roles; do
+for stack in gate images iam-roles; do
   run aws cloudformation delete-stack --region "$REGION" --stack-name "$PREFIX-$stack"
   run aws cloudformation wait stack-delete-complete --region "$REGION" --stack-name "$PREFIX-$stack"
 done

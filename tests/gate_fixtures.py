@@ -23,6 +23,18 @@ from pipelines.state import Project, StateHome
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def trained_with() -> dict[str, str]:
+    """The `library.*` tags a training job here records: the local (= runtime image) versions."""
+    import importlib.util
+
+    from pipelines.containers import container_code, locked_versions
+
+    spec = importlib.util.spec_from_file_location("train", container_code("train", "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    return {f"library.{name}": locked_versions()[name] for name in train.LIBRARIES}
+
+
 def breast_cancer(*overrides: str) -> ModelConfig:
     return load_config(ROOT / "models" / "breast-cancer.yaml", list(overrides))
 
@@ -55,5 +67,6 @@ def register_version(
         "sagemaker.pipeline_execution_id": execution,
         "model_data_uri": f"s3://{project.bucket}/{model_key}",
         **{f"metric.{k}": str(v) for k, v in metrics.items()},
+        **trained_with(),
     }
     return str(client.create_model_version(name, source=f"s3://{project.bucket}/{model_key}", tags=tags).version)

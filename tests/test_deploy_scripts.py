@@ -51,12 +51,25 @@ def test_dry_run_prints_every_command_in_dependency_order_and_calls_nothing(dry_
     assert stacks == [
         "sagegate-staging-training-bucket",
         "sagegate-staging-iam-roles",
+        "sagegate-staging-images",
         "sagegate-staging-gate",
         "sagegate-staging-breast-cancer",
         "sagegate-staging-friedman1",
     ]
     assert all("--no-fail-on-empty-changeset" in line and "--region eu-west-1" in line for line in deploys)
     assert "CAPABILITY_NAMED_IAM" in deploys[1]
+    # the runtime image: its build context uploaded, its stack, then a build only if ECR lacks the tag,
+    # all before the gate and the pipelines that run on it
+    from pipelines.containers import image_tag
+
+    lines = result.stdout.splitlines()
+    image_stack = next(i for i, line in enumerate(lines) if "--stack-name sagegate-staging-images" in line)
+    build = next(i for i, line in enumerate(lines) if "aws codebuild start-build" in line)
+    gate_stack = next(i for i, line in enumerate(lines) if "--stack-name sagegate-staging-gate" in line)
+    assert image_stack < build < gate_stack
+    assert f"ImageTag={image_tag()}" in lines[image_stack] and f"images/runtime-{image_tag()}.zip" in lines[image_stack]
+    assert f"--repository-name sagegate-staging-runtime --image-ids imageTag={image_tag()}" in lines[build]
+    assert "--project-name sagegate-staging-runtime-image" in lines[build]
     # the rendered parameters are printed
     assert "    Environment = staging" in result.stdout
     assert '"quality_gate":{"accuracy":{"min":0.85},"f1":{"min":0.85}}' in result.stdout
@@ -121,6 +134,7 @@ def test_destroy_keeps_retained_data_unless_asked(fake_aws: Path) -> None:
         "sagegate-production-breast-cancer",
         "sagegate-production-friedman1",
         "sagegate-production-gate",
+        "sagegate-production-images",
         "sagegate-production-iam-roles",
         "sagegate-production-training-bucket",
     ]
@@ -129,3 +143,34 @@ def test_destroy_keeps_retained_data_unless_asked(fake_aws: Path) -> None:
     development = script("destroy.sh", "development", "--dry-run", fake_aws=fake_aws)
     assert "s3 rm s3://sagegate-development-training --recursive" in development.stdout
     assert not (fake_aws / "calls").exists()
+
+
+def test_the_image_build_context_is_exactly_the_files_its_tag_hashes(dry_run) -> None:
+    import zipfile
+
+    from pipelines.containers import IMAGE_FILES, image_tag
+
+    _, out = dry_run
+    with zipfile.ZipFile(out / "images" / f"runtime-{image_tag()}.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(IMAGE_FILES)
+        for name in IMAGE_FILES:
+            assert archive.read(name) == (ROOT / "containers" / name).read_bytes()
+        assert archive.getinfo("entrypoint.sh").external_attr >> 16 == 0o755
+
+
+def test_every_object_a_deployed_definition_references_is_uploaded(dry_run) -> None:
+    """The step code the SDK uploads while building a definition (under moto, offline) is in the plan:
+    an execution on AWS finds every script and sourcedir.tar.gz its steps name."""
+    import re
+
+    _, out = dry_run
+    commands = (out / "commands.sh").read_text()
+    uploaded = set(re.findall(r"^upload \S+ (s3://\S+)$", commands, re.M))
+    for definition in (out / "pipelines").glob("*.json"):
+        text = json.loads(definition.read_text())
+        referenced = set(re.findall(r"s3://sagegate-staging-training/training-code/[^\"\\]+", json.dumps(text)))
+        assert referenced, definition.name
+        assert referenced <= uploaded, (definition.name, referenced - uploaded)
+        for uri in referenced:  # the bytes uploaded are the ones the definition was built with
+            key = uri.removeprefix("s3://sagegate-staging-training/")
+            assert (out / "code" / key).is_file()

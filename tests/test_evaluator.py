@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from pipelines.containers import locked_versions
 from pipelines.contract import DIGEST
 from pipelines.state import Project
+from tests.gate_fixtures import trained_with
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = Project()
@@ -65,7 +67,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     client = mlflow.MlflowClient(tracking_uri=tracking)
     client.create_registered_model(MODEL)
     for metrics in ({"accuracy": 0.97, "f1": 0.97}, {"accuracy": 0.9, "f1": 0.9}):
-        tags = {f"metric.{k}": str(v) for k, v in metrics.items()}
+        tags = {f"metric.{k}": str(v) for k, v in metrics.items()} | trained_with()
         client.create_model_version(MODEL, source="s3://x/model.tar.gz", tags=tags)
     client.set_registered_model_alias(MODEL, "champion", "1")
     with mock_aws():
@@ -103,6 +105,7 @@ def event(metrics: Any = None, **changes: Any) -> dict[str, Any]:
         "quality_gate": {"accuracy": {"min": 0.85}, "f1": {"min": 0.85}},
         "deployment": {"type": "serverless", "champion_tolerance": 0.1},
         "resources": resources(),
+        "runtime_libraries": locked_versions(),
         "poll_seconds": 0,
     }
     gate.update(changes)
@@ -350,3 +353,44 @@ def expected_decision(gate: Any, original_report: str) -> str:
             if shortfall > gate.deployment.champion_tolerance + 1e-9:
                 return "reject"
     return f"deploy_{gate.deployment.type}"
+
+
+def add_version(tags: dict[str, str]) -> str:
+    client = mlflow.MlflowClient()
+    return str(client.create_model_version(MODEL, source="s3://x/model.tar.gz", tags=tags).version)
+
+
+def test_a_model_trained_with_other_library_versions_is_rejected_naming_both(world) -> None:
+    trained = trained_with() | {"library.scikit-learn": "1.2.1"}
+    version = add_version({"metric.accuracy": "0.99", "metric.f1": "0.99"} | trained)
+    result = decide(event({"accuracy": 0.99, "f1": 0.99}, version=version))
+    serving = locked_versions()["scikit-learn"]
+    assert result["decision"] == "reject" and result["target"] is None
+    assert f"trained with scikit-learn 1.2.1, the serving image has scikit-learn {serving}" in result["reason"]
+
+
+def test_a_model_that_records_no_library_versions_is_rejected(world) -> None:
+    version = add_version({"metric.accuracy": "0.99", "metric.f1": "0.99"})
+    result = decide(event({"accuracy": 0.99, "f1": 0.99}, version=version))
+    assert result["decision"] == "reject" and "records no library versions" in result["reason"]
+
+
+def test_runtime_libraries_are_required_in_the_gate_input(world) -> None:
+    with pytest.raises(app.GateInputError, match=r"gate\.runtime_libraries"):
+        decide(event({"accuracy": 0.9, "f1": 0.9}, runtime_libraries={}))
+
+
+@pytest.mark.parametrize("kind", ["evaluator", "promoter"])
+def test_the_lambdas_resolve_a_managed_mlflow_arn_through_the_pinned_plugin(kind: str) -> None:
+    """On AWS the gate passes the tracking server's ARN as MLFLOW_TRACKING_URI: the Lambda package
+    carries sagemaker-mlflow at the version installed here, whose entry point turns the ARN into
+    the tracking server's signed REST endpoint (resolved offline: no call is made)."""
+    from importlib.metadata import entry_points, version
+
+    requirements = (ROOT / "lambdas" / kind / "requirements.txt").read_text().splitlines()
+    assert f"sagemaker-mlflow=={version('sagemaker-mlflow')}" in requirements
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:mlflow-tracking-server/sagegate-staging"
+    (store_class,) = [e.load() for e in entry_points(group="mlflow.tracking_store") if e.name == "arn"]
+    (registry_class,) = [e.load() for e in entry_points(group="mlflow.model_registry_store") if e.name == "arn"]
+    for store in (store_class(arn, None), registry_class(arn)):
+        assert store.get_host_creds().host == "https://eu-west-1.experiments.sagemaker.aws"

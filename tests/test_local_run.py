@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from pipelines.config import load_config
+from pipelines.containers import locked_versions
 from pipelines.local_run import RunError, list_records, run_local
 from pipelines.registry import list_versions
 from pipelines.state import Project, StateHome
@@ -65,6 +66,9 @@ def test_pipeline_runs_every_step_and_registers_in_mlflow(state, first_run):
     version = client.get_model_version("sagegate-development-breast-cancer", "1")
     assert version.tags["sagemaker.pipeline_execution_id"] == first_run.run_id
     assert len(version.tags["data.sha256"]) == 64
+    # one environment: the local training job ran on the runtime image's versions, and says so
+    libraries = {k.removeprefix("library."): v for k, v in version.tags.items() if k.startswith("library.")}
+    assert libraries and libraries == {name: locked_versions()[name] for name in libraries}
     run = client.get_run(version.run_id)
     assert run.data.params["max_depth"] == "5" and run.data.params["model_class"].endswith("RandomForestClassifier")
     assert run.data.metrics["accuracy"] == pytest.approx(first_run.metrics["accuracy"])
@@ -149,10 +153,16 @@ def test_bad_config_exits_2_with_the_field(state):
     assert "breast-cancer.yaml" in result.stderr and "max_depth" in result.stderr
 
 
-def test_sagemaker_platform_is_not_silently_run_locally(state, first_run):
+def test_sagemaker_platform_is_never_run_locally(state, first_run, monkeypatch):
+    """Without credentials a SageMaker run stops before anything starts, saying what to do."""
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     result = sagegate(state, "run", str(MODELS / "breast-cancer.yaml"), "--set", "training.platform=sagemaker")
-    assert result.returncode == 2
-    assert "training.platform is 'sagemaker'" in result.stderr
+    assert result.returncode == 1
+    assert "no AWS credentials: run `aws configure` or `aws sso login`" in result.stderr
     assert versions(state) == ["1"]
 
 

@@ -86,8 +86,9 @@ def statements(template: dict) -> list[dict]:
     return found
 
 
-def test_roles_are_least_privilege() -> None:
-    roles = render("iam-roles.yaml", {"Environment": "production"})
+@pytest.mark.parametrize("template", ["iam-roles.yaml", "images.yaml"])
+def test_roles_are_least_privilege(template: str) -> None:
+    roles = render(template, {"Environment": "production", **EXAMPLE_PARAMETERS[template]})
     text = json.dumps(roles)
     assert "FullAccess" not in text and "ManagedPolicyArns" not in text
     for statement in statements(roles):
@@ -102,6 +103,8 @@ def test_roles_are_least_privilege() -> None:
     assert all(
         s["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}} for s in pass_role
     )
+    if template != "iam-roles.yaml":
+        return
     training_pass = next(s for s in pass_role if s["Sid"] == "PassOnlyItself")
     assert training_pass["Resource"]["Fn::Sub"].endswith(":role/${Project}-${Environment}-sagemaker-training")
 
@@ -236,3 +239,28 @@ def test_the_role_arns_project_builds_are_the_roles_the_template_creates(project
     for arn in (project.training_role_arn, project.inference_role_arn):
         assert arn.startswith(f"arn:aws:iam::{project.account}:role/")
         assert arn.rpartition("/")[2] in created, (arn, created)
+
+
+def test_the_runtime_image_repository_is_scanned_immutable_encrypted_and_pruned() -> None:
+    project = Project(environment="staging")
+    rendered = render("images.yaml", {"Environment": "staging", **EXAMPLE_PARAMETERS["images.yaml"]})["Resources"]
+    repository = rendered["RuntimeRepository"]["Properties"]
+    assert repository["RepositoryName"]["Fn::Sub"].replace("${Project}-${Environment}", "sagegate-staging") == (
+        project.image_repository
+    )
+    assert repository["ImageTagMutability"] == "IMMUTABLE"  # a tag names one content (its hash)
+    assert repository["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    assert repository["EncryptionConfiguration"]["EncryptionType"] == "KMS"
+    rule = json.loads(repository["LifecyclePolicy"]["LifecyclePolicyText"])["rules"][0]
+    assert rule["selection"]["countType"] == "imageCountMoreThan" and rule["action"] == {"type": "expire"}
+    build = rendered["BuildProject"]["Properties"]
+    assert build["Name"]["Fn::Sub"].replace("${Project}-${Environment}", "sagegate-staging") == (
+        project.image_build_project
+    )
+    assert {v["Name"] for v in build["Environment"]["EnvironmentVariables"]} == {"REPOSITORY_URI", "IMAGE_TAG"}
+    assert "docker push" in build["Source"]["BuildSpec"] and build["Artifacts"] == {"Type": "NO_ARTIFACTS"}
+    # the SageMaker roles pull only this repository
+    roles = render("iam-roles.yaml", {"Environment": "staging"})
+    pulls = [s for s in statements(roles) if s.get("Sid") == "PullImages"]
+    assert len(pulls) == 2 and all(s["Resource"]["Fn::Sub"].endswith(":repository/${Project}-${Environment}-runtime")
+                                   for s in pulls)  # fmt: skip

@@ -17,7 +17,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import joblib
 import pandas as pd
@@ -30,7 +30,7 @@ def fail(message: str) -> None:
     sys.exit(f"ERROR: {message}")
 
 
-def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", default="/opt/ml/processing/model", help="holds model.tar.gz")
     parser.add_argument("--input-dir", default="/opt/ml/processing/input")
@@ -84,7 +84,7 @@ def predict_file(model: Any, metadata: dict, source: Path, target: Path, chunk_r
             out = chunk.copy()
             out["prediction"] = model.predict(rows.astype(float))
             if probabilities and hasattr(model, "predict_proba"):
-                for column, values in zip(model.classes_, model.predict_proba(rows.astype(float)).T):
+                for column, values in zip(model.classes_, model.predict_proba(rows.astype(float)).T, strict=True):
                     out[f"probability_{column}"] = values
             out.to_csv(partial, mode="a", header=index == 0, index=False)
             written += len(out)
@@ -98,7 +98,7 @@ def predict_file(model: Any, metadata: dict, source: Path, target: Path, chunk_r
     return written
 
 
-def main(argv: List[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         model, metadata = load_model(Path(args.model_dir))

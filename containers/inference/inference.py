@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import joblib
 import numpy as np
@@ -29,11 +29,11 @@ class RequestError(ValueError):
 class Model:
     """The fitted pipeline with what serving needs to know about it (from metadata.json)."""
 
-    def __init__(self, estimator: Any, metadata: Dict[str, Any]) -> None:
+    def __init__(self, estimator: Any, metadata: dict[str, Any]) -> None:
         self.estimator = estimator
-        self.features: List[str] = list(metadata.get("features") or getattr(estimator, "feature_names_in_", []))
+        self.features: list[str] = list(metadata.get("features") or getattr(estimator, "feature_names_in_", []))
         self.task: str = metadata.get("task", "classification" if hasattr(estimator, "classes_") else "regression")
-        self.classes: List[Any] = list(getattr(estimator, "classes_", metadata.get("classes") or []))
+        self.classes: list[Any] = list(getattr(estimator, "classes_", metadata.get("classes") or []))
         for step in getattr(estimator, "steps", [("model", estimator)]):
             if getattr(step[1], "n_jobs", None) not in (None, 1):
                 step[1].n_jobs = None  # a process pool per one-row request costs ~20 ms
@@ -46,7 +46,7 @@ def model_fn(model_dir: str) -> Model:
     return Model(estimator, metadata)
 
 
-def _records(items: List[Dict[str, Any]], model: Model) -> np.ndarray:
+def _records(items: list[dict[str, Any]], model: Model) -> np.ndarray:
     missing = [f for f in model.features if f not in items[0]]
     if missing:
         raise RequestError(f"record 0 is missing feature(s) {', '.join(missing[:5])}")
@@ -97,7 +97,7 @@ def _from_csv(body: bytes) -> np.ndarray:
         raise RequestError(f"CSV values must be numbers (no header row): {error}") from None
 
 
-def input_fn(body: bytes, content_type: str, model: Optional[Model] = None) -> np.ndarray:
+def input_fn(body: bytes, content_type: str, model: Model | None = None) -> np.ndarray:
     media = (content_type or "").split(";")[0].strip().lower()
     if not body:
         raise RequestError("empty request body")
@@ -128,21 +128,21 @@ def input_fn(body: bytes, content_type: str, model: Optional[Model] = None) -> n
     return rows
 
 
-def predict_fn(rows: np.ndarray, model: Model, probabilities: bool = False) -> Dict[str, Any]:
+def predict_fn(rows: np.ndarray, model: Model, probabilities: bool = False) -> dict[str, Any]:
     if model.features:
         import pandas as pd
 
         frame: Any = pd.DataFrame(rows, columns=model.features)
     else:
         frame = rows
-    result: Dict[str, Any] = {"predictions": model.estimator.predict(frame).tolist()}
+    result: dict[str, Any] = {"predictions": model.estimator.predict(frame).tolist()}
     if probabilities and model.task == "classification" and hasattr(model.estimator, "predict_proba"):
         result["probabilities"] = model.estimator.predict_proba(frame).tolist()
         result["classes"] = [c.item() if hasattr(c, "item") else c for c in model.classes]
     return result
 
 
-def output_fn(prediction: Dict[str, Any], accept: str) -> Tuple[bytes, str]:
+def output_fn(prediction: dict[str, Any], accept: str) -> tuple[bytes, str]:
     media = (accept or "application/json").split(";")[0].strip().lower()
     if media in ("application/json", "*/*", ""):
         return json.dumps(prediction).encode(), "application/json"

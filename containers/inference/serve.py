@@ -14,14 +14,15 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from collections.abc import Callable, Iterable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import inference  # this folder is the code directory, not a package
 
-StartResponse = Callable[[str, List[Tuple[str, str]]], Any]
-_model: Optional[inference.Model] = None
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+_model: inference.Model | None = None
 
 
 def load(model_dir: str) -> inference.Model:
@@ -31,8 +32,8 @@ def load(model_dir: str) -> inference.Model:
 
 
 def _answer(
-    start_response: StartResponse, status: int, body: bytes, content_type: str, extra: Dict[str, str]
-) -> List[bytes]:
+    start_response: StartResponse, status: int, body: bytes, content_type: str, extra: dict[str, str]
+) -> list[bytes]:
     reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
                413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error"}  # fmt: skip
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra.items()]
@@ -40,11 +41,11 @@ def _answer(
     return [body]
 
 
-def _error(start_response: StartResponse, status: int, message: str) -> List[bytes]:
+def _error(start_response: StartResponse, status: int, message: str) -> list[bytes]:
     return _answer(start_response, status, json.dumps({"error": message}).encode(), "application/json", {})
 
 
-def _read_body(environ: Dict[str, Any]) -> bytes:
+def _read_body(environ: dict[str, Any]) -> bytes:
     try:
         length = int(environ.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -56,7 +57,7 @@ def _read_body(environ: Dict[str, Any]) -> bytes:
     return environ["wsgi.input"].read(length) if length else b""
 
 
-def application(environ: Dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
     if path == "/ping":
         status = 200 if _model is not None else 500
@@ -78,7 +79,7 @@ def application(environ: Dict[str, Any], start_response: StartResponse) -> Itera
     return _answer(start_response, 200, payload, content_type, {})
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="serve", choices=["serve"], help="SageMaker runs `IMAGE serve`")
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))

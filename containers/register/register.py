@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         "data.rows": str(schema["source"]["rows"]),
         "model_class": metadata["model_class"],
         "model_data_uri": args.model_data_uri,
+        # the versions that trained it: the gate deploys it only onto an image with the same
+        **{f"library.{name}": version for name, version in metadata.get("libraries", {}).items()},
     }
     with mlflow.start_run(run_name=f"{args.registered_model_name}-{args.execution_id}", tags=tags) as run:
         mlflow.log_params({"model_class": metadata["model_class"], **metadata["hyperparameters"]})
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             name="model",
             serialization_format="cloudpickle",
             signature=signature(metadata),
-            pip_requirements=[f"scikit-learn=={sklearn.__version__}", "pandas", "joblib"],
+            pip_requirements=[f"{name}=={version}" for name, version in metadata.get("libraries", {}).items()]
+            or [f"scikit-learn=={sklearn.__version__}", "pandas", "joblib"],
         )
     # The version is created last, in one registry call with all its tags, and only once the
     # artifact is durable: a job killed at any moment leaves no version without its model.

@@ -2,7 +2,7 @@
 
 SageMaker passes hyperparameters as `--name value` arguments and the channels as
 `SM_CHANNEL_*` folders; the model goes to `SM_MODEL_DIR` and becomes model.tar.gz.
-Runs on the stock scikit-learn image: imports nothing from `pipelines/`.
+Runs on the project's runtime image (and locally in the same environment): imports nothing from `pipelines/`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ import joblib
 import pandas as pd
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+
+# What loading the pickled model depends on: recorded with it, so the gate deploys it only onto
+# an image with the same versions.
+LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
 
 
 class TrainingError(Exception):
@@ -50,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     if len(rest) % 2:
         raise TrainingError(f"hyperparameters must come as --name value pairs, got {rest}")
     hyperparameters = {}
-    for flag, value in zip(rest[::2], rest[1::2]):
+    for flag, value in zip(rest[::2], rest[1::2], strict=True):
         if not flag.startswith("--"):
             raise TrainingError(f"unexpected argument {flag!r}")
         hyperparameters[flag[2:]] = decode(value)
@@ -97,7 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = Path(args.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, model_dir / "model.joblib")
-    metadata = {**schema, "model_class": args.model_class, "hyperparameters": hyperparameters}
+    metadata = {
+        **schema,
+        "model_class": args.model_class,
+        "hyperparameters": hyperparameters,
+        "libraries": {library: version(library) for library in LIBRARIES},
+    }
     (model_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
     print(f"train: fitted {args.model_class} on {len(train)} rows with {hyperparameters}")
 

@@ -85,31 +85,52 @@ def _registry() -> Any:
 
 
 @tracer.capture_method
-def champion_of(gate: GateInput) -> dict[str, Any] | None:
-    """The version currently serving (MLflow alias `champion`) and its recorded metrics, or None when no
-    version carries the alias. An unregistered version is bad input; any other registry failure is a
-    RegistryError, which the gate turns into a rejection."""
+def read_registry(gate: GateInput) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """The challenger's recorded library versions (`library.*` tags) and the version currently serving
+    (MLflow alias `champion`) with its recorded metrics, or None when no version carries the alias.
+    An unregistered version is bad input; any other registry failure is a RegistryError, which the
+    gate turns into a rejection."""
     from mlflow.exceptions import MlflowException
 
     client = _registry()
     try:
-        client.get_model_version(gate.registered_model, gate.version)
+        challenger = client.get_model_version(gate.registered_model, gate.version)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise GateInputError(f"unknown model version: {gate.registered_model} version {gate.version}") from None
         raise RegistryError(f"{type(error).__name__}: {error}") from None
     except Exception as error:  # an unreachable or broken store: fail closed
         raise RegistryError(f"{type(error).__name__}: {error}") from None
+    libraries = {k.removeprefix("library."): v for k, v in (challenger.tags or {}).items() if k.startswith("library.")}
     try:
         aliases = client.get_registered_model(gate.registered_model).aliases or {}
         if "champion" not in aliases:
-            return None
+            return libraries, None
         champion = client.get_model_version(gate.registered_model, str(aliases["champion"]))
         tags = champion.tags or {}
         recorded = {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
     except Exception as error:
         raise RegistryError(f"{type(error).__name__}: {error}") from None
-    return {"version": str(champion.version), "metrics": recorded}
+    return libraries, {"version": str(champion.version), "metrics": recorded}
+
+
+def check_libraries(gate: GateInput, trained_with: dict[str, str]) -> list[str]:
+    """A model is deployed only onto the library versions it was trained with: a pickled scikit-learn
+    model may not load, or may predict differently, on others. Unrecorded versions fail closed."""
+    if not trained_with:
+        return [
+            f"{gate.registered_model} version {gate.version} records no library versions (library.* tags): "
+            "cannot show it loads on the serving image"
+        ]
+    reasons = []
+    for library, version in sorted(trained_with.items()):
+        serving = gate.runtime_libraries.get(library)
+        if serving != version:
+            reasons.append(
+                f"version {gate.version} was trained with {library} {version}, the serving image has "
+                f"{library} {serving or '(not installed)'}"
+            )
+    return reasons
 
 
 def check_thresholds(gate: GateInput, report: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
@@ -186,7 +207,8 @@ def evaluate(gate: GateInput, execution_name: str) -> dict[str, Any]:
         values, threshold_reasons = check_thresholds(gate, report)
         reasons += threshold_reasons
     try:
-        champion = champion_of(gate)
+        trained_with, champion = read_registry(gate)
+        reasons += check_libraries(gate, trained_with)
     except RegistryError as error:
         champion = None
         reasons.append(f"cannot read the champion of {gate.registered_model} from the model registry: {error}")

@@ -8,16 +8,20 @@ from typing import TYPE_CHECKING
 
 from pipelines.cli.common import EXIT_FAILED, EXIT_OK, AddParser, add_common, model_config, project, report_skipped
 from pipelines.cli.gate import print_verdict
-from pipelines.config import ConfigError, ModelConfig
-from pipelines.state import StateHome
+from pipelines.config import ModelConfig, load_config
+from pipelines.state import Project, StateHome
 
 if TYPE_CHECKING:  # the work modules import the SageMaker SDK: loaded by the commands that need them
     from pipelines.local_run import RunRecord
 
 
 def register(add: AddParser) -> None:
-    run = add("run", help="run the training pipeline locally on a model config, then the gate")
+    run = add("run", help="run the training pipeline (locally, then the gate; or on SageMaker)")
     add_common(run)
+    run.add_argument(
+        "--platform", choices=("local", "sagemaker"), help="where the pipeline runs (default: training.platform)"
+    )
+    run.add_argument("--no-wait", action="store_true", help="sagemaker: print the execution ARN and return")
     run.add_argument("--json", action="store_true", help="print the run record as JSON")
     run.set_defaults(handler=run_command)
 
@@ -42,15 +46,11 @@ def run_command(args: argparse.Namespace) -> int:
     from pipelines.local_gate import run_gate
     from pipelines.local_run import run_local
 
-    config = model_config(args)
-    if config.training.platform != "local":
-        raise ConfigError(
-            f"{args.config}: training.platform is {config.training.platform!r}; `sagegate run` executes the pipeline "
-            "locally. On AWS, upsert `get-pipeline-definition` output and call start-pipeline-execution, or run "
-            "locally with --set training.platform=local"
-        )
+    config = load_config(args.config, [*args.set, *([f"training.platform={args.platform}"] if args.platform else [])])
     names = project(args)
     home = StateHome.from_env()
+    if config.training.platform == "sagemaker":
+        return remote_run_command(args, config, names, home)
     if not args.json:
         print(f"sagegate run: {config.name} ({config.task}) — pipeline {names.pipeline_name(config.name)}, local mode")
     record = run_local(config, names, home, progress=None if args.json else print_progress)
@@ -67,6 +67,28 @@ def run_command(args: argparse.Namespace) -> int:
             brief = {k: v for k, v in execution.to_json().items() if k not in ("events", "definition", "input")}
         print(json.dumps({**record.to_json(), "deployment": brief}, indent=2))
     return EXIT_OK if execution and execution.status == "SUCCEEDED" else EXIT_FAILED
+
+
+def remote_run_command(args: argparse.Namespace, config: ModelConfig, names: Project, home: StateHome) -> int:
+    """On SageMaker the gate runs there too (the registration rule starts it): this follows the pipeline."""
+    from pipelines.remote_run import run_remote
+
+    pipeline = names.pipeline_name(config.name)
+    if not args.json:
+        print(f"sagegate run: {config.name} ({config.task}) — pipeline {pipeline} on SageMaker ({names.region})")
+    record = run_remote(config, names, home, wait=not args.no_wait, progress=None if args.json else print_progress)
+    if args.json:
+        print(json.dumps(record.to_json(), indent=2))
+    elif args.no_wait:
+        print(f"started {record.execution_arn}")
+        print(f"  follow: aws sagemaker describe-pipeline-execution --pipeline-execution-arn {record.execution_arn}")
+    else:
+        print(f"\nResult: {record.status} in {record.duration_seconds:.1f}s (execution {record.execution_arn})")
+        if record.failure_reason:
+            print(f"Reason: {record.failure_reason}")
+    if args.no_wait:
+        return EXIT_OK
+    return EXIT_OK if record.status == "Succeeded" else EXIT_FAILED
 
 
 def print_progress(step: str, status: str, seconds: float | None) -> None:
@@ -116,11 +138,11 @@ def runs_command(args: argparse.Namespace) -> int:
     if not records:
         print("no runs yet: try `sagegate run models/breast-cancer.yaml`")
         return EXIT_OK
-    print(f"{'RUN':<14} {'STARTED':<26} {'MODEL':<16} {'STATUS':<10} {'GATE':<7} {'VERSION':<8} REASON")
+    print(f"{'RUN':<14} {'STARTED':<26} {'MODEL':<16} {'WHERE':<10} {'STATUS':<10} {'GATE':<7} {'VERSION':<8} REASON")
     for r in records:
         reason = (r.failure_reason or "")[:70]
         print(
-            f"{r.run_id:<14} {r.started_at:<26} {r.model:<16} {r.status:<10} {r.gate or '-':<7} "
+            f"{r.run_id:<14} {r.started_at:<26} {r.model:<16} {r.platform:<10} {r.status:<10} {r.gate or '-':<7} "
             f"{r.registered_version or '-':<8} {reason}"
         )
     return EXIT_OK
