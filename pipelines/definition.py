@@ -76,6 +76,18 @@ def default_input_uri(config: ModelConfig, project: Project) -> str:
     return f"s3://{project.bucket}/{config.staged_data_key}"
 
 
+def _spot_and_checkpoints(config: ModelConfig, project: Project, execution: Any) -> dict[str, Any]:
+    """AWS only (the SDK's local mode refuses both): managed spot training and checkpoints, one
+    checkpoint prefix per execution so a new run never resumes an old run's state."""
+    training = config.training
+    arguments: dict[str, Any] = {}
+    if training.spot.enabled:
+        arguments.update(use_spot_instances=True, max_wait=training.spot.max_wait_seconds)
+    if training.checkpoints:
+        arguments["checkpoint_s3_uri"] = _s3(project, "checkpoints", config.name, execution)
+    return arguments
+
+
 def build_pipeline(config: ModelConfig, project: Project, session: Session, *, local: bool) -> Pipeline:
     name = config.name
     execution = ExecutionVariables.PIPELINE_EXECUTION_ID
@@ -149,6 +161,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         hyperparameters={"model_class": config.model.class_, **hyperparameters},
         sagemaker_session=session,
         disable_profiler=True,
+        **({} if local else _spot_and_checkpoints(config, project, execution)),
     )
     step_train = TrainingStep(
         name="TrainModel",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from pipelines.config import load_config
+from pipelines.config import ConfigError, load_config
 from pipelines.definition import REGISTER_STEP, definition_json
 from pipelines.state import Project
 from tests.conftest import MODELS
@@ -123,3 +124,53 @@ def test_model_package_carries_its_mlflow_version(aws):
             "PropertyFile": {"Get": "Steps.RegisterMlflowModel.PropertyFiles.Registration"},
         }
     }
+
+
+SPOT = ["training.spot.enabled=true", "training.spot.max_wait_seconds=7200", "training.checkpoints=true"]
+
+
+def test_spot_training_and_checkpoints_reach_the_aws_training_job():
+    config = load_config(MODELS / "breast-cancer.yaml", SPOT)
+    train = next(s for s in json.loads(definition_json(config, Project()))["Steps"] if s["Name"] == "TrainModel")
+    arguments = train["Arguments"]
+    assert arguments["EnableManagedSpotTraining"] is True
+    assert arguments["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    uri = arguments["CheckpointConfig"]["S3Uri"]
+    assert uri == {
+        "Std:Join": {
+            "On": "/",
+            "Values": [
+                "s3:/",
+                "sagegate-development-training",
+                "checkpoints",
+                "breast-cancer",
+                {"Get": "Execution.PipelineExecutionId"},
+            ],
+        }
+    }
+
+
+def test_the_local_variant_leaves_out_only_what_local_mode_refuses():
+    config = load_config(MODELS / "breast-cancer.yaml", SPOT)
+    aws = json.loads(definition_json(config, Project()))
+    local = json.loads(definition_json(config, Project(), local=True))
+    train = next(s for s in aws["Steps"] if s["Name"] == "TrainModel")["Arguments"]
+    for key in ("EnableManagedSpotTraining", "CheckpointConfig"):
+        train.pop(key)
+    train["StoppingCondition"].pop("MaxWaitTimeInSeconds")
+    gate = next(s for s in aws["Steps"] if s["Name"] == "CheckQualityGate")
+    gate["Arguments"]["IfSteps"] = [s for s in gate["Arguments"]["IfSteps"] if not s["Name"].startswith(REGISTER_STEP)]
+    assert local == aws
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["training.spot.enabled=true"], "spot.max_wait_seconds is required when spot.enabled"),
+        (["training.spot.enabled=true", "training.spot.max_wait_seconds=60"],
+         "spot.max_wait_seconds (60) must be >= max_runtime_seconds (3600)"),
+    ],
+)  # fmt: skip
+def test_spot_settings_sagemaker_refuses_are_refused_naming_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(MODELS / "breast-cancer.yaml", overrides)
