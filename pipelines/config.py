@@ -29,13 +29,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Channel = Literal["train", "validation", "test"]
+
+
 class DataConfig(_Strict):
-    source: str = Field(min_length=1)
+    """One `source` split by the fractions, or `channels`: train/test (and validation) given apart."""
+
+    source: str | None = Field(None, min_length=1)
+    channels: dict[Channel, str] | None = None
     target: str = Field(min_length=1)
     features: list[str] | None = None
     test_fraction: float = Field(0.2, gt=0, lt=1)
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     random_state: int = 42
+
+    @model_validator(mode="after")
+    def _one_way_to_give_the_data(self) -> DataConfig:
+        if (self.source is None) == (self.channels is None):
+            raise ValueError("give either data.source (one file, split by the fractions) or data.channels, not both")
+        if self.channels is not None and not {"train", "test"} <= set(self.channels):
+            raise ValueError("data.channels needs train and test (validation is optional)")
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> DataConfig:
@@ -119,9 +133,17 @@ class ModelConfig(_Strict):
         check_hyperparameters(estimator, self.model.hyperparameters)
         return self
 
-    @property
-    def staged_data_key(self) -> str:
-        return f"training-data/{self.name}/data.csv"
+    def data_inputs(self) -> dict[str, tuple[str, str]]:
+        """The pipeline's data parameters: name → (where the data is: a local path or an s3:// URI,
+        the key it is staged under in the training bucket when local)."""
+        prefix = f"training-data/{self.name}"
+        if self.data.channels:
+            return {
+                f"{channel.capitalize()}DataUri": (source, f"{prefix}/{channel}.csv")
+                for channel, source in sorted(self.data.channels.items())
+            }
+        assert self.data.source is not None  # the validator allows one of the two
+        return {"InputDataUri": (self.data.source, f"{prefix}/data.csv")}
 
 
 def load_estimator_class(dotted: str) -> type:
@@ -217,11 +239,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> ModelCo
 
 def _resolve_source(config: ModelConfig, path: Path) -> ModelConfig:
     """Local data paths are relative to the project (the folder above `models/`)."""
-    source = config.data.source
-    if source.startswith("s3://") or Path(source).is_absolute():
-        return config
     base = path.resolve().parent.parent if path.resolve().parent.name == "models" else Path.cwd()
-    data = config.data.model_copy(update={"source": str((base / source).resolve())})
+
+    def resolved(source: str) -> str:
+        return source if source.startswith("s3://") or Path(source).is_absolute() else str((base / source).resolve())
+
+    data = config.data
+    if data.source is not None:
+        data = data.model_copy(update={"source": resolved(data.source)})
+    if data.channels is not None:
+        data = data.model_copy(update={"channels": {c: resolved(s) for c, s in data.channels.items()}})
     return config.model_copy(update={"data": data})
 
 

@@ -8,6 +8,7 @@ leave it out and rely on the MLflow register job, which runs in both modes.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,34 @@ def _s3(project: Project, *parts: Any) -> Join:
     return Join(on="/", values=["s3:/", project.bucket, *parts])
 
 
-def default_input_uri(config: ModelConfig, project: Project) -> str:
-    if config.data.source.startswith("s3://"):
-        return config.data.source
-    return f"s3://{project.bucket}/{config.staged_data_key}"
+def input_uris(config: ModelConfig, project: Project) -> dict[str, str]:
+    """Each data parameter's default: the s3:// source as given, a local file where it is staged."""
+    return {
+        parameter: source if source.startswith("s3://") else f"s3://{project.bucket}/{key}"
+        for parameter, (source, key) in config.data_inputs().items()
+    }
+
+
+def stage_inputs(config: ModelConfig, project: Project, upload: Callable[[Path, str], None]) -> dict[str, str]:
+    """Upload every local data file to its key (`upload(path, key)`); the data parameters' values.
+    A missing file raises FileNotFoundError naming the YAML field, before anything is uploaded."""
+    fields = {f"{c.capitalize()}DataUri": f"data.channels.{c}" for c in ("train", "validation", "test")}
+    local = {
+        parameter: (Path(source), key)
+        for parameter, (source, key) in config.data_inputs().items()
+        if not source.startswith("s3://")
+    }
+    for parameter, (path, _) in local.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{fields.get(parameter, 'data.source')}: file not found: {path}")
+    for path, key in local.values():
+        upload(path, key)
+    return input_uris(config, project)
+
+
+def _input_folder(parameter: str) -> str:
+    """`InputDataUri` → `data` (one source, split by the job); `TrainDataUri` → `train` (a channel)."""
+    return "data" if parameter == "InputDataUri" else parameter.removesuffix("DataUri").lower()
 
 
 def _spot_and_checkpoints(config: ModelConfig, project: Project, execution: Any) -> dict[str, Any]:
@@ -93,7 +118,9 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     execution = ExecutionVariables.PIPELINE_EXECUTION_ID
     role = project.training_role_arn
 
-    input_uri = ParameterString("InputDataUri", default_value=default_input_uri(config, project))
+    data_parameters = {
+        name: ParameterString(name, default_value=uri) for name, uri in input_uris(config, project).items()
+    }
     processing_instance = ParameterString(
         "ProcessingInstanceType", default_value=config.training.processing_instance_type
     )
@@ -115,7 +142,10 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         name="PreprocessData",
         step_args=processor.run(
             code=str(container_code("preprocess", "preprocess.py")),
-            inputs=[ProcessingInput(source=input_uri, destination=f"{PROCESSING_ROOT}/input/data")],
+            inputs=[
+                ProcessingInput(source=parameter, destination=f"{PROCESSING_ROOT}/input/{_input_folder(name)}")
+                for name, parameter in data_parameters.items()
+            ],
             outputs=[
                 ProcessingOutput(
                     output_name=part,
@@ -126,7 +156,8 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
             ],
             arguments=[
                 "--input-dir",
-                f"{PROCESSING_ROOT}/input/data",
+                f"{PROCESSING_ROOT}/input" if config.data.channels else f"{PROCESSING_ROOT}/input/data",
+                *(["--channels", ",".join(sorted(config.data.channels))] if config.data.channels else []),
                 "--output-dir",
                 f"{PROCESSING_ROOT}/output",
                 "--target",
@@ -276,7 +307,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     return Pipeline(
         name=project.pipeline_name(name),
         parameters=[
-            input_uri,
+            *data_parameters.values(),
             processing_instance,
             training_instance,
             tracking_uri,

@@ -158,9 +158,9 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
         plan.uploads.append((inference, inference_key))
         for key, body in sorted({**training.code, **batch.code}.items()):  # the step code both reference
             plan.uploads.append((_write_bytes(out / "code" / key, body), key))
-        source = Path(config.data.source)
-        if source.is_file():
-            plan.uploads.append((source, config.staged_data_key))
+        for source, key in config.data_inputs().values():  # the data the weekly run trains on
+            if Path(source).is_file():
+                plan.uploads.append((Path(source), key))
         plan.stacks.append(
             Stack(
                 project.stack_name(config.name),
@@ -170,7 +170,6 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
                     "ModelName": config.name,
                     "PipelineDefinitionKey": definition_key,
                     "InferencePipelineDefinitionKey": inference_key,
-                    "InputDataKey": config.staged_data_key,
                     "GateSettings": gate_settings(config, project),
                 },
             )

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ModelConfig
-from pipelines.definition import build_pipeline
+from pipelines.definition import build_pipeline, stage_inputs
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import (
@@ -70,6 +70,19 @@ class RunRecord:
     owner: str = ""  # process token of the sagegate process running it
     platform: str = "local"  # or "sagemaker": executed by SageMaker (remote_run), not by this machine
     execution_arn: str | None = None  # SageMaker's pipeline execution (remote runs)
+
+    @classmethod
+    def starting(cls, config: ModelConfig, project: Project, run_id: str, **fields: Any) -> RunRecord:
+        """A record as its run starts: Executing, stamped now."""
+        return cls(
+            run_id=run_id,
+            model=config.name,
+            pipeline=project.pipeline_name(config.name),
+            status="Executing",
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            duration_seconds=0.0,
+            **fields,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,15 +141,11 @@ class _RecordProgress:
             self.progress(step, status, seconds)
 
 
-def _stage_data(config: ModelConfig, project: Project, s3: LocalS3) -> str:
-    source = config.data.source
-    if source.startswith("s3://"):
-        return source
-    path = Path(source)
-    if not path.is_file():
-        raise RunError(f"data.source: file not found: {path}")
-    s3.client.upload_file(str(path), project.bucket, config.staged_data_key)
-    return f"s3://{project.bucket}/{config.staged_data_key}"
+def _stage_data(config: ModelConfig, project: Project, s3: LocalS3) -> dict[str, str]:
+    try:
+        return stage_inputs(config, project, lambda path, key: s3.client.upload_file(str(path), project.bucket, key))
+    except FileNotFoundError as error:
+        raise RunError(str(error)) from None
 
 
 def _ensure_experiment(home: StateHome, name: str) -> None:
@@ -177,13 +186,10 @@ def run_local(
     attempt = uuid.uuid4().hex[:12]
     logs = home.runs / "logs" / attempt
     scratch = home.jobs / attempt  # this run's job containers; concurrent runs have their own
-    record = RunRecord(
-        run_id=attempt,
-        model=config.name,
-        pipeline=project.pipeline_name(config.name),
-        status="Executing",
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        duration_seconds=0.0,
+    record = RunRecord.starting(
+        config,
+        project,
+        attempt,
         parameters=dict(parameters or {}),
         attempt=attempt,
         owner=process_token(),
@@ -204,7 +210,7 @@ def run_local(
         with LocalS3(home.s3, project.region) as s3:
             s3.ensure_bucket(project.bucket)
             values = {
-                "InputDataUri": _stage_data(config, project, s3),
+                **_stage_data(config, project, s3),
                 "MlflowTrackingUri": home.mlflow_tracking_uri,
                 **(parameters or {}),
             }

@@ -12,15 +12,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from pipelines.config import ModelConfig
-from pipelines.definition import export_definition
+from pipelines.definition import export_definition, stage_inputs
 from pipelines.local_run import Progress, RunRecord, StepRecord, save_record
 from pipelines.state import Project, StateHome
 
@@ -70,14 +68,12 @@ def start(config: ModelConfig, project: Project, session: boto3.Session) -> str:
     """Upload, upsert, start: the new execution's ARN."""
     role = preflight(session, project)
     s3 = session.client("s3")
-    if config.data.source.startswith("s3://"):
-        input_uri = config.data.source
-    else:
-        source = Path(config.data.source)
-        if not source.is_file():
-            raise RemoteRunError(f"data.source {source}: no such file")
-        s3.upload_file(str(source), project.bucket, config.staged_data_key, ExtraArgs=SSE)
-        input_uri = f"s3://{project.bucket}/{config.staged_data_key}"
+    try:
+        inputs = stage_inputs(
+            config, project, lambda path, key: s3.upload_file(str(path), project.bucket, key, ExtraArgs=SSE)
+        )
+    except FileNotFoundError as error:
+        raise RemoteRunError(str(error)) from None
     exported = export_definition(config, project)
     _upload_missing(s3, project.bucket, exported.code)
     sagemaker = session.client("sagemaker")
@@ -90,7 +86,7 @@ def start(config: ModelConfig, project: Project, session: boto3.Session) -> str:
         sagemaker.update_pipeline(PipelineName=name, PipelineDefinition=exported.json, RoleArn=role)
     started = sagemaker.start_pipeline_execution(
         PipelineName=name,
-        PipelineParameters=[{"Name": "InputDataUri", "Value": input_uri}],
+        PipelineParameters=[{"Name": name, "Value": uri} for name, uri in inputs.items()],
         ClientRequestToken=uuid.uuid4().hex,
     )
     return str(started["PipelineExecutionArn"])
@@ -149,14 +145,11 @@ def run_remote(
     began = time.monotonic()
     arn = start(config, project, session)
     execution_id = arn.rsplit("/", 1)[-1]
-    record = RunRecord(
-        run_id=execution_id,
-        model=config.name,
-        pipeline=project.pipeline_name(config.name),
-        status="Executing",
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        duration_seconds=0.0,
-        parameters={"InputDataUri": config.data.source},
+    record = RunRecord.starting(
+        config,
+        project,
+        execution_id,
+        parameters={name: source for name, (source, _) in config.data_inputs().items()},
         attempt=f"sagemaker-{execution_id}",
         platform="sagemaker",
         execution_arn=arn,

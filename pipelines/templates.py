@@ -145,7 +145,6 @@ EXAMPLE_PARAMETERS: dict[str, dict[str, str]] = {
         "ModelName": "breast-cancer",
         "PipelineDefinitionKey": "pipelines/breast-cancer/definition-0123abcd.json",
         "InferencePipelineDefinitionKey": "pipelines/breast-cancer/inference-0123abcd.json",
-        "InputDataKey": "training-data/breast-cancer/data.csv",
         "GateSettings": '"task": "classification", "quality_gate": {"accuracy": {"min": 0.85}}, '
         '"deployment": {"type": "serverless"}',
     },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,26 @@ def test_bad_config_is_rejected_with_the_field_and_file(tmp_path, text, override
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"missing\.yaml: model config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.channels.train=a.csv", "data.channels.test=b.csv"], "give either data.source"),
+        (["data.source=null"], "give either data.source"),
+        (["data.source=null", "data.channels.train=a.csv"], "data.channels needs train and test"),
+        (["data.source=null", "data.channels.holdout=a.csv"], "data.channels.holdout"),
+    ],
+)
+def test_data_is_one_source_or_named_channels(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(MODELS / "breast-cancer.yaml", overrides)
+
+
+def test_channel_paths_resolve_like_the_source():
+    config = load_config(
+        MODELS / "breast-cancer.yaml",
+        ["data.source=null", "data.channels.train=data/a.csv", "data.channels.test=s3://b/t.csv"],
+    )
+    assert config.data.channels == {"train": str(MODELS.parent / "data" / "a.csv"), "test": "s3://b/t.csv"}
+    assert set(config.data_inputs()) == {"TrainDataUri", "TestDataUri"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -150,3 +151,41 @@ def load_job_file(folder: str, script: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_channels(tmp_path: Path, channels: dict[str, str], monkeypatch) -> Path:
+    for channel, text in channels.items():
+        (tmp_path / "input" / channel).mkdir(parents=True)
+        (tmp_path / "input" / channel / f"{channel}.csv").write_text(text)
+    failure = tmp_path / "sm-output"
+    failure.mkdir()
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(failure))
+    output = tmp_path / "output"
+    preprocess.main(["--input-dir", str(tmp_path / "input"), "--output-dir", str(output), "--target", "label",
+                     "--task", "classification", "--channels", ",".join(sorted(channels))])  # fmt: skip
+    return output
+
+
+def test_channels_are_kept_as_given_not_split(tmp_path, monkeypatch):
+    rows = GOOD_ROWS.splitlines(keepends=True)
+    output = run_channels(tmp_path, {"train": "".join(rows[:31]), "test": rows[0] + "".join(rows[31:])}, monkeypatch)
+    assert len(pd.read_csv(output / "train" / "train.csv")) == 30
+    assert len(pd.read_csv(output / "test" / "test.csv")) == 10
+    assert (output / "validation").is_dir() and not any((output / "validation").iterdir())
+    schema = json.loads((output / "schema" / "schema.json").read_text())
+    assert schema["rows"] == {"train": 30, "test": 10} and schema["source"]["files"] == ["test.csv", "train.csv"]
+
+
+@pytest.mark.parametrize(
+    ("test_text", "expected"),
+    [
+        ("a,label\n1,0\n2,1\n", "channel test: missing column(s) b"),
+        ("a,b,c,label\n1,2,3,0\n2,3,4,1\n", "channel test: column(s) c not in channel train"),
+        ("a,b,label\n1,x,0\n2,3,1\n", "channel test: column 'b' has a non-numeric value 'x' at data row 1"),
+    ],
+)
+def test_a_channel_that_does_not_match_train_is_named_with_its_column(tmp_path, monkeypatch, test_text, expected):
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        run_channels(tmp_path, {"train": GOOD_ROWS, "test": test_text}, monkeypatch)
+    assert expected in (tmp_path / "sm-output" / "message").read_text()
+    assert not (tmp_path / "output").exists()

@@ -174,3 +174,18 @@ def test_the_local_variant_leaves_out_only_what_local_mode_refuses():
 def test_spot_settings_sagemaker_refuses_are_refused_naming_the_field(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(MODELS / "breast-cancer.yaml", overrides)
+
+
+def test_channels_become_one_parameter_and_one_processing_input_each():
+    channels = ["data.source=null", "data.channels.train=data/train.csv", "data.channels.test=s3://elsewhere/test.csv"]
+    definition = json.loads(definition_json(load_config(MODELS / "breast-cancer.yaml", channels), Project()))
+    defaults = {p["Name"]: p.get("DefaultValue") for p in definition["Parameters"]}
+    assert defaults["TrainDataUri"] == "s3://sagegate-development-training/training-data/breast-cancer/train.csv"
+    assert defaults["TestDataUri"] == "s3://elsewhere/test.csv" and "InputDataUri" not in defaults
+    preprocess = next(s for s in definition["Steps"] if s["Name"] == "PreprocessData")["Arguments"]
+    inputs = {i["S3Input"]["LocalPath"]: i["S3Input"]["S3Uri"] for i in preprocess["ProcessingInputs"]}
+    assert inputs["/opt/ml/processing/input/train"] == {"Get": "Parameters.TrainDataUri"}
+    assert inputs["/opt/ml/processing/input/test"] == {"Get": "Parameters.TestDataUri"}
+    arguments = preprocess["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--channels") + 1] == "test,train"
+    assert arguments[arguments.index("--input-dir") + 1] == "/opt/ml/processing/input"

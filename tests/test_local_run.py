@@ -208,3 +208,23 @@ def test_training_past_its_max_runtime_is_stopped_naming_the_limit(state, first_
     assert "MaxRuntimeExceeded" in train.failure_reason and "MaxRuntimeInSeconds=1" in train.failure_reason
     assert "MaxRuntimeExceeded" in record.failure_reason
     assert versions(state) == before
+
+
+def test_data_given_as_channels_reaches_each_split_as_given(tmp_path):
+    """data.channels: train and test files apart (no split); each is staged under its own key and
+    is its own pipeline parameter."""
+    rows = pd.read_csv(DATA / "breast_cancer.csv")
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    rows.iloc[:400].to_csv(train, index=False)
+    rows.iloc[400:].to_csv(test, index=False)
+    overrides = ["data.source=null", f"data.channels.train={train}", f"data.channels.test={test}"]
+    home = StateHome(tmp_path / "state")
+    record = run_local(load_config(MODELS / "breast-cancer.yaml", overrides), Project(), home)
+    assert record.status == "Succeeded", record.failure_reason
+    bucket = "s3://sagegate-development-training/training-data/breast-cancer"
+    assert record.parameters["TrainDataUri"] == f"{bucket}/train.csv"
+    assert record.parameters["TestDataUri"] == f"{bucket}/test.csv"
+    assert "InputDataUri" not in record.parameters
+    splits = Path(record.artifacts["splits"])
+    assert len(pd.read_csv(splits / "train" / "train.csv")) == 400
+    assert len(pd.read_csv(splits / "test" / "test.csv")) == len(rows) - 400

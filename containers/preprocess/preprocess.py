@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument("--random-state", type=int, default=42)
+    parser.add_argument(
+        "--channels", default="", help="comma-separated: the data comes split, one folder per channel under --input-dir"
+    )
     return parser.parse_args(argv)
 
 
@@ -164,22 +167,51 @@ def split(frame: pd.DataFrame, args: argparse.Namespace, target: str, name: str)
     return parts
 
 
+def read_channels(input_dir: Path, channels: list[str]) -> tuple[dict[str, pd.DataFrame], list[Path]]:
+    """The data as given split: `input_dir/{channel}/*.csv`; every channel has the train channel's columns."""
+    frames: dict[str, pd.DataFrame] = {}
+    files: list[Path] = []
+    for channel in channels:
+        frames[channel], found = read_csvs(input_dir / channel)
+        files += found
+    reference = list(frames["train"].columns)
+    for channel, frame in frames.items():
+        missing = [c for c in reference if c not in frame.columns]
+        extra = [c for c in frame.columns if c not in reference]
+        if missing or extra:
+            problems = [f"missing column(s) {', '.join(map(str, missing))}"] if missing else []
+            problems += [f"column(s) {', '.join(map(str, extra))} not in channel train"] if extra else []
+            raise DataError(f"channel {channel}: {'; '.join(problems)}")
+    return frames, files
+
+
+def prepare(frame: pd.DataFrame, name: str, args: argparse.Namespace, features: list[str]) -> pd.DataFrame:
+    frame = coerce_numeric(frame, name, features)
+    return check_target(frame, name, args.target, args.task)[[*features, args.target]]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    requested = [f.strip() for f in args.features.split(",") if f.strip()]
     try:
-        frame, files = read_csvs(Path(args.input_dir))
-        name = files[0].name if len(files) == 1 else f"{len(files)} files in {args.input_dir}"
-        requested = [f.strip() for f in args.features.split(",") if f.strip()]
-        features = check_columns(frame, name, args.target, requested)
-        frame = coerce_numeric(frame, name, features)
-        frame = check_target(frame, name, args.target, args.task)[[*features, args.target]]
-        parts = split(frame, args, args.target, name)
+        if args.channels:
+            given, files = read_channels(Path(args.input_dir), args.channels.split(","))
+            features = check_columns(given["train"], "channel train", args.target, requested)
+            parts = {channel: prepare(frame, f"channel {channel}", args, features) for channel, frame in given.items()}
+            frame = pd.concat(parts.values(), ignore_index=True)
+        else:
+            frame, files = read_csvs(Path(args.input_dir))
+            name = files[0].name if len(files) == 1 else f"{len(files)} files in {args.input_dir}"
+            features = check_columns(frame, name, args.target, requested)
+            frame = prepare(frame, name, args, features)
+            parts = split(frame, args, args.target, name)
     except DataError as error:
         fail(str(error))
         return
     output = Path(args.output_dir)
-    for part, rows in parts.items():
+    for part in ("train", "validation", "test"):  # every declared output exists, validation maybe empty
         (output / part).mkdir(parents=True, exist_ok=True)
+    for part, rows in parts.items():
         rows.to_csv(output / part / f"{part}.csv", index=False)
     digest = hashlib.sha256()
     for path in files:

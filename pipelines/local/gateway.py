@@ -182,10 +182,16 @@ class Gateway:
                 logging.getLogger(__name__).exception("gateway housekeeping failed")
 
     def shutdown(self) -> None:
+        """Stop every model server at once (each may take its 5 s grace): a gateway serving many models
+        stops in seconds, well inside gunicorn's graceful timeout."""
         self._stop.set()
-        for server in list(self.servers.values()):
-            server.stop()
-        self.metrics.write(list(self.servers.values()))
+        servers = list(self.servers.values())
+        stoppers = [threading.Thread(target=server.stop) for server in servers]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+        self.metrics.write(servers)
 
 
 def serve(port: int, threads: int = 64) -> None:
@@ -202,6 +208,7 @@ def serve(port: int, threads: int = 64) -> None:
                 "worker_class": "gthread",
                 "threads": threads,
                 "timeout": 120,
+                "graceful_timeout": 10,  # in-flight invocations finish; idle keep-alive clients do not hold it
                 "keepalive": 75,
                 "accesslog": None,
                 "errorlog": "-",
@@ -323,10 +330,13 @@ def stop_gateway(home: StateHome, timeout: float = 20) -> bool:
     token = info.get("process") or str(info["pid"])
     os.kill(info["pid"], signal.SIGTERM)
     deadline = time.monotonic() + timeout
+    killed = False
     while process_alive(token):
         if time.monotonic() > deadline:
-            os.killpg(info["pid"], signal.SIGKILL)
-            break
+            if killed:
+                raise OSError(f"the gateway (pid {info['pid']}) survived SIGKILL")
+            os.killpg(info["pid"], signal.SIGKILL)  # its model servers are reaped by the next gateway
+            killed, deadline = True, time.monotonic() + 5
         time.sleep(0.05)
     gateway_file(home).unlink(missing_ok=True)
     return True
