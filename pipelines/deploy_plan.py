@@ -16,12 +16,10 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import contract
 from pipelines.config import ModelConfig, load_config
-from pipelines.containers import IMAGE_FILES, asset_folder, image_tag, lambda_handler_path
+from pipelines.containers import IMAGE_FILES, asset_folder, image_tag
+from pipelines.lambda_package import package_digest
 from pipelines.state import ENVIRONMENTS, Project
-
-CONTRACT = Path(contract.__file__)
 
 
 @dataclass
@@ -64,7 +62,7 @@ class Plan:
         lines.append(["run", *self.stacks[2].deploy_command(region)])
         lines.append(["build_image", self.project.image_build_project, self.project.image_repository, image_tag()])
         for kind, archive, key in self.lambdas:
-            lines.append(["package_lambda", f"lambdas/{kind}", str(archive)])
+            lines.append(["package_lambda", kind, str(archive)])
             lines.append(["upload", str(archive), f"s3://{bucket}/{key}"])
         for path, key in self.uploads:
             lines.append(["upload", str(path), f"s3://{bucket}/{key}"])
@@ -128,8 +126,7 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
     plan.stacks.append(Stack(project.stack_name("images"), "images.yaml", images, ("CAPABILITY_NAMED_IAM",)))
     code_keys = {}
     for kind in GATE_FUNCTIONS:
-        handler = lambda_handler_path(kind)  # shipped with pipelines/contract.py, the gate's schema
-        key = f"lambdas/{kind}-{_digest(handler, handler.with_name('requirements.txt'), CONTRACT)}.zip"
+        key = f"lambdas/{kind}-{package_digest(kind)}.zip"
         plan.lambdas.append((kind, out / "lambdas" / f"{kind}.zip", key))
         code_keys[kind] = key
     asl = _write(out / "gate.asl.json", gate_definition_json() + "\n")

@@ -69,16 +69,8 @@ upload() {  # content-addressed keys: an object that is already there is not upl
   fi
 }
 
-package_lambda() {  # handler + its requirements for the Lambda runtime (python3.12, x86_64)
-  local source="$1" archive="$2" staging
-  staging="$(dirname "$archive")/$(basename "$source")"
-  run rm -rf "$staging"
-  run "$PYTHON" -m pip install --quiet --target "$staging" --platform manylinux2014_x86_64 \
-    --python-version 3.12 --implementation cp --only-binary=:all: -r "$source/requirements.txt"
-  run cp "$source/app.py" "$staging/"
-  run mkdir -p "$staging/pipelines"  # the gate's schema, shared with the model YAML
-  run cp pipelines/__init__.py pipelines/contract.py "$staging/pipelines/"
-  run "$PYTHON" -c "import shutil, sys; shutil.make_archive(sys.argv[1][:-4], 'zip', sys.argv[2])" "$archive" "$staging"
+package_lambda() {  # handler + its pinned requirements for the Lambda runtime (pipelines/lambda_package.py)
+  run "$PYTHON" -m pipelines.lambda_package "$1" "$2"
 }
 
 build_image() {  # CodeBuild builds the runtime image unless ECR already holds this content's tag
