@@ -8,7 +8,9 @@ leave it out and rely on the MLflow register job, which runs in both modes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -372,6 +374,20 @@ class ExportedDefinition:
     code: dict[str, bytes]
 
 
+@contextmanager
+def _offline() -> Iterator[None]:
+    """In-process moto, with any AWS_ENDPOINT_URL* set aside: moto intercepts only AWS's own hosts, so
+    a client pointed elsewhere (a moto server, LocalStack) would receive the SDK's uploads for real."""
+    from moto import mock_aws
+
+    endpoints = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith("AWS_ENDPOINT_URL")}
+    try:
+        with mock_aws():
+            yield
+    finally:
+        os.environ.update(endpoints)
+
+
 def export_definition(
     config: ModelConfig, project: Project, *, local: bool = False, inference: bool = False
 ) -> ExportedDefinition:
@@ -379,11 +395,9 @@ def export_definition(
 
     `inference=True`: the daily batch-inference pipeline instead of the training pipeline.
     """
-    from moto import mock_aws
-
     from pipelines.sessions import aws_session, code_prefix, local_session
 
-    with mock_aws():
+    with _offline():
         if local:
             import tempfile
 

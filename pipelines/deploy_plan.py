@@ -62,8 +62,7 @@ class Plan:
         lines.append(["run", *self.stacks[2].deploy_command(region)])
         lines.append(["build_image", self.project.image_build_project, self.project.image_repository, image_tag()])
         for kind, archive, key in self.lambdas:
-            lines.append(["package_lambda", kind, str(archive)])
-            lines.append(["upload", str(archive), f"s3://{bucket}/{key}"])
+            lines.append(["package_lambda", kind, str(archive), f"s3://{bucket}/{key}"])
         for path, key in self.uploads:
             lines.append(["upload", str(path), f"s3://{bucket}/{key}"])
         for stack in self.stacks[3:]:

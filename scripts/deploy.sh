@@ -59,18 +59,29 @@ run() {
   $DRY_RUN || "$@"
 }
 
-upload() {  # content-addressed keys: an object that is already there is not uploaded again
-  local file="$1" uri="$2" bucket key
-  bucket="${uri#s3://}"; key="${bucket#*/}"; bucket="${bucket%%/*}"
+exists() {  # s3://bucket/key is already there (content-addressed: then it holds this content)
+  local bucket="${1#s3://}"
+  aws s3api head-object --region "$REGION" --bucket "${bucket%%/*}" --key "${bucket#*/}" > /dev/null 2>&1
+}
+
+upload() {  # an object that is already there is not uploaded again
   if $DRY_RUN; then
-    echo "+ aws s3api head-object --bucket $bucket --key $key || aws s3 cp $file $uri --sse aws:kms"
-  elif ! aws s3api head-object --region "$REGION" --bucket "$bucket" --key "$key" > /dev/null 2>&1; then
-    run aws s3 cp --region "$REGION" "$file" "$uri" --sse aws:kms --only-show-errors
+    echo "+ aws s3api head-object ($2) || aws s3 cp $1 $2 --sse aws:kms"
+  elif ! exists "$2"; then
+    run aws s3 cp --region "$REGION" "$1" "$2" --sse aws:kms --only-show-errors
   fi
 }
 
-package_lambda() {  # handler + its pinned requirements for the Lambda runtime (pipelines/lambda_package.py)
-  run "$PYTHON" -m pipelines.lambda_package "$1" "$2"
+package_lambda() {  # handler + pinned requirements for the Lambda runtime, built and uploaded unless there
+  local kind="$1" archive="$2" uri="$3"
+  if $DRY_RUN; then
+    echo "+ aws s3api head-object ($uri) || { python -m pipelines.lambda_package $kind $archive; aws s3 cp $archive $uri --sse aws:kms; }"
+  elif exists "$uri"; then
+    echo "lambda package $uri exists: not rebuilt"
+  else
+    run "$PYTHON" -m pipelines.lambda_package "$kind" "$archive"
+    upload "$archive" "$uri"
+  fi
 }
 
 build_image() {  # CodeBuild builds the runtime image unless ECR already holds this content's tag

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from moto.cloudformation.models import CloudFormationBackend
 from moto.s3.models import S3Backend
 from moto.stepfunctions.parser.asl.parse import preprocessor
 from stepfunctions.steps import Fail
 
-from pipelines.local import pins, s3_patch, sdk_patch, sfn_patch
+from pipelines.local import cfn_patch, pins, s3_patch, sdk_patch, sfn_patch
 from pipelines.local.sfn_sdk_patch import cause_path
 
 
@@ -28,6 +29,70 @@ def test_the_moto_patches_refuse_another_moto(other_versions: None, tmp_path) ->
     with pytest.raises(pins.PatchedVersionError, match="moto"):
         s3_patch.install(tmp_path)
     assert S3Backend.put_object is s3_patch._original_put
+    with pytest.raises(pins.PatchedVersionError, match="moto"):
+        cfn_patch.install()
+    assert CloudFormationBackend.execute_change_set is cfn_patch._original_execute
+
+
+EXPORTING = """
+Resources:
+  Queue: {Type: AWS::SQS::Queue, Properties: {QueueName: !Ref Name}}
+Parameters:
+  Name: {Type: String}
+  Retention: {Type: Number, Default: 60}
+Outputs:
+  QueueArn: {Value: !GetAtt Queue.Arn, Export: {Name: !Sub "${Name}-arn"}}
+"""
+IMPORTING = """
+Resources:
+  Topic: {Type: AWS::SNS::Topic, Properties: {TopicName: !Select [5, !Split [":", !ImportValue shared-arn]]}}
+"""
+
+
+def deploy(cloudformation, stack: str, body: str, parameters: dict[str, str], kind: str) -> dict:
+    """What `aws cloudformation deploy` does: a change set, waited for, executed unless empty."""
+    names = [{"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()]
+    if kind == "UPDATE":  # the CLI sends every other template parameter as UsePreviousValue
+        names += [{"ParameterKey": "Retention", "UsePreviousValue": True}] if "Retention" in body else []
+    change_set = cloudformation.create_change_set(
+        StackName=stack, ChangeSetName=f"c{len(cloudformation.list_change_sets(StackName=stack)['Summaries'])}"
+        if kind == "UPDATE" else "c0", TemplateBody=body, Parameters=names, ChangeSetType=kind,
+    )  # fmt: skip
+    described = cloudformation.describe_change_set(ChangeSetName=change_set["Id"])
+    if described["Status"] == "CREATE_COMPLETE":
+        cloudformation.execute_change_set(ChangeSetName=change_set["Id"])
+    return described
+
+
+def test_change_sets_publish_exports_and_an_unchanged_redeploy_is_empty() -> None:
+    import boto3
+    from moto import mock_aws
+
+    cfn_patch.install()
+    try:
+        with mock_aws():
+            cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+            deploy(cloudformation, "shared", EXPORTING, {"Name": "shared"}, "CREATE")
+            exports = {e["Name"]: e["Value"] for e in cloudformation.list_exports()["Exports"]}
+            assert exports["shared-arn"] == "arn:aws:sqs:us-east-1:123456789012:shared"
+            deploy(cloudformation, "user", IMPORTING, {}, "CREATE")  # an import by a change-set stack
+            assert (
+                boto3.client("sns", region_name="us-east-1").list_topics()["Topics"][0]["TopicArn"].endswith(":shared")
+            )
+            again = deploy(cloudformation, "shared", EXPORTING, {"Name": "shared"}, "UPDATE")
+            assert again["Status"] == "FAILED" and "didn't contain changes" in again["StatusReason"]
+            deploy(cloudformation, "solo", EXPORTING, {"Name": "solo"}, "CREATE")  # exported, imported by none
+            renamed = EXPORTING.replace("-arn", "-queue-arn")
+            changed = deploy(cloudformation, "solo", renamed, {"Name": "solo"}, "UPDATE")
+            assert changed["Status"] == "CREATE_COMPLETE"
+            exports = {e["Name"] for e in cloudformation.list_exports()["Exports"]}
+            assert "solo-queue-arn" in exports and "solo-arn" not in exports  # a renamed export is replaced
+    finally:
+        cfn_patch.uninstall()
+    with mock_aws():  # unpatched moto publishes no export from a change set: why the patch exists
+        cloudformation = boto3.client("cloudformation", region_name="us-east-1")
+        deploy(cloudformation, "shared", EXPORTING, {"Name": "shared"}, "CREATE")
+        assert "Exports" not in cloudformation.list_exports() or not cloudformation.list_exports()["Exports"]
 
 
 def test_the_sdk_patch_refuses_another_sagemaker(other_versions: None) -> None:

@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,57 +21,27 @@ from pipelines.remote_run import RemoteRunError, follow, preflight
 from pipelines.state import Project, StateHome
 from pipelines.templates import render
 from tests.conftest import MODELS
+from tests.moto_server import moto_server
 
 PROJECT = Project()
 PIPELINE = "sagegate-development-breast-cancer-training"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def aws(tmp_path_factory: pytest.TempPathFactory):
     """A moto server with the development environment's bucket and roles stacks deployed."""
-    port = free_port()  # its own process: nothing shared with in-process moto elsewhere in the suite
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"the moto server did not answer on {url} within 30 s")
-            time.sleep(0.1)
-    environment = {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    patch = pytest.MonkeyPatch()
-    for key, value in environment.items():
-        patch.setenv(key, value)
-    cloudformation = boto3.client("cloudformation")
-    for stack, template in (("training-bucket", "training-bucket.yaml"), ("iam-roles", "iam-roles.yaml")):
-        cloudformation.create_stack(
-            StackName=PROJECT.stack_name(stack),
-            TemplateBody=json.dumps(render(template, {"Environment": "development"})),
-            Parameters=[{"ParameterKey": "Environment", "ParameterValue": "development"}],
-            Capabilities=["CAPABILITY_NAMED_IAM"],
-        )
-    yield environment, StateHome(tmp_path_factory.mktemp("remote") / "state")
-    patch.undo()
-    server.terminate()
-    server.wait(timeout=10)
+    with moto_server() as environment, pytest.MonkeyPatch.context() as patch:
+        for key, value in environment.items():
+            patch.setenv(key, value)
+        cloudformation = boto3.client("cloudformation")
+        for stack, template in (("training-bucket", "training-bucket.yaml"), ("iam-roles", "iam-roles.yaml")):
+            cloudformation.create_stack(
+                StackName=PROJECT.stack_name(stack),
+                TemplateBody=json.dumps(render(template, {"Environment": "development"})),
+                Parameters=[{"ParameterKey": "Environment", "ParameterValue": "development"}],
+                Capabilities=["CAPABILITY_NAMED_IAM"],
+            )
+        yield environment, StateHome(tmp_path_factory.mktemp("remote") / "state")
 
 
 def sagegate(home: StateHome, environment: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,151 @@
+"""`scripts/deploy.sh development`, end to end, with the real AWS CLI against a moto server.
+
+Two deploys share one server: the first creates everything in dependency order, the second must
+change nothing. moto stands in for what it emulates; for the two things it does not do, the test
+does them, openly: it creates the CodeBuild project (moto's CloudFormation skips that type) and,
+after the first build, pushes the image tag into ECR (moto's CodeBuild does not run buildspecs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pipelines.containers import image_tag
+from pipelines.state import Project
+from pipelines.templates import render
+from tests.moto_server import moto_server
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = Project()
+TEMPLATES = {  # stack → template, in the order deploy.sh must create them
+    PROJECT.stack_name("training-bucket"): "training-bucket.yaml",
+    PROJECT.stack_name("iam-roles"): "iam-roles.yaml",
+    PROJECT.stack_name("images"): "images.yaml",
+    PROJECT.stack_name("gate"): "gate.yaml",
+    PROJECT.stack_name("breast-cancer"): "model.yaml",
+    PROJECT.stack_name("friedman1"): "model.yaml",
+}
+# Resource types moto 5.2.5's CloudFormation does not create (it warns and goes on). Everything
+# else in every template must exist after the deploy; a moto upgrade that adds one fails this list.
+SKIPPED_BY_MOTO = {
+    "AWS::S3::BucketPolicy",
+    "AWS::CodeBuild::Project",
+    "AWS::IAM::RolePolicy",
+    "AWS::SageMaker::Pipeline",
+    "AWS::Scheduler::Schedule",
+    "AWS::SQS::QueuePolicy",
+}
+MLFLOW_ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/sagegate-development"
+
+
+def deploy(environment: dict[str, str], build: Path) -> subprocess.CompletedProcess:
+    variables = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    variables.update(environment)
+    # the project's AWS CLI (setup.cfg's test extra) and nothing else of this machine's
+    variables["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    variables["SAGEGATE_BUILD_DIR"] = str(build)
+    variables["SAGEGATE_MLFLOW_TRACKING_SERVER_ARN"] = MLFLOW_ARN
+    return subprocess.run(
+        [str(ROOT / "scripts" / "deploy.sh"), "development"], capture_output=True, text=True, env=variables, cwd=ROOT
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory):
+    build = tmp_path_factory.mktemp("build")
+    with moto_server() as environment, pytest.MonkeyPatch.context() as patch:
+        for key, value in environment.items():
+            patch.setenv(key, value)
+        boto3.client("codebuild").create_project(  # the stack's project, which moto does not create
+            name=PROJECT.image_build_project,
+            source={"type": "S3", "location": "unused"},
+            artifacts={"type": "NO_ARTIFACTS"},
+            environment={
+                "type": "LINUX_CONTAINER",
+                "image": "aws/codebuild/standard:7.0",
+                "computeType": "BUILD_GENERAL1_MEDIUM",
+            },
+            serviceRole="arn:aws:iam::123456789012:role/unused",
+        )
+        first = deploy(environment, build)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr
+        cloudformation = boto3.client("cloudformation")
+        after_first = {s["StackName"]: s for s in cloudformation.describe_stacks()["Stacks"]}
+        boto3.client("ecr").put_image(  # what the buildspec's `docker push` does on AWS
+            repositoryName=PROJECT.image_repository,
+            imageManifest=json.dumps({"schemaVersion": 2, "config": {"digest": "sha256:" + "0" * 64}, "layers": []}),
+            imageManifestMediaType="application/vnd.docker.distribution.manifest.v2+json",
+            imageTag=image_tag(),
+        )
+        second = deploy(environment, build)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr
+        yield {"first": first, "second": second, "after_first": after_first, "build": build / "deploy" / "development"}
+
+
+def test_stacks_are_created_in_dependency_order_and_their_outputs_printed(deployed) -> None:
+    stacks = deployed["after_first"]
+    assert set(stacks) == set(TEMPLATES)
+    created = sorted(stacks, key=lambda name: stacks[name]["CreationTime"])
+    assert created == list(TEMPLATES)
+    assert all(stack["StackStatus"] == "CREATE_COMPLETE" for stack in stacks.values())
+    output = deployed["first"].stdout
+    exports = {e["Name"]: e.get("Value") for e in boto3.client("cloudformation").list_exports()["Exports"]}
+    assert exports["sagegate-development-training-bucket-name"] == "sagegate-development-training"
+    printed = ("training-bucket-name", "gate-lambda-role-arn", "runtime-repository-uri", "deployment-gate-arn")
+    for name in (f"sagegate-development-{export}" for export in printed):
+        assert name in exports and exports[name] in output  # printed by the outputs table
+    assert "building sagegate-development-runtime:" in output and f"{image_tag()} built" in output
+    assert "done: development deployed" in output
+
+
+def test_every_resource_exists_except_the_types_moto_skips(deployed) -> None:
+    cloudformation = boto3.client("cloudformation")
+    skipped: set[str] = set()
+    for stack_name, template in TEMPLATES.items():
+        stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
+        parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+        expected = render(template, parameters)["Resources"]  # conditions resolved for these parameters
+        summaries = cloudformation.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
+        present = {summary["LogicalResourceId"] for summary in summaries} - {""}  # moto lists a skipped resource nameless
+        assert present <= set(expected)
+        skipped |= {resource["Type"] for name, resource in expected.items() if name not in present}
+        for name in set(expected) - present:
+            assert expected[name]["Type"] in SKIPPED_BY_MOTO, f"{stack_name}: {name} ({expected[name]['Type']}) missing"
+    assert skipped == SKIPPED_BY_MOTO
+
+
+def test_the_functions_and_artifacts_are_the_ones_the_plan_built(deployed) -> None:
+    s3 = boto3.client("s3")
+    functions = boto3.client("lambda")
+    gate = boto3.client("cloudformation").describe_stacks(StackName=PROJECT.stack_name("gate"))["Stacks"][0]
+    parameters = {p["ParameterKey"]: p["ParameterValue"] for p in gate["Parameters"]}
+    definition = s3.get_object(Bucket=PROJECT.bucket, Key=parameters["DefinitionKey"])["Body"].read()
+    assert definition == (deployed["build"] / "gate.asl.json").read_bytes()
+    for kind, key in (("evaluator", "EvaluatorCodeKey"), ("promoter", "PromoterCodeKey")):
+        package = s3.get_object(Bucket=PROJECT.bucket, Key=parameters[key])["Body"].read()
+        assert package == (deployed["build"] / "lambdas" / f"{kind}.zip").read_bytes()
+        function = functions.get_function(FunctionName=f"sagegate-development-gate-{kind}")["Configuration"]
+        assert function["Runtime"] == "python3.12"
+        assert function["Environment"]["Variables"]["MLFLOW_TRACKING_URI"] == MLFLOW_ARN
+    context = s3.head_object(Bucket=PROJECT.bucket, Key=f"images/runtime-{image_tag()}.zip")
+    assert context["ServerSideEncryption"] == "aws:kms"
+
+
+def test_a_second_deploy_changes_nothing(deployed) -> None:
+    output = deployed["second"].stdout
+    for stack in TEMPLATES:
+        assert f"No changes to deploy. Stack {stack} is up to date" in output
+    assert "Successfully created/updated stack" not in output
+    assert "aws s3 cp" not in output  # every artifact is content-addressed and already there
+    assert f"image sagegate-development-runtime:{image_tag()} exists: not rebuilt" in output
+    assert output.count("exists: not rebuilt") == 3  # the image and both Lambda packages
+    stacks = {s["StackName"]: s for s in boto3.client("cloudformation").describe_stacks()["Stacks"]}
+    for name, before in deployed["after_first"].items():
+        assert stacks[name].get("LastUpdatedTime") == before.get("LastUpdatedTime")
