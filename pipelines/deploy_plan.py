@@ -117,11 +117,12 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
 
     plan = Plan(project=project, out=out)
     base = {"Project": project.prefix, "Environment": project.environment}
-    plan.stacks.append(Stack(project.stack_name("training-bucket"), "training-bucket.yaml", base))
-    plan.stacks.append(Stack(project.stack_name("iam-roles"), "iam-roles.yaml", base, ("CAPABILITY_NAMED_IAM",)))
+    named = {**base, "GlobalNameSuffix": project.global_suffix}  # templates that name global resources
+    plan.stacks.append(Stack(project.stack_name("training-bucket"), "training-bucket.yaml", named))
+    plan.stacks.append(Stack(project.stack_name("iam-roles"), "iam-roles.yaml", named, ("CAPABILITY_NAMED_IAM",)))
     context_key = f"images/runtime-{image_tag()}.zip"
     plan.image_context = (zip_image_context(out), context_key)
-    images = {**base, "ImageTag": image_tag(), "ContextKey": context_key}
+    images = {**named, "ImageTag": image_tag(), "ContextKey": context_key}
     plan.stacks.append(Stack(project.stack_name("images"), "images.yaml", images, ("CAPABILITY_NAMED_IAM",)))
     code_keys = {}
     for kind in GATE_FUNCTIONS:
@@ -136,7 +137,7 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
             project.stack_name("gate"),
             "gate.yaml",
             {
-                **base,
+                **named,
                 "EvaluatorCodeKey": code_keys["evaluator"],
                 "PromoterCodeKey": code_keys["promoter"],
                 "DefinitionKey": definition_key,
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project", default="sagegate")
     parser.add_argument("--region", required=True)
     parser.add_argument("--account", default="123456789012")
+    parser.add_argument("--primary-region", help="the region whose bucket and role names carry no region suffix")
     parser.add_argument("--mlflow-tracking-server-arn", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--models", type=Path, default=asset_folder("models"))
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.logs import quiet_sdk_logs
 
     quiet_sdk_logs()
-    project = Project(args.project, args.environment, args.region, args.account)
+    project = Project(args.project, args.environment, args.region, args.account, args.primary_region)
     configs = [load_config(path) for path in sorted(args.models.glob("*.yaml"))]
     plan = build_plan(project, args.out, configs, args.mlflow_tracking_server_arn)
     write_commands(plan)

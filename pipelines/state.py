@@ -19,12 +19,18 @@ ENVIRONMENTS = ("development", "staging", "production")
 
 @dataclass(frozen=True)
 class Project:
-    """Naming of every AWS resource: `{project}-{env}-...`."""
+    """Naming of every AWS resource: `{project}-{env}-...`.
+
+    An environment can be deployed to several regions (an endpoint near its users, training where
+    the data is). Most names are regional and repeat as they are; S3 bucket and IAM role names are
+    global, so outside the primary region they end in `-{region}` (`primary_region` None: this one).
+    """
 
     prefix: str = DEFAULT_PROJECT
     environment: str = DEFAULT_ENVIRONMENT
     region: str = DEFAULT_REGION
     account: str = DEFAULT_ACCOUNT
+    primary_region: str | None = None
 
     def __post_init__(self) -> None:
         if self.environment not in ENVIRONMENTS:
@@ -37,6 +43,7 @@ class Project:
             environment=os.environ.get("SAGEGATE_ENVIRONMENT", DEFAULT_ENVIRONMENT),
             region=os.environ.get("AWS_DEFAULT_REGION", DEFAULT_REGION),
             account=os.environ.get("SAGEGATE_ACCOUNT_ID", DEFAULT_ACCOUNT),
+            primary_region=os.environ.get("SAGEGATE_PRIMARY_REGION") or None,
         )
 
     # Every `{project}-{env}-...` name is built here and nowhere else.
@@ -45,8 +52,16 @@ class Project:
         return "-".join((self.prefix, self.environment, *parts))
 
     @property
+    def global_suffix(self) -> str:
+        """ "" in the primary region, "-{region}" elsewhere: for globally unique names only."""
+        return "" if self.primary_region in (None, self.region) else f"-{self.region}"
+
+    @property
     def bucket(self) -> str:
-        return self.name("training")
+        return self.name("training") + self.global_suffix
+
+    def role_name(self, role: str) -> str:
+        return self.name(role) + self.global_suffix
 
     def pipeline_name(self, model: str) -> str:
         return self.name(model, "training")
@@ -88,7 +103,7 @@ class Project:
         return f"arn:aws:sagemaker:{self.region}:{self.account}:mlflow-tracking-server/{self.name('mlflow')}"
 
     def role_arn(self, role: str) -> str:
-        return f"arn:aws:iam::{self.account}:role/{self.name(role)}"
+        return f"arn:aws:iam::{self.account}:role/{self.role_name(role)}"
 
     @property
     def training_role_arn(self) -> str:

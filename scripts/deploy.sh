@@ -3,9 +3,12 @@
 # no Docker here), deployment gate, and per model the SageMaker pipeline, its schedules and its
 # registration trigger.
 #
-#   scripts/deploy.sh [development|staging|production] [--region R] [--project P] [--dry-run]
+#   scripts/deploy.sh [development|staging|production] [--region R] [--primary-region R] [--project P] [--dry-run]
 #
-# Needs: make install (the .venv), the AWS CLI v2 with credentials, a region, and
+# Several regions: deploy each with --region; --primary-region (or SAGEGATE_PRIMARY_REGION) names the
+# one whose bucket and role names carry no region suffix (S3 and IAM names are global).
+#
+# Needs: make install (the .venv), the AWS CLI (v1 or v2) with credentials, a region, and
 # SAGEGATE_MLFLOW_TRACKING_SERVER_ARN (the SageMaker managed MLflow server holding the registry).
 # --dry-run prints every command and the rendered parameters and calls nothing on AWS.
 # Idempotent: artifact keys are content hashes and stacks deploy with --no-fail-on-empty-changeset.
@@ -17,6 +20,7 @@ cd "$ROOT"
 ENVIRONMENT=development
 REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
 PROJECT="${SAGEGATE_PROJECT:-sagegate}"
+PRIMARY_REGION="${SAGEGATE_PRIMARY_REGION:-}"
 DRY_RUN=false
 BUILD="${SAGEGATE_BUILD_DIR:-$ROOT/build}"
 
@@ -26,10 +30,11 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     development|staging|production) ENVIRONMENT="$1" ;;
     --region) REGION="${2:?--region needs a value}"; shift ;;
+    --primary-region) PRIMARY_REGION="${2:?--primary-region needs a value}"; shift ;;
     --project) PROJECT="${2:?--project needs a value}"; shift ;;
     --dry-run) DRY_RUN=true ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) die "unknown argument '$1' (expected development|staging|production, --region, --project, --dry-run)" ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (expected development|staging|production, --region, --primary-region, --project, --dry-run)" ;;
   esac
   shift
 done
@@ -113,7 +118,7 @@ outputs() {
 OUT="$BUILD/deploy/$ENVIRONMENT"
 echo "rendering templates' parameters, the gate ASL and the pipeline definitions into $OUT"
 "$PYTHON" -m pipelines.deploy_plan "$ENVIRONMENT" --project "$PROJECT" --region "$REGION" --account "$ACCOUNT" \
-  --mlflow-tracking-server-arn "$MLFLOW_ARN" --out "$OUT"
+  --mlflow-tracking-server-arn "$MLFLOW_ARN" --out "$OUT" ${PRIMARY_REGION:+--primary-region "$PRIMARY_REGION"}
 echo "validating templates"
 "$ROOT/.venv/bin/cfn-lint" --append-rules cfn_lint_serverless.rules -- cloudformation/*.yaml || die "templates failed cfn-lint"
 # shellcheck source=/dev/null

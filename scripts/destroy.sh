@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Remove a sagegate environment: gate-created endpoints, then the stacks in reverse order.
 #
-#   scripts/destroy.sh ENV [--region R] [--project P] [--delete-data] [--dry-run]
+#   scripts/destroy.sh ENV [--region R] [--primary-region R] [--project P] [--delete-data] [--dry-run]
+#
+# One region at a time (--region); --primary-region as for deploy.sh, so the bucket's name matches.
 #
 # The development bucket (DeletionPolicy Delete) is emptied and deleted with its stack. Staging
 # and production buckets and keys are retained (DeletionPolicy Retain): their data stays unless
@@ -14,6 +16,7 @@ cd "$ROOT"
 ENVIRONMENT=""
 REGION="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
 PROJECT="${SAGEGATE_PROJECT:-sagegate}"
+PRIMARY_REGION="${SAGEGATE_PRIMARY_REGION:-}"
 DRY_RUN=false
 DELETE_DATA=false
 
@@ -23,10 +26,11 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     development|staging|production) ENVIRONMENT="$1" ;;
     --region) REGION="${2:?--region needs a value}"; shift ;;
+    --primary-region) PRIMARY_REGION="${2:?--primary-region needs a value}"; shift ;;
     --project) PROJECT="${2:?--project needs a value}"; shift ;;
     --delete-data) DELETE_DATA=true ;;
     --dry-run) DRY_RUN=true ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) die "unknown argument '$1'" ;;
   esac
   shift
@@ -48,7 +52,9 @@ run() {
 }
 
 PREFIX="$PROJECT-$ENVIRONMENT"
-BUCKET="$PREFIX-training"
+BUCKET="$("$ROOT/.venv/bin/python" -c 'import sys; from pipelines.state import Project
+print(Project(sys.argv[1], sys.argv[2], sys.argv[3], primary_region=sys.argv[4] or None).bucket)' \
+  "$PROJECT" "$ENVIRONMENT" "$REGION" "$PRIMARY_REGION")" || die "no project virtualenv: run 'make install' first"
 MODELS=()
 for config in models/*.yaml; do
   MODELS+=("$(sed -n 's/^name:[[:space:]]*\([a-z0-9-]*\).*/\1/p' "$config")")

@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from pipelines.containers import image_tag
+from pipelines.cross_region import replicate_model_package
 from pipelines.state import Project
 from pipelines.templates import render
 from tests.moto_server import moto_server
@@ -45,16 +46,37 @@ SKIPPED_BY_MOTO = {
 MLFLOW_ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/sagegate-development"
 
 
-def deploy(environment: dict[str, str], build: Path) -> subprocess.CompletedProcess:
-    variables = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+CODEBUILD_PROJECT = {
+    "source": {"type": "S3", "location": "unused"},
+    "artifacts": {"type": "NO_ARTIFACTS"},
+    "environment": {
+        "type": "LINUX_CONTAINER",
+        "image": "aws/codebuild/standard:7.0",
+        "computeType": "BUILD_GENERAL1_MEDIUM",
+    },
+    "serviceRole": "arn:aws:iam::123456789012:role/unused",
+}
+
+
+def with_cli(environment: dict[str, str]) -> dict[str, str]:
+    variables = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEGATE_"))}
     variables.update(environment)
     # the project's AWS CLI (setup.cfg's test extra) and nothing else of this machine's
     variables["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    return variables
+
+
+def deploy(environment: dict[str, str], build: Path, *args: str) -> subprocess.CompletedProcess:
+    variables = with_cli(environment)
     variables["SAGEGATE_BUILD_DIR"] = str(build)
     variables["SAGEGATE_MLFLOW_TRACKING_SERVER_ARN"] = MLFLOW_ARN
-    return subprocess.run(
-        [str(ROOT / "scripts" / "deploy.sh"), "development"], capture_output=True, text=True, env=variables, cwd=ROOT
-    )
+    command = [str(ROOT / "scripts" / "deploy.sh"), "development", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=variables, cwd=ROOT)
+
+
+def sagegate(environment: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "sagegate"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=with_cli(environment), cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +108,13 @@ def deployed(tmp_path_factory: pytest.TempPathFactory):
         )
         second = deploy(environment, build)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr
-        yield {"first": first, "second": second, "after_first": after_first, "build": build / "deploy" / "development"}
+        yield {
+            "first": first,
+            "second": second,
+            "after_first": after_first,
+            "build": build / "deploy" / "development",
+            "environment": environment,
+        }
 
 
 def test_stacks_are_created_in_dependency_order_and_their_outputs_printed(deployed) -> None:
@@ -113,7 +141,9 @@ def test_every_resource_exists_except_the_types_moto_skips(deployed) -> None:
         parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
         expected = render(template, parameters)["Resources"]  # conditions resolved for these parameters
         summaries = cloudformation.list_stack_resources(StackName=stack_name)["StackResourceSummaries"]
-        present = {summary["LogicalResourceId"] for summary in summaries} - {""}  # moto lists a skipped resource nameless
+        present = {summary["LogicalResourceId"] for summary in summaries} - {
+            ""
+        }  # moto lists a skipped resource nameless
         assert present <= set(expected)
         skipped |= {resource["Type"] for name, resource in expected.items() if name not in present}
         for name in set(expected) - present:
@@ -149,3 +179,78 @@ def test_a_second_deploy_changes_nothing(deployed) -> None:
     stacks = {s["StackName"]: s for s in boto3.client("cloudformation").describe_stacks()["Stacks"]}
     for name, before in deployed["after_first"].items():
         assert stacks[name].get("LastUpdatedTime") == before.get("LastUpdatedTime")
+
+
+@pytest.fixture(scope="module")
+def second_region(deployed, tmp_path_factory: pytest.TempPathFactory):
+    """The same environment deployed to eu-west-1 too, us-east-1 being the primary region."""
+    environment = {**deployed["environment"], "SAGEGATE_PRIMARY_REGION": "us-east-1"}
+    boto3.client("codebuild", region_name="eu-west-1").create_project(
+        name=PROJECT.image_build_project, **CODEBUILD_PROJECT
+    )
+    result = deploy(environment, tmp_path_factory.mktemp("build"), "--region", "eu-west-1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    return environment
+
+
+def test_a_second_region_gets_its_own_stacks_with_regional_global_names(second_region) -> None:
+    europe = Project(region="eu-west-1", primary_region="us-east-1")
+    assert europe.bucket == "sagegate-development-training-eu-west-1"
+    buckets = {b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]}
+    assert {PROJECT.bucket, europe.bucket} <= buckets
+    roles = {r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]}  # IAM names are account-wide
+    assert {"sagegate-development-sagemaker-training", "sagegate-development-sagemaker-training-eu-west-1"} <= roles
+    exports = {
+        e["Name"]: e.get("Value")
+        for e in boto3.client("cloudformation", region_name="eu-west-1").list_exports()["Exports"]
+    }
+    assert exports["sagegate-development-training-bucket-name"] == europe.bucket  # same export name, its region's value
+    assert exports["sagegate-development-sagemaker-inference-role-arn"] == europe.inference_role_arn
+    stacks = boto3.client("cloudformation", region_name="eu-west-1").describe_stacks()["Stacks"]
+    assert {s["StackName"] for s in stacks} == set(TEMPLATES)
+
+
+def test_a_version_trained_in_one_region_is_replicated_to_serve_in_another(second_region) -> None:
+    """Registered in us-east-1, served from eu-west-1: artifact, image and package replicated there."""
+    sagemaker = boto3.client("sagemaker", region_name="us-east-1")
+    group = PROJECT.model_package_group("friedman1")
+    sagemaker.create_model_package_group(ModelPackageGroupName=group)
+    artifact = b"model artifact bytes"
+    boto3.client("s3").put_object(Bucket=PROJECT.bucket, Key="models/friedman1/v1/model.tar.gz", Body=artifact)
+    source_arn = sagemaker.create_model_package(
+        ModelPackageGroupName=group,
+        InferenceSpecification={
+            "Containers": [
+                {
+                    "Image": PROJECT.image_uri(image_tag()),
+                    "ModelDataUrl": f"s3://{PROJECT.bucket}/models/friedman1/v1/model.tar.gz",
+                }
+            ],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+        ModelApprovalStatus="Approved",
+    )["ModelPackageArn"]
+    europe = Project(region="eu-west-1", primary_region="us-east-1")
+    replica = replicate_model_package(source_arn, "friedman1", europe)
+    assert replicate_model_package(source_arn, "friedman1", europe) == replica  # found again, not copied twice
+    assert replica.startswith(f"arn:aws:sagemaker:eu-west-1:123456789012:model-package/{group}/")
+    described = boto3.client("sagemaker", region_name="eu-west-1").describe_model_package(ModelPackageName=replica)
+    assert described["ModelApprovalStatus"] == "Approved"
+    container = described["InferenceSpecification"]["Containers"][0]
+    assert container["Image"] == europe.image_uri(image_tag())  # the same image, from its region's repository
+    bucket, _, key = container["ModelDataUrl"].removeprefix("s3://").partition("/")
+    assert bucket == europe.bucket
+    copied = boto3.client("s3", region_name="eu-west-1").get_object(Bucket=bucket, Key=key)
+    assert copied["Body"].read() == artifact and copied["ServerSideEncryption"] == "aws:kms"
+    # the CLI: replicate, then deploy the endpoint stack in eu-west-1 (dry run: moto 5.2.5's SageMaker
+    # CloudFormation cannot create endpoint stacks: MemorySizeInMB as a string, KeyError on ModelName)
+    command = ["provision", "endpoint", "--model", "friedman1", "--target", "aws", "--region", "eu-west-1",
+               "--model-package-arn", source_arn, "--dry-run"]  # fmt: skip
+    result = sagegate(second_region, *command)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"+ replicate {source_arn} into eu-west-1" in result.stdout
+    assert (
+        "aws cloudformation deploy --region eu-west-1 --stack-name sagegate-development-friedman1-endpoint"
+        in result.stdout
+    )

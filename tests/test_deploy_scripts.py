@@ -174,3 +174,55 @@ def test_every_object_a_deployed_definition_references_is_uploaded(dry_run) -> N
         for uri in referenced:  # the bytes uploaded are the ones the definition was built with
             key = uri.removeprefix("s3://sagegate-staging-training/")
             assert (out / "code" / key).is_file()
+
+
+def test_a_second_region_plans_regional_global_names(fake_aws: Path, tmp_path: Path) -> None:
+    """Two regions of one environment: the primary keeps the plain names, the other suffixes the global
+    ones (bucket, roles) everywhere they appear: stacks, definitions, destroy."""
+    from pipelines.state import Project
+
+    plans = {}
+    for region in ("us-east-1", "ap-southeast-2"):
+        build = tmp_path / region
+        result = script(
+            "deploy.sh", "staging", "--region", region, "--primary-region", "us-east-1", "--dry-run",
+            fake_aws=fake_aws, build=build,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        plans[region] = (result.stdout, build / "deploy" / "staging")
+    primary, sydney = (
+        Project("sagegate", "staging", "us-east-1", primary_region="us-east-1"),
+        Project("sagegate", "staging", "ap-southeast-2", primary_region="us-east-1"),
+    )
+    assert (primary.bucket, sydney.bucket) == ("sagegate-staging-training", "sagegate-staging-training-ap-southeast-2")
+    assert sydney.training_role_arn.endswith(":role/sagegate-staging-sagemaker-training-ap-southeast-2")
+    for region, project in (("us-east-1", primary), ("ap-southeast-2", sydney)):
+        stdout, out = plans[region]
+        deploys = [line for line in stdout.splitlines() if line.startswith("+ aws cloudformation deploy")]
+        suffixed = [line for line in deploys if f"GlobalNameSuffix={project.global_suffix}" in line.split()]
+        assert len(suffixed) == 4  # bucket, roles, images, gate: the templates that name global resources
+        assert all(f"--region {region}" in line for line in deploys)
+        commands = (out / "commands.sh").read_text()
+        assert f"s3://{project.bucket}/" in commands
+        definition = json.loads((out / "pipelines" / "friedman1.json").read_text())
+        text = json.dumps(definition)
+        assert project.training_role_arn in text and f"dkr.ecr.{region}.amazonaws.com" in text
+        assert f"s3://{project.bucket}/" in text
+    assert "sagegate-staging-training-ap-southeast-2" not in (plans["us-east-1"][1] / "commands.sh").read_text()
+    destroyed = script(
+        "destroy.sh", "development", "--region", "ap-southeast-2", "--primary-region", "us-east-1", "--dry-run",
+        fake_aws=fake_aws,
+    )  # fmt: skip
+    assert "s3 rm s3://sagegate-development-training-ap-southeast-2 --recursive" in destroyed.stdout
+
+
+def test_every_global_name_in_the_templates_takes_the_region_suffix() -> None:
+    """Bucket and role names are account-wide: each one a template sets must end in GlobalNameSuffix."""
+    import re
+
+    for template in sorted((ROOT / "cloudformation").glob("*.yaml")):
+        text = template.read_text()
+        for line in re.findall(r"(?:BucketName|RoleName): .*", text):
+            assert "${GlobalNameSuffix}" in line, f"{template.name}: {line}"
+        for line in re.findall(r".*:role/\$\{Project\}.*", text):
+            assert "${GlobalNameSuffix}" in line, f"{template.name}: {line}"

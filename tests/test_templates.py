@@ -56,7 +56,7 @@ def test_bucket_is_encrypted_private_and_tls_only(environment: str) -> None:
     assert all(properties["PublicAccessBlockConfiguration"].values())
     statement = resources["TrainingBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
     assert statement["Effect"] == "Deny" and statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    assert properties["BucketName"] == {"Fn::Sub": "${Project}-${Environment}-training"}
+    assert properties["BucketName"] == {"Fn::Sub": "${Project}-${Environment}-training${GlobalNameSuffix}"}
 
 
 def test_exports_use_the_documented_names() -> None:
@@ -106,7 +106,8 @@ def test_roles_are_least_privilege(template: str) -> None:
     if template != "iam-roles.yaml":
         return
     training_pass = next(s for s in pass_role if s["Sid"] == "PassOnlyItself")
-    assert training_pass["Resource"]["Fn::Sub"].endswith(":role/${Project}-${Environment}-sagemaker-training")
+    training_role = ":role/${Project}-${Environment}-sagemaker-training${GlobalNameSuffix}"
+    assert training_pass["Resource"]["Fn::Sub"].endswith(training_role)
 
 
 def test_realtime_endpoint_scales_to_zero_with_the_yaml_settings() -> None:
@@ -226,13 +227,21 @@ def test_bucket_and_roles_stacks_create_in_moto() -> None:
     } <= names
 
 
-@pytest.mark.parametrize("project", [Project(), Project(prefix="acme-ml", environment="staging")])
+@pytest.mark.parametrize(
+    "project",
+    [
+        Project(),
+        Project(prefix="acme-ml", environment="staging"),
+        Project(region="eu-west-1", primary_region="us-east-1"),  # a second region: suffixed role names
+    ],
+)
 def test_the_role_arns_project_builds_are_the_roles_the_template_creates(project: Project) -> None:
     roles = render("iam-roles.yaml", {"Project": project.prefix, "Environment": project.environment})
     created = {
         resource["Properties"]["RoleName"]["Fn::Sub"]
         .replace("${Project}", project.prefix)
         .replace("${Environment}", project.environment)
+        .replace("${GlobalNameSuffix}", project.global_suffix)
         for resource in roles["Resources"].values()
         if resource["Type"] == "AWS::IAM::Role"
     }

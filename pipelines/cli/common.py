@@ -50,6 +50,7 @@ def project(args: argparse.Namespace) -> Project:
         environment=args.env or base.environment,
         region=args.region or base.region,
         account=base.account,
+        primary_region=base.primary_region,
     )
 
 

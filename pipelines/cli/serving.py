@@ -107,6 +107,7 @@ def ab_weights(text: str) -> dict[str, float]:
 
 
 def provision_command(args: argparse.Namespace) -> int:
+    from pipelines.cross_region import arn_region, replicate_model_package
     from pipelines.provision import aws_deploy_command, provision_local, template_parameters, with_overrides
     from pipelines.templates import render
 
@@ -131,6 +132,12 @@ def provision_command(args: argparse.Namespace) -> int:
         raise ConfigError("--ab is local only; on AWS add the variants to the endpoint stack")
     if not args.model_package_arn:
         raise ConfigError("--target aws needs --model-package-arn (the approved Model Registry version to serve)")
+    if arn_region(args.model_package_arn) != names.region:  # trained elsewhere: serve a replica from here
+        if args.dry_run:
+            print(f"+ replicate {args.model_package_arn} into {names.region} (artifact, image, model package)")
+        else:
+            args.model_package_arn = replicate_model_package(args.model_package_arn, config.name, names)
+            print(f"replicated into {names.region}: {args.model_package_arn}")
     template, parameters = template_parameters(config, names, args.model_package_arn)
     if args.render:
         Path(args.render).write_text(json.dumps(render(template, parameters), indent=2) + "\n")
