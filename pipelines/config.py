@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipelines.containers import asset_folder
 from pipelines.contract import DeploymentConfig, Threshold
 
+SECRET_FIELDS = ("deployment.llm.hf_token_secret_arn", "deployment.llm.environment")
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "auc")
 REGRESSION_METRICS = ("r2", "rmse", "mse", "mae")
@@ -211,6 +212,8 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{path}: unknown field"
     if error["type"] == "missing":
         return f"{path}: required field is missing"
+    if path in SECRET_FIELDS:  # may hold a credential: say what is wrong, never repeat it
+        return f"{path}: {message}"
     return f"{path}: {message} (got {error.get('input')!r})"
 
 

@@ -9,9 +9,10 @@ pydantic is imported: the Lambdas carry nothing else of sagegate.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DIGEST = "{digest}"  # placeholder in per-deployment names, filled by whoever deploys
 
@@ -34,6 +35,51 @@ class Threshold(_Strict):
         return self
 
 
+SECRET_ARN = r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+$"
+# environment names that carry credentials: their values belong in Secrets Manager, not in YAML
+SECRET_NAMES = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY", re.IGNORECASE)
+HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
+
+
+class LlmDeployment(_Strict):
+    """An LLM from the Hugging Face Hub served with a LoRA adapter (AWS only): two inference
+    components on one realtime endpoint, `{endpoint}-base` and `{endpoint}-adapter`."""
+
+    base_model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+$")
+    adapter_s3_uri: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$")
+    container_image: str = Field(
+        pattern=r"^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[a-f0-9]{64})$"
+    )
+    environment: dict[str, str] = Field(default_factory=dict)
+    hf_token_secret_arn: str | None = None
+    memory_mb: int = Field(16384, ge=1024)
+    accelerators: int = Field(1, ge=0)
+
+    @field_validator("hf_token_secret_arn")
+    @classmethod
+    def _an_arn_not_a_token(cls, value: str | None) -> str | None:
+        if value is None or re.match(SECRET_ARN, value):
+            return value
+        if HF_TOKEN.search(value) or not value.startswith("arn:"):
+            raise ValueError("looks like a literal token: store it in Secrets Manager and give the secret's ARN")
+        raise ValueError("not a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)")
+
+    @field_validator("environment")
+    @classmethod
+    def _no_secrets(cls, environment: dict[str, str]) -> dict[str, str]:
+        for name, value in environment.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if name == "HF_MODEL_ID":
+                raise ValueError("HF_MODEL_ID comes from deployment.llm.base_model")
+            if SECRET_NAMES.search(name) or HF_TOKEN.search(value):
+                raise ValueError(
+                    f"{name}: a secret in YAML; store it in Secrets Manager (the Hugging Face token: "
+                    "deployment.llm.hf_token_secret_arn)"
+                )
+        return environment
+
+
 class DeploymentConfig(_Strict):
     """Where and how a model is served: the YAML's `deployment`, the gate's and the endpoints'."""
 
@@ -47,11 +93,18 @@ class DeploymentConfig(_Strict):
     memory_size_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = 2048
     max_concurrency: int = Field(5, ge=1, le=200)
     champion_tolerance: float = Field(0.01, ge=0)
+    llm: LlmDeployment | None = None
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> DeploymentConfig:
         if self.min_instances > self.max_instances:
             raise ValueError(f"min_instances ({self.min_instances}) > max_instances ({self.max_instances})")
+        return self
+
+    @model_validator(mode="after")
+    def _llm_is_realtime(self) -> DeploymentConfig:
+        if self.llm is not None and self.type != "realtime":
+            raise ValueError("deployment.llm needs type: realtime (inference components on instances)")
         return self
 
 

@@ -52,7 +52,7 @@ def model_settings(config: ModelConfig, project: Project) -> dict[str, Any]:
     return {
         "task": config.task,
         "quality_gate": {m: t.model_dump(exclude_none=True) for m, t in config.quality_gate.metrics.items()},
-        "deployment": config.deployment.model_dump(),
+        "deployment": config.deployment.model_dump(exclude={"llm"}),  # LLM endpoints: provision, not the gate
         "resources": {
             "endpoint_name": project.endpoint_name(model, config.deployment.type),
             "model_name": project.model_name(model, DIGEST),

@@ -58,9 +58,49 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def template_parameters(config: ModelConfig, project: Project, model_package_arn: str) -> tuple[str, dict[str, str]]:
+def llm_parameters(config: ModelConfig, project: Project) -> dict[str, str]:
+    deployment = config.deployment
+    llm = deployment.llm
+    assert llm is not None
+    return {
+        "Project": project.prefix,
+        "Environment": project.environment,
+        "ModelName": config.name,
+        "BaseModel": llm.base_model,
+        "AdapterS3Uri": llm.adapter_s3_uri,
+        "ContainerImage": llm.container_image,
+        "HfTokenSecretArn": llm.hf_token_secret_arn or "",
+        "InstanceType": deployment.instance_type,
+        "MemoryRequiredInMb": str(llm.memory_mb),
+        "AcceleratorsRequired": str(llm.accelerators),
+        "MinInstances": str(deployment.min_instances),
+        "MaxInstances": str(deployment.max_instances),
+        "ScaleInCooldown": str(deployment.scale_in_cooldown),
+        "ScaleOutCooldown": str(deployment.scale_out_cooldown),
+        "TargetInvocationsPerCopy": str(max(1, round(deployment.target_invocations_per_instance))),
+    }
+
+
+def llm_template(config: ModelConfig) -> dict[str, Any]:
+    """endpoint-llm.yaml with the YAML's container environment filled in: a map CloudFormation
+    parameters cannot carry. HF_MODEL_ID and the token stay the template's (base_model, the secret)."""
+    from pipelines.templates import load
+
+    llm = config.deployment.llm
+    assert llm is not None
+    template = load("endpoint-llm.yaml")
+    container = template["Resources"]["BaseComponent"]["Properties"]["Specification"]["Container"]
+    container["Environment"] = {**llm.environment, **container["Environment"]}
+    return template
+
+
+def template_parameters(
+    config: ModelConfig, project: Project, model_package_arn: str | None
+) -> tuple[str, dict[str, str]]:
     """Which endpoint template, with which parameters, for this config."""
     deployment = config.deployment
+    if deployment.llm is not None:
+        return "endpoint-llm.yaml", llm_parameters(config, project)
     parameters = {
         "Project": project.prefix,
         "Environment": project.environment,
@@ -85,13 +125,16 @@ def template_parameters(config: ModelConfig, project: Project, model_package_arn
     return "endpoint-realtime.yaml", parameters
 
 
-def aws_deploy_command(config: ModelConfig, project: Project, model_package_arn: str) -> list[str]:
+def aws_deploy_command(
+    config: ModelConfig, project: Project, model_package_arn: str | None, template_file: str | None = None
+) -> list[str]:
+    """`template_file`: a specialised template (llm_template) instead of cloudformation/{template}."""
     template, parameters = template_parameters(config, project, model_package_arn)
     return [
         "aws", "cloudformation", "deploy",
         "--region", project.region,
         "--stack-name", project.stack_name(config.name, "endpoint"),
-        "--template-file", f"cloudformation/{template}",
+        "--template-file", template_file or f"cloudformation/{template}",
         "--no-fail-on-empty-changeset",
         "--parameter-overrides", *(f"{k}={v}" for k, v in parameters.items()),
     ]  # fmt: skip

@@ -112,7 +112,11 @@ def _kept(template: dict[str, Any], parameters: dict[str, str], entries: dict[st
 
 def render(name: str, parameters: dict[str, str]) -> dict[str, Any]:
     """The template as deployed with `parameters`: conditional resources dropped, Fn::If chosen."""
-    template = load(name)
+    return render_template(load(name), parameters, name)
+
+
+def render_template(template: dict[str, Any], parameters: dict[str, str], name: str = "template") -> dict[str, Any]:
+    """`render` for a loaded (possibly specialised) template."""
     declared = template.get("Parameters", {})
     unknown = set(parameters) - set(declared)
     if unknown:
@@ -152,6 +156,13 @@ EXAMPLE_PARAMETERS: dict[str, dict[str, str]] = {
         "ModelName": "breast-cancer",
         "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-breast-cancer/1",  # noqa: E501
         "DeploymentHash": "0123abcd",
+    },
+    "endpoint-llm.yaml": {
+        "ModelName": "assistant",
+        "BaseModel": "meta-llama/Llama-3.1-8B-Instruct",
+        "AdapterS3Uri": "s3://sagegate-development-training/adapters/assistant/adapter.tar.gz",
+        "ContainerImage": "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.4.0-tgi2.4.0-gpu-py311-cu124-ubuntu22.04",  # noqa: E501
+        "HfTokenSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:sagegate/hf-token-AbCdEf",
     },
     "endpoint-realtime.yaml": {
         "ModelName": "friedman1",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pipelines.cli.common import (
     EXIT_FAILED,
@@ -114,6 +116,13 @@ def provision_command(args: argparse.Namespace) -> int:
     config = with_overrides(chosen_model_config(args), vars(args))
     names = project(args)
     target = args.target or ("local" if config.training.deployment_target == "local" else "aws")
+    if config.deployment.llm is not None:
+        if target == "local":
+            raise ConfigError(
+                f"{config.name}: LLM endpoints (deployment.llm) are AWS-only: no local model server runs "
+                "Hugging Face LLM containers; provision it with --target aws"
+            )
+        return provision_llm(args, config, names)
     if target == "local":
         described = provision_local(config, names, StateHome.from_env(), args.version, args.ab)
         if args.json:
@@ -142,6 +151,28 @@ def provision_command(args: argparse.Namespace) -> int:
     if args.render:
         Path(args.render).write_text(json.dumps(render(template, parameters), indent=2) + "\n")
     command = aws_deploy_command(config, names, args.model_package_arn)
+    print("+ " + shlex.join(command))
+    if args.dry_run:
+        return EXIT_OK
+    return subprocess.run(command, check=False).returncode
+
+
+def provision_llm(args: argparse.Namespace, config: Any, names: Any) -> int:
+    """The LLM endpoint stack: endpoint-llm.yaml specialised with the container environment."""
+    from pipelines.provision import aws_deploy_command, llm_template, template_parameters
+    from pipelines.templates import render_template
+
+    if args.ab or args.model_package_arn or args.version:
+        raise ConfigError("an LLM endpoint serves deployment.llm's base model and adapter: no --ab/--version/package")
+    template = llm_template(config)
+    out = Path(os.environ.get("SAGEGATE_BUILD_DIR", "build")) / "provision"
+    out.mkdir(parents=True, exist_ok=True)
+    template_file = out / f"{names.stack_name(config.name, 'endpoint')}.json"
+    template_file.write_text(json.dumps(template, indent=2) + "\n")
+    _, parameters = template_parameters(config, names, None)
+    if args.render:
+        Path(args.render).write_text(json.dumps(render_template(template, parameters), indent=2) + "\n")
+    command = aws_deploy_command(config, names, None, str(template_file))
     print("+ " + shlex.join(command))
     if args.dry_run:
         return EXIT_OK
