@@ -21,6 +21,7 @@ from typing import Any
 
 from pipelines.config import ModelConfig
 from pipelines.definition import build_pipeline, stage_inputs
+from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import (
@@ -200,6 +201,8 @@ def run_local(
     failure_log = logs / "failures.jsonl"
     os.environ["SAGEGATE_FAILURE_LOG"] = str(failure_log)
     os.environ["SAGEGATE_JOB_LOGS"] = str(logs)
+    if config.training.checkpoints:  # one prefix per model: the next run of the same data and settings resumes
+        os.environ[CHECKPOINTS_VARIABLE] = f"s3://{project.bucket}/checkpoints/{config.name}/local"
     handler = _StepProgress(_RecordProgress(home, record, progress))
     sdk_logger = logging.getLogger("sagemaker.local.entities")
     saved = (sdk_logger.level, sdk_logger.propagate)
@@ -236,6 +239,7 @@ def run_local(
         sdk_logger.level, sdk_logger.propagate = saved
         os.environ.pop("SAGEGATE_FAILURE_LOG", None)
         os.environ.pop("SAGEGATE_JOB_LOGS", None)
+        os.environ.pop(CHECKPOINTS_VARIABLE, None)
         shutil.rmtree(scratch, ignore_errors=True)  # the SDK leaves its container roots behind
         record.duration_seconds = round(time.monotonic() - started, 2)
         if record_path(home, record).exists():

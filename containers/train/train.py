@@ -2,14 +2,21 @@
 
 SageMaker passes hyperparameters as `--name value` arguments and the channels as
 `SM_CHANNEL_*` folders; the model goes to `SM_MODEL_DIR` and becomes model.tar.gz.
+With checkpoints (the folder `/opt/ml/checkpoints` exists: SageMaker creates it for a
+CheckpointConfig, the local runner sets SM_CHECKPOINT_DIR), an ensemble that can grow
+(`n_estimators` + `warm_start`: forests, gradient boosting, bagging) is fitted in tenths and
+saved after each; a restarted job (spot interruption, a killed local run) continues from the
+last one when the data and settings are the same.
 Runs on the project's runtime image (and locally in the same environment): imports nothing from `pipelines/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
+import math
 import os
 import sys
 from importlib.metadata import version
@@ -51,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
     parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     parser.add_argument("--schema", default=os.environ.get("SM_CHANNEL_SCHEMA", "/opt/ml/input/data/schema"))
+    parser.add_argument("--checkpoint-dir", default=os.environ.get("SM_CHECKPOINT_DIR", "/opt/ml/checkpoints"))
     args, rest = parser.parse_known_args(argv)
     if len(rest) % 2:
         raise TrainingError(f"hyperparameters must come as --name value pairs, got {rest}")
@@ -83,13 +91,69 @@ def build_estimator(dotted: str, hyperparameters: dict[str, Any]) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("model", estimator)])
 
 
+def grows(model: Pipeline) -> bool:
+    """An ensemble that warm_start can extend tree by tree (and so checkpoint part-way)."""
+    params = model.named_steps["model"].get_params()
+    return "warm_start" in params and isinstance(params.get("n_estimators"), int)
+
+
+def fingerprint(args: argparse.Namespace, hyperparameters: dict[str, Any], train_csv: Path) -> str:
+    """What a checkpoint was made from: resuming needs the same data, class and settings."""
+    digest = hashlib.sha256(train_csv.read_bytes())
+    settings = {k: v for k, v in hyperparameters.items() if k != "n_estimators"}
+    digest.update(json.dumps([args.model_class, settings], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def save_checkpoint(folder: Path, model: Pipeline, made_from: str, done: int) -> None:
+    """Model first, then the record naming it; each written beside and renamed into place."""
+    partial = folder / ".model.joblib.partial"
+    joblib.dump(model, partial)
+    os.replace(partial, folder / "model.joblib")
+    record = folder / ".checkpoint.json.partial"
+    record.write_text(json.dumps({"fingerprint": made_from, "n_estimators": done}))
+    os.replace(record, folder / "checkpoint.json")
+
+
+def fit_with_checkpoints(model: Pipeline, features: Any, target: Any, folder: Path, made_from: str) -> Pipeline:
+    total = model.named_steps["model"].get_params()["n_estimators"]
+    done = 0
+    record = folder / "checkpoint.json"
+    if record.is_file() and (folder / "model.joblib").is_file():
+        saved = json.loads(record.read_text())
+        if saved.get("fingerprint") == made_from and 0 < saved.get("n_estimators", 0) <= total:
+            model, done = joblib.load(folder / "model.joblib"), saved["n_estimators"]
+            print(f"train: resumed from checkpoint at {done}/{total} estimators")
+        else:
+            print("train: the checkpoint is of other data or settings: starting over")
+    estimator = model.named_steps["model"]
+    warm_start = estimator.get_params()["warm_start"]
+    step = max(1, math.ceil(total / 10))
+    while done < total:
+        done = min(total, done + step)
+        estimator.set_params(n_estimators=done, warm_start=True)
+        model.fit(features, target)
+        save_checkpoint(folder, model, made_from, done)
+        print(f"train: checkpoint at {done}/{total} estimators", flush=True)
+    estimator.set_params(warm_start=warm_start)
+    return model
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         args, hyperparameters = parse_args(argv)
         schema = json.loads((Path(args.schema) / "schema.json").read_text())
-        train = pd.read_csv(Path(args.train) / "train.csv")
+        train_csv = Path(args.train) / "train.csv"
+        train = pd.read_csv(train_csv)
         model = build_estimator(args.model_class, hyperparameters)
-        model.fit(train[schema["features"]], train[schema["target"]])
+        features, target = train[schema["features"]], train[schema["target"]]
+        checkpoints = Path(args.checkpoint_dir)
+        if checkpoints.is_dir() and grows(model):
+            model = fit_with_checkpoints(
+                model, features, target, checkpoints, fingerprint(args, hyperparameters, train_csv)
+            )
+        else:
+            model.fit(features, target)
     except TrainingError as error:
         fail(str(error))
         return

@@ -12,6 +12,8 @@ A training job's StoppingCondition (`SAGEGATE_MAX_RUNTIME_SECONDS`, set by `sdk_
 as SageMaker enforces it: past the limit the job is killed and fails with MaxRuntimeExceeded.
 The runner and its job die with their parent (PR_SET_PDEATHSIG): a killed `sagegate run` leaves
 no job behind that could still register a model.
+With `training.checkpoints`, a training job's `/opt/ml/checkpoints` is synced with the local bucket
+(`checkpoints.CheckpointSync`), as SageMaker syncs it with the CheckpointConfig's S3 prefix.
 A failing job's reason (`/opt/ml/output/failure` or `/message`) is printed last and, when
 `SAGEGATE_FAILURE_LOG` is set, appended there as JSON so the caller can report it. With
 `SAGEGATE_JOB_LOGS` set, the job's output goes to `{job}.log` in that folder (CloudWatch's role).
@@ -19,6 +21,7 @@ A failing job's reason (`/opt/ml/output/failure` or `/message`) is printed last 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import json
@@ -31,6 +34,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
+
+from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE, CheckpointSync
 
 OPT_ML = "/opt/ml"
 MAX_RUNTIME_VARIABLE = "SAGEGATE_MAX_RUNTIME_SECONDS"  # the training job's StoppingCondition, set by sdk_patch
@@ -201,8 +206,14 @@ def run_service(service: dict, workdir: Path) -> int:
     limit = int(env.pop(MAX_RUNTIME_VARIABLE, "0") or 0) or None
     log_dir = os.environ.get("SAGEGATE_JOB_LOGS")
     log = open(Path(log_dir) / f"{job}.log", "w", encoding="utf-8") if log_dir else None
+    checkpoints = env.pop(CHECKPOINTS_VARIABLE, None) if service.get("command") == "train" else None
+    sync: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if checkpoints:
+        env["SM_CHECKPOINT_DIR"] = volumes.host_path(f"{OPT_ML}/checkpoints")
+        sync = CheckpointSync(checkpoints, Path(env["SM_CHECKPOINT_DIR"]))
     try:
-        code, reason = _supervise(command, env, cwd, log, limit)
+        with sync:
+            code, reason = _supervise(command, env, cwd, log, limit)
     finally:
         if log:
             log.close()
