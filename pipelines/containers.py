@@ -53,12 +53,18 @@ def template_path(name: str) -> Path:
     return asset_folder("cloudformation") / name
 
 
+def content_digest(files: dict[str, Path], length: int = 16) -> str:
+    """A hash of named files (names and contents, in name order): the key of anything content-addressed
+    (the image tag, Lambda packages, uploaded definitions)."""
+    digest = hashlib.sha256()
+    for name, path in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:length]
+
+
 def context_digest(folder: Path) -> str:
     """A hash of the image's build-context files in `folder` (names and contents)."""
-    digest = hashlib.sha256()
-    for name in IMAGE_FILES:
-        digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return content_digest({name: folder / name for name in IMAGE_FILES})
 
 
 @cache
@@ -70,6 +76,11 @@ def image_tag() -> str:
 
 def locked_versions() -> dict[str, str]:
     """The runtime image's packages (`containers/requirements.lock`): name → version."""
+    return dict(_locked())
+
+
+@cache
+def _locked() -> tuple[tuple[str, str], ...]:
     lines = (asset_folder("containers") / "requirements.lock").read_text().splitlines()
     pins = (line.split("#", 1)[0].strip() for line in lines)
-    return dict(pin.split("==", 1) for pin in pins if pin)
+    return tuple(tuple(pin.split("==", 1)) for pin in pins if pin)  # type: ignore[misc]

@@ -138,6 +138,20 @@ class GateInput(_Strict):
     poll_seconds: int = Field(ge=0, le=3600)
 
 
+def library_mismatches(label: str, trained_with: dict[str, str], serving: dict[str, str]) -> list[str]:
+    """Why `label` (a registered version) may not be served on an image with the `serving` packages:
+    a pickled scikit-learn model may not load, or may predict differently, on other versions.
+    Unrecorded versions fail closed. The gate's evaluator and `provision endpoint` both ask this."""
+    if not trained_with:
+        return [f"{label} records no library versions (library.* tags): cannot show it loads on the serving image"]
+    return [
+        f"{label} was trained with {library} {version}, the serving image has {library} "
+        f"{serving.get(library) or '(not installed)'}"
+        for library, version in sorted(trained_with.items())
+        if serving.get(library) != version
+    ]
+
+
 NAME_LIMIT = 63  # SageMaker model, endpoint, endpoint-config and inference-component names
 
 

@@ -9,7 +9,6 @@ and `cloudformation deploy --no-fail-on-empty-changeset` make a second deploy ch
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import zipfile
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.config import ModelConfig, load_config
-from pipelines.containers import IMAGE_FILES, asset_folder, image_tag
+from pipelines.containers import IMAGE_FILES, asset_folder, content_digest, image_tag
 from pipelines.lambda_package import package_digest
 from pipelines.state import ENVIRONMENTS, Project
 
@@ -72,11 +71,8 @@ class Plan:
         return lines
 
 
-def _digest(*paths: Path) -> str:
-    hasher = hashlib.sha256()
-    for path in paths:
-        hasher.update(path.read_bytes())
-    return hasher.hexdigest()[:12]
+def _digest(path: Path) -> str:
+    return content_digest({path.name: path}, 12)
 
 
 def _write_bytes(path: Path, body: bytes) -> Path:

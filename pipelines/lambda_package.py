@@ -8,7 +8,6 @@ the runtime's platform (manylinux x86_64, CPython of LAMBDA_RUNTIME), never for 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from pipelines import contract
-from pipelines.containers import lambda_handler_path
+from pipelines.containers import content_digest, lambda_handler_path
 
 # The runtime of every gate function (cloudformation/gate.yaml says the same; a test holds them together).
 LAMBDA_RUNTIME = "python3.12"
@@ -42,10 +41,7 @@ def package_files(kind: str) -> dict[str, Path]:
 
 def package_digest(kind: str) -> str:
     """A hash of what goes into the package (requirements are pinned): its S3 key changes with it."""
-    hasher = hashlib.sha256()
-    for name, source in sorted(package_files(kind).items()):
-        hasher.update(name.encode() + b"\0" + source.read_bytes() + b"\0")
-    return hasher.hexdigest()[:12]
+    return content_digest(package_files(kind), 12)
 
 
 def install_requirements(requirements: Path, target: Path, python_version: str) -> None:

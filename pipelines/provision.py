@@ -184,6 +184,16 @@ def _provision_ab(
     return {**described, "Version": ",".join(c["version"] for c in picked), "Updated": exists}
 
 
+def _check_libraries(row: dict[str, Any]) -> None:
+    """What the gate's evaluator checks before it deploys, checked before `provision` deploys."""
+    from pipelines.containers import locked_versions
+    from pipelines.contract import library_mismatches
+
+    reasons = library_mismatches(f"{row['name']} version {row['version']}", row["libraries"], locked_versions())
+    if reasons:
+        raise ProvisionError("not deployed: " + "; ".join(reasons))
+
+
 def provision_local(
     config: ModelConfig,
     project: Project,
@@ -202,17 +212,20 @@ def provision_local(
     from pipelines.local_gate import GateError, LocalGate, gate_input
     from pipelines.registry import VersionNotFound, find_version
 
+    name = project.registered_model(config.name)
     if weights:
-        name = project.registered_model(config.name)
         try:
             picked = [find_version(home, name, v) for v in weights]
         except VersionNotFound as error:
             raise ProvisionError(f"model {config.name}: {error}") from None
+        for row in picked:
+            _check_libraries(row)
         return _provision_ab(config, project, home, picked, list(weights.values()))
     try:  # default: the champion, else the newest
         execution_input = gate_input(config, project, home, version, prefer_alias="champion")
     except GateError as error:
         raise ProvisionError(str(error)) from None
+    _check_libraries(find_version(home, name, execution_input["version"]))
     digest = uuid.uuid4().hex[:8]
     target = deployment_target(Resources(**execution_input["resources"]), config.deployment.type, digest)
     decision = f"deploy_{config.deployment.type}"

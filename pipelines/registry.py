@@ -45,6 +45,7 @@ def _row(version: Any, aliases: dict[str, list[str]]) -> dict[str, Any]:
         "aliases": sorted(aliases.get(str(version.version), [])),
         "approval_status": tags.get("approval_status", "PendingManualApproval"),
         "metrics": {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")},
+        "libraries": {k.removeprefix("library."): v for k, v in tags.items() if k.startswith("library.")},
     }
 
 

@@ -87,6 +87,23 @@ def test_nothing_registered_is_a_clear_error(tmp_path: Path) -> None:
         provision_local(breast_cancer(), PROJECT, StateHome(tmp_path / "state").ensure(), None)
 
 
+def test_a_version_trained_with_other_libraries_is_not_provisioned(tmp_path: Path) -> None:
+    """The evaluator's library check holds for `provision` too: it deploys without the gate."""
+    import mlflow
+
+    home = StateHome(tmp_path / "state").ensure()
+    config = breast_cancer()
+    version = register_version(home, PROJECT, config, {"accuracy": 0.9, "f1": 0.9})
+    client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+    client.set_model_version_tag(PROJECT.registered_model(config.name), version, "library.scikit-learn", "1.2.1")
+    with pytest.raises(ProvisionError, match=r"trained with scikit-learn 1\.2\.1, the serving image has scikit-learn"):
+        provision_local(config, PROJECT, home, version)
+    good = register_version(home, PROJECT, config, {"accuracy": 0.9, "f1": 0.9})
+    with pytest.raises(ProvisionError, match=r"trained with scikit-learn 1\.2\.1"):  # an A/B variant too
+        provision_local(config, PROJECT, home, None, {good: 0.5, version: 0.5})
+    assert EndpointManager(home, PROJECT).snapshot()["endpoints"] == {}  # nothing was created
+
+
 def test_aws_parameters_carry_the_overrides_and_render() -> None:
     config = with_overrides(
         breast_cancer("deployment.type=realtime"),

@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.parser import ValidationError, parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.contract import GateInput, deployment_target
+from pipelines.contract import GateInput, deployment_target, library_mismatches
 
 SERVICE = "sagegate-gate"
 logger = Logger(service=SERVICE)
@@ -115,22 +115,8 @@ def read_registry(gate: GateInput) -> tuple[dict[str, str], dict[str, Any] | Non
 
 
 def check_libraries(gate: GateInput, trained_with: dict[str, str]) -> list[str]:
-    """A model is deployed only onto the library versions it was trained with: a pickled scikit-learn
-    model may not load, or may predict differently, on others. Unrecorded versions fail closed."""
-    if not trained_with:
-        return [
-            f"{gate.registered_model} version {gate.version} records no library versions (library.* tags): "
-            "cannot show it loads on the serving image"
-        ]
-    reasons = []
-    for library, version in sorted(trained_with.items()):
-        serving = gate.runtime_libraries.get(library)
-        if serving != version:
-            reasons.append(
-                f"version {gate.version} was trained with {library} {version}, the serving image has "
-                f"{library} {serving or '(not installed)'}"
-            )
-    return reasons
+    """A model is deployed only onto the library versions it was trained with (fail closed)."""
+    return library_mismatches(f"{gate.registered_model} version {gate.version}", trained_with, gate.runtime_libraries)
 
 
 def check_thresholds(gate: GateInput, report: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
