@@ -20,8 +20,10 @@ import pandas as pd
 import pytest
 
 from pipelines.containers import container_code
+from pipelines.registry import list_versions
 from pipelines.state import Project, StateHome
 from tests.conftest import MODELS
+from tests.processes import processes
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = 3000  # about 6 s of gradient boosting here: long enough to be killed part-way
@@ -65,18 +67,11 @@ def test_a_resumed_forest_is_the_forest_an_uninterrupted_fit_grows(tmp_path: Pat
 
 def training_processes(home: StateHome) -> list[int]:
     """The running train.py of a run on this state folder (its working directory is under it)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            command = (proc / "cmdline").read_bytes().split(b"\0")
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if any(part.endswith(b"train.py") for part in command) and cwd.startswith(str(home.root)):
-            found.append(int(proc.name))
-    return found
+    return [
+        pid
+        for pid, argv, cwd in processes()
+        if any(part.endswith("train.py") for part in argv) and cwd.startswith(str(home.root))
+    ]
 
 
 def test_a_killed_training_job_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
@@ -106,7 +101,9 @@ def test_a_killed_training_job_resumes_from_its_last_checkpoint(tmp_path: Path) 
     ]
     assert resumed_at and resumed_at[0] >= reached, logs[-3000:]
     assert json.loads(checkpoint.read_text())["n_estimators"] == STAGES
-    artifact = next(home.s3.rglob("model.tar.gz"))
+    versions = [v for v in list_versions(home)[0] if v["name"] == Project().registered_model("friedman1")]
+    assert len(versions) == 1  # the killed run registered nothing
+    artifact = home.local_path(versions[0]["model_data_uri"])
     with tarfile.open(artifact) as archive:
         archive.extract("model.joblib", tmp_path, filter="data")
     assert joblib.load(tmp_path / "model.joblib").named_steps["model"].n_estimators_ == STAGES

@@ -441,3 +441,18 @@ def test_a_gateway_killed_while_writing_state_leaves_it_whole(served) -> None:
         capture_output=True, text=True, env={**os.environ, "SAGEGATE_HOME": str(home.root)}, check=True,
     )  # fmt: skip
     assert listed.stderr == "" and SERVERLESS in {row["EndpointName"] for row in json.loads(listed.stdout)}
+
+
+def test_endpoint_commands_take_their_options_before_or_after_the_subcommand() -> None:
+    from pipelines.cli import build_parser
+
+    parser = build_parser()
+    for argv in (
+        ["endpoints", "--project", "abtest", "--region", "eu-west-1", "show", "e"],
+        ["endpoints", "show", "e", "--project", "abtest", "--region", "eu-west-1"],
+        ["endpoints", "--project", "abtest", "delete", "e", "--region", "eu-west-1"],
+    ):
+        args = parser.parse_args(argv)
+        assert (args.project, args.region, args.name) == ("abtest", "eu-west-1", "e"), argv
+    listing = parser.parse_args(["endpoints", "--env", "staging"])
+    assert (listing.env, listing.project) == ("staging", None)

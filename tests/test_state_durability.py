@@ -20,6 +20,7 @@ from pipelines.registry import list_versions
 from pipelines.state import StateHome
 from pipelines.statefiles import process_alive
 from tests.conftest import MODELS
+from tests.processes import processes
 
 MODEL = "sagegate-development-breast-cancer"
 
@@ -146,17 +147,8 @@ def test_sigkill_at_each_step_leaves_a_consistent_state(tmp_path: Path, shared: 
 
 def job_processes(home: StateHome) -> list[str]:
     """Processes whose command line mentions this state folder (job runners and jobs)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(home.root) in command and "gateway" not in command:
-            found.append(command)
-    return found
+    commands = (" ".join(argv) for _, argv, _ in processes())
+    return [command for command in commands if str(home.root) in command and "gateway" not in command]
 
 
 def test_unreadable_records_are_named_and_the_rest_listed(shared: StateHome) -> None:

@@ -19,11 +19,22 @@ def add_common(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
     if config:
         parser.add_argument("config", help="model YAML, e.g. models/breast-cancer.yaml")
         add_overrides(parser)
+    add_names(parser)
+
+
+def add_names(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """`--env/--project/--region`. A sub-command of a command that has them passes
+    `argparse.SUPPRESS`, so they may come after it without resetting the parent's values."""
     parser.add_argument(
-        "--env", choices=ENVIRONMENTS, help="environment (default $SAGEGATE_ENVIRONMENT or development)"
+        "--env",
+        choices=ENVIRONMENTS,
+        default=default,
+        help="environment (default $SAGEGATE_ENVIRONMENT or development)",
     )
-    parser.add_argument("--project", help="resource name prefix (default $SAGEGATE_PROJECT or sagegate)")
-    parser.add_argument("--region", help="AWS region (default $AWS_DEFAULT_REGION or us-east-1)")
+    parser.add_argument(
+        "--project", default=default, help="resource name prefix (default $SAGEGATE_PROJECT or sagegate)"
+    )
+    parser.add_argument("--region", default=default, help="AWS region (default $AWS_DEFAULT_REGION or us-east-1)")
 
 
 def add_overrides(parser: argparse.ArgumentParser) -> None:

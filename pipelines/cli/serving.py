@@ -17,6 +17,7 @@ from pipelines.cli.common import (
     AddParser,
     add_common,
     add_model_choice,
+    add_names,
     chosen_model_config,
     project,
     report_skipped,
@@ -73,9 +74,11 @@ def register(add: AddParser) -> None:
     endpoints_commands = endpoints.add_subparsers(dest="endpoints_command")
     show = endpoints_commands.add_parser("show", help="one endpoint: variants, components, model servers")
     show.add_argument("name")
+    add_names(show, default=argparse.SUPPRESS)
     show.set_defaults(handler=endpoint_show_command)
     delete = endpoints_commands.add_parser("delete")
     delete.add_argument("name")
+    add_names(delete, default=argparse.SUPPRESS)
     delete.set_defaults(handler=endpoint_delete_command)
 
     invoke = add("invoke", help="invoke a local endpoint through the sagemaker-runtime API")
