@@ -35,7 +35,7 @@ from pipelines.local.serving_metrics import metrics_path
 from pipelines.provision import provision_local, with_overrides
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import process_alive, read_json
-from tests.gate_fixtures import ROOT, breast_cancer
+from tests.gate_fixtures import ROOT, breast_cancer, trained_with
 
 PROJECT = Project()
 SERVERLESS = "sagegate-development-breast-cancer-serverless"
@@ -73,7 +73,8 @@ def register(home: StateHome, trees: int, project: Project = PROJECT) -> str:
     name = project.registered_model("breast-cancer")
     if not client.search_registered_models(f"name='{name}'"):
         client.create_registered_model(name)
-    return str(client.create_model_version(name, source=uri, tags={"model_data_uri": uri}).version)
+    tags = {"model_data_uri": uri, **trained_with()}  # as a training job here records them
+    return str(client.create_model_version(name, source=uri, tags=tags).version)
 
 
 @pytest.fixture(scope="module")
