@@ -114,7 +114,7 @@ def ab_weights(text: str) -> dict[str, float]:
 def provision_command(args: argparse.Namespace) -> int:
     from pipelines.cross_region import arn_region, replicate_model_package
     from pipelines.provision import aws_deploy_command, provision_local, template_parameters, with_overrides
-    from pipelines.templates import render
+    from pipelines.templates import load
 
     config = with_overrides(chosen_model_config(args), vars(args))
     names = project(args)
@@ -151,9 +151,16 @@ def provision_command(args: argparse.Namespace) -> int:
             args.model_package_arn = replicate_model_package(args.model_package_arn, config.name, names)
             print(f"replicated into {names.region}: {args.model_package_arn}")
     template, parameters = template_parameters(config, names, args.model_package_arn)
+    return deploy_stack(args, load(template), parameters, aws_deploy_command(config, names, args.model_package_arn))
+
+
+def deploy_stack(args: argparse.Namespace, template: dict, parameters: dict[str, str], command: list[str]) -> int:
+    """`--render FILE` writes the template as deployed; the deploy command is printed, then run
+    unless `--dry-run`."""
+    from pipelines.templates import render_template
+
     if args.render:
-        Path(args.render).write_text(json.dumps(render(template, parameters), indent=2) + "\n")
-    command = aws_deploy_command(config, names, args.model_package_arn)
+        Path(args.render).write_text(json.dumps(render_template(template, parameters), indent=2) + "\n")
     print("+ " + shlex.join(command))
     if args.dry_run:
         return EXIT_OK
@@ -163,7 +170,6 @@ def provision_command(args: argparse.Namespace) -> int:
 def provision_llm(args: argparse.Namespace, config: Any, names: Any) -> int:
     """The LLM endpoint stack: endpoint-llm.yaml specialised with the container environment."""
     from pipelines.provision import aws_deploy_command, llm_template, template_parameters
-    from pipelines.templates import render_template
 
     if args.ab or args.model_package_arn or args.version:
         raise ConfigError("an LLM endpoint serves deployment.llm's base model and adapter: no --ab/--version/package")
@@ -173,13 +179,7 @@ def provision_llm(args: argparse.Namespace, config: Any, names: Any) -> int:
     template_file = out / f"{names.stack_name(config.name, 'endpoint')}.json"
     template_file.write_text(json.dumps(template, indent=2) + "\n")
     _, parameters = template_parameters(config, names, None)
-    if args.render:
-        Path(args.render).write_text(json.dumps(render_template(template, parameters), indent=2) + "\n")
-    command = aws_deploy_command(config, names, None, str(template_file))
-    print("+ " + shlex.join(command))
-    if args.dry_run:
-        return EXIT_OK
-    return subprocess.run(command, check=False).returncode
+    return deploy_stack(args, template, parameters, aws_deploy_command(config, names, None, str(template_file)))
 
 
 def gateway_command(args: argparse.Namespace) -> int:
