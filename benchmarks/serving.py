@@ -1,9 +1,12 @@
-"""Serving benchmark: our model server vs `mlflow models serve` vs in-process predict, as ratios.
+"""Serving benchmark: our model server and the user's path vs `mlflow models serve` vs in-process predict.
 
-One run, same model (RandomForest, 100 trees, depth 10, 20 features), same machine, same
-client: single-row JSON and CSV at concurrency 1 and 16 (requests/s, p99), 100-row batches
-(rows/s), and the cold start from zero (first response vs process start + model load alone).
-Also reports the full local endpoint path (boto3-shaped requests through the gateway).
+One run, one model, same machine: `sagegate run` trains a RandomForest (100 trees, depth 10, 20
+features) in a fresh state home and deploys it to a realtime endpoint, so the served archive is
+the register job's (its verified ONNX conversion). Against it: `mlflow models serve` on the same
+run's MLflow model, and the same pipeline's in-process scikit-learn `predict`. Cases: single-row
+JSON and CSV at 1 and 16 clients (requests/s, p99) straight to the model server and through the
+gateway with an unmodified boto3 `invoke_endpoint`; 100-row batches (rows/s); the cold start from
+zero (first response vs process start + model load alone).
 
     python benchmarks/serving.py [--seconds 5]
 """
@@ -20,33 +23,63 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import boto3
 import joblib
 import numpy as np
 import pandas as pd
+from botocore.config import Config
 from sklearn.datasets import make_classification
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "containers" / "inference" / "serve.py"
 FEATURES = [f"f{i}" for i in range(20)]
+MODEL = "bench-forest"
+CONFIG = f"""
+name: {MODEL}
+task: classification
+data: {{source: data.csv, target: label}}
+model:
+  class: sklearn.ensemble.RandomForestClassifier
+  hyperparameters: {{n_estimators: 100, max_depth: 10, random_state: 0}}
+quality_gate: {{metrics: {{accuracy: {{min: 0.5}}}}}}
+deployment: {{type: realtime, max_instances: {os.cpu_count() or 1}, scale_in_cooldown: 3600}}
+"""
 
 
-def build_model(folder: Path) -> tuple[Pipeline, pd.DataFrame]:
+def deploy(workdir: Path) -> tuple[Path, Path, str]:
+    """`sagegate run` in a fresh state home: the served model's folder, its MLflow model and the gateway URL."""
     x, y = make_classification(n_samples=4000, n_features=20, n_informative=12, random_state=0)
-    frame = pd.DataFrame(x, columns=FEATURES)
-    model = Pipeline([("model", RandomForestClassifier(n_estimators=100, max_depth=10, random_state=0))])
-    model.fit(frame, y)
-    folder.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, folder / "model.joblib")
-    (folder / "metadata.json").write_text(json.dumps({"features": FEATURES, "task": "classification"}))
-    return model, frame
+    frame = pd.DataFrame(x, columns=FEATURES).assign(label=y)
+    frame.to_csv(workdir / "data.csv", index=False)
+    (workdir / "model.yaml").write_text(CONFIG)
+    home = workdir / "state"
+    env = {**os.environ, "SAGEGATE_HOME": str(home)}
+    subprocess.run([str(Path(sys.executable).parent / "sagegate"), "run", "model.yaml"], cwd=workdir, env=env,
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    os.environ["SAGEGATE_HOME"] = str(home)
+    from pipelines.local.gateway import start_gateway
+    from pipelines.registry import find_version
+    from pipelines.state import Project, StateHome
+
+    state = StateHome(home)
+    version = find_version(state, Project().registered_model(MODEL))
+    if version["runtime"] != "onnx":
+        raise SystemExit(f"the run did not compile the model: {version['runtime_reason']}")
+    served = workdir / "model"
+    with tarfile.open(state.local_path(version["model_data_uri"])) as archive:
+        archive.extractall(served, filter="data")
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=state.mlflow_tracking_uri)
+    location = client.get_model_version_download_uri(version["name"], version["version"])
+    return served, Path(location.removeprefix("file://")), start_gateway(state, Project())["url"]
 
 
 def free_port() -> int:
@@ -162,91 +195,121 @@ def cold_start(model_dir: Path, runs: int = 3) -> tuple[float, float]:
     return statistics.median(ours), statistics.median(floor)
 
 
+def gateway_load(url: str, body: bytes, content_type: str, concurrency: int, seconds: float) -> tuple[float, float]:
+    """The user's path: boto3 `invoke_endpoint` through the gateway, one client shared by the threads."""
+    runtime = boto3.client(
+        "sagemaker-runtime", endpoint_url=url, region_name="us-east-1", aws_access_key_id="local",
+        aws_secret_access_key="local", config=Config(max_pool_connections=concurrency, retries={"max_attempts": 0}),
+    )  # fmt: skip
+    endpoint = f"sagegate-development-{MODEL}-realtime"
+    latencies: list[float] = []
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        mine = []
+        while time.monotonic() < stop_at:
+            began = time.perf_counter()
+            runtime.invoke_endpoint(EndpointName=endpoint, ContentType=content_type, Body=body)["Body"].read()
+            mine.append(time.perf_counter() - began)
+        latencies.extend(mine)
+
+    client_threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    began = time.monotonic()
+    for thread in client_threads:
+        thread.start()
+    for thread in client_threads:
+        thread.join()
+    return len(latencies) / (time.monotonic() - began), float(np.percentile(latencies, 99) * 1000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     workdir = Path(tempfile.mkdtemp(prefix="sagegate-bench-"))
-    model, frame = build_model(workdir / "model")
-    one = frame.iloc[[0]]
-    hundred = frame.iloc[:100]
-    csv_one = one.to_csv(header=False, index=False).encode()
-    json_one = json.dumps({"instances": one.values.tolist()}).encode()
-    csv_hundred = hundred.to_csv(header=False, index=False).encode()
-
-    import mlflow.sklearn
-
-    mlflow.sklearn.save_model(
-        model, workdir / "mlflow-model", serialization_format="cloudpickle",
-        pip_requirements=["scikit-learn", "pandas"],
-    )  # fmt: skip
-    mlflow_csv_one = one.to_csv(index=False).encode()  # mlflow's CSV needs a header
-    mlflow_json_one = json.dumps({"dataframe_split": one.to_dict(orient="split")}).encode()
-    mlflow_csv_hundred = hundred.to_csv(index=False).encode()
+    served, mlflow_model, gateway = deploy(workdir)
+    model = joblib.load(served / "model.joblib")
+    frame = pd.read_csv(workdir / "data.csv")[FEATURES]
+    one, hundred = frame.iloc[[0]], frame.iloc[:100]
+    bodies = {
+        "json": (
+            json.dumps({"instances": one.values.tolist()}).encode(),
+            json.dumps({"dataframe_split": one.to_dict(orient="split")}).encode(),
+            "application/json",
+        ),
+        "csv": (one.to_csv(header=False, index=False).encode(), one.to_csv(index=False).encode(), "text/csv"),
+    }  # fmt: skip (mlflow's CSV needs a header, its JSON a dataframe_split)
 
     results: dict[str, float] = {}
     results["inprocess_1row_rps"] = in_process_rate(lambda: model.predict(one), args.seconds)
     results["inprocess_100row_rows_per_s"] = 100 * in_process_rate(lambda: model.predict(hundred), args.seconds)
-
     ours_port, mlflow_port = free_port(), free_port()
-    workers = str(os.cpu_count() or 1)
     ours = start(
-        [sys.executable, str(SERVE), "--model-dir", str(workdir / "model"), "--bind", f"127.0.0.1:{ours_port}",
-         "--workers", workers], ours_port, "/ping", workdir / "ours.log",
+        [sys.executable, str(SERVE), "--model-dir", str(served), "--bind", f"127.0.0.1:{ours_port}",
+         "--workers", str(os.cpu_count() or 1)], ours_port, "/ping", workdir / "ours.log",
     )  # fmt: skip
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
     theirs = start(
-        [str(mlflow_bin), "models", "serve", "-m", str(workdir / "mlflow-model"), "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(mlflow_port)], mlflow_port, "/ping", workdir / "mlflow.log",
+        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", str(mlflow_model), "--env-manager",
+         "local", "-h", "127.0.0.1", "-p", str(mlflow_port)], mlflow_port, "/ping", workdir / "mlflow.log",
     )  # fmt: skip
     try:
         for concurrency in (1, 16):
-            for name, body, theirs_body, content_type in (
-                ("json", json_one, mlflow_json_one, "application/json"),
-                ("csv", csv_one, mlflow_csv_one, "text/csv"),
-            ):
-                rps, p99 = load(ours_port, "/invocations", body, content_type, concurrency, args.seconds)
-                m_rps, m_p99 = load(mlflow_port, "/invocations", theirs_body, content_type, concurrency, args.seconds)
-                results[f"ours_{name}_c{concurrency}_rps"], results[f"ours_{name}_c{concurrency}_p99_ms"] = rps, p99
-                results[f"mlflow_{name}_c{concurrency}_rps"] = m_rps
-                results[f"mlflow_{name}_c{concurrency}_p99_ms"] = m_p99
-        rps, _ = load(ours_port, "/invocations", csv_hundred, "text/csv", 2, args.seconds)
-        results["ours_100row_rows_per_s"] = 100 * rps
-        m_rps, _ = load(mlflow_port, "/invocations", mlflow_csv_hundred, "text/csv", 2, args.seconds)
-        results["mlflow_100row_rows_per_s"] = 100 * m_rps
+            for name, (body, theirs_body, content_type) in bodies.items():
+                key = f"{name}_c{concurrency}"
+                results[f"ours_{key}_rps"], results[f"ours_{key}_p99_ms"] = load(
+                    ours_port, "/invocations", body, content_type, concurrency, args.seconds
+                )
+                results[f"gateway_{key}_rps"], results[f"gateway_{key}_p99_ms"] = gateway_load(
+                    gateway, body, content_type, concurrency, args.seconds
+                )
+                results[f"mlflow_{key}_rps"], results[f"mlflow_{key}_p99_ms"] = load(
+                    mlflow_port, "/invocations", theirs_body, content_type, concurrency, args.seconds
+                )
+        csv_hundred = hundred.to_csv(header=False, index=False).encode()
+        results["ours_100row_rows_per_s"] = 100 * load(ours_port, "/invocations", csv_hundred, "text/csv", 2,
+                                                       args.seconds)[0]  # fmt: skip
+        mlflow_hundred = hundred.to_csv(index=False).encode()
+        results["mlflow_100row_rows_per_s"] = 100 * load(mlflow_port, "/invocations", mlflow_hundred, "text/csv", 2,
+                                                         args.seconds)[0]  # fmt: skip
     finally:
         stop(ours)
         stop(theirs)
-    results["cold_start_s"], results["process_and_load_s"] = cold_start(workdir / "model")
+        subprocess.run([str(Path(sys.executable).parent / "sagegate"), "gateway", "stop"], check=False,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+    results["cold_start_s"], results["process_and_load_s"] = cold_start(served)
+    report(results, args.seconds)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"raw figures: {workdir / 'results.json'}")
+    shutil.rmtree(workdir / "state", ignore_errors=True)
 
-    print(f"model: RandomForest 100 trees depth 10, 20 features; {os.cpu_count()} cores; {args.seconds:.0f} s each")
-    print(f"in-process predict: 1 row {results['inprocess_1row_rps']:.0f}/s, 100 rows "
+
+def report(results: dict[str, float], seconds: float) -> None:
+    print(f"model: RandomForest 100 trees depth 10, 20 features, served by ONNX Runtime; {os.cpu_count()} cores; "
+          f"{seconds:.0f} s per case")  # fmt: skip
+    print(f"in-process scikit-learn predict: 1 row {results['inprocess_1row_rps']:.0f}/s, 100 rows "
           f"{results['inprocess_100row_rows_per_s']:.0f} rows/s")  # fmt: skip
-    print(f"{'case':<18}{'ours req/s':>12}{'mlflow req/s':>14}{'x mlflow':>10}{'x in-proc':>11}{'ours p99':>10}"
-          f"{'mlflow p99':>12}{'p99 ratio':>11}")  # fmt: skip
+    print(f"{'case':<16}{'path':<15}{'req/s':>9}{'mlflow':>9}{'x mlflow':>10}{'p99 ms':>9}{'mlflow p99':>12}"
+          f"{'p99 ratio':>11}")  # fmt: skip
     for concurrency in (1, 16):
         for name in ("json", "csv"):
             key = f"{name}_c{concurrency}"
-            ours_rps, theirs_rps = results[f"ours_{key}_rps"], results[f"mlflow_{key}_rps"]
-            ours_p99, theirs_p99 = results[f"ours_{key}_p99_ms"], results[f"mlflow_{key}_p99_ms"]
-            print(
-                f"{'1-row ' + name + ' c' + str(concurrency):<18}{ours_rps:>12.0f}{theirs_rps:>14.0f}"
-                f"{ours_rps / theirs_rps:>9.2f}x{ours_rps / results['inprocess_1row_rps']:>10.2f}x"
-                f"{ours_p99:>9.1f}ms{theirs_p99:>10.1f}ms{ours_p99 / theirs_p99:>10.2f}x"
-            )
+            theirs_rps, theirs_p99 = results[f"mlflow_{key}_rps"], results[f"mlflow_{key}_p99_ms"]
+            for path, label in (("ours", "model server"), ("gateway", "boto3+gateway")):
+                rps, p99 = results[f"{path}_{key}_rps"], results[f"{path}_{key}_p99_ms"]
+                print(
+                    f"{'1-row ' + name + ' c' + str(concurrency):<16}{label:<15}{rps:>9.0f}{theirs_rps:>9.0f}"
+                    f"{rps / theirs_rps:>9.1f}x{p99:>9.2f}{theirs_p99:>12.2f}{p99 / theirs_p99:>10.2f}x"
+                )
     print(
         f"100-row csv: ours {results['ours_100row_rows_per_s']:.0f} rows/s, mlflow "
-        f"{results['mlflow_100row_rows_per_s']:.0f} rows/s; ours/in-process = "
-        f"{results['ours_100row_rows_per_s'] / results['inprocess_100row_rows_per_s']:.2f}x"
+        f"{results['mlflow_100row_rows_per_s']:.0f} rows/s; ours/in-process scikit-learn = "
+        f"{results['ours_100row_rows_per_s'] / results['inprocess_100row_rows_per_s']:.1f}x"
     )
     print(
         f"cold start from zero: first response {results['cold_start_s']:.2f} s vs process start + model load "
         f"{results['process_and_load_s']:.2f} s = {results['cold_start_s'] / results['process_and_load_s']:.2f}x"
     )
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"raw figures: {workdir / 'results.json'}")
-    shutil.rmtree(workdir / "mlflow-model", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -251,6 +251,8 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         failure_parts += [f" {m}=", metric(m), f" (needs {'>=' if bound == 'min' else '<='} ", p, ");"]
     step_fail = FailStep(name="QualityGateFailed", error_message=Join(on="", values=failure_parts))
 
+    # what endpoints serve: the register job's archive (model.onnx when its conversion verified)
+    served_model = _s3(project, "models", name, "served", execution, "model.tar.gz")
     registrar = script_processor(project, session, name, "register", processing_instance)
     registration = PropertyFile(name="Registration", output_name="registration", path="registration.json")
     step_register_mlflow = ProcessingStep(
@@ -261,6 +263,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 ProcessingInput(source=model_data, destination=f"{PROCESSING_ROOT}/model"),
                 ProcessingInput(source=evaluation_uri, destination=f"{PROCESSING_ROOT}/evaluation"),
                 ProcessingInput(source=split_uri("schema"), destination=f"{PROCESSING_ROOT}/schema"),
+                ProcessingInput(source=split_uri("test"), destination=f"{PROCESSING_ROOT}/test"),
             ],
             outputs=[
                 ProcessingOutput(
@@ -276,6 +279,8 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 f"{PROCESSING_ROOT}/evaluation",
                 "--schema-dir",
                 f"{PROCESSING_ROOT}/schema",
+                "--test-dir",
+                f"{PROCESSING_ROOT}/test",
                 "--output-dir",
                 f"{PROCESSING_ROOT}/registration",
                 "--tracking-uri",
@@ -286,8 +291,8 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 project.registered_model(config.name),
                 "--execution-id",
                 execution,
-                "--model-data-uri",
-                model_data,
+                "--served-model-uri",
+                served_model,
             ],
         ),
         property_files=[registration],
@@ -296,9 +301,10 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     if not local:
         # the package carries its MLflow version: the gate (triggered by the package) checks that one
         mlflow_version = JsonGet(step_name=step_register_mlflow.name, property_file=registration, json_path="version")
-        if_steps.append(
-            _model_registry_step(config, project, session, image, model_data, evaluation_uri, approval, mlflow_version)
+        registry = _model_registry_step(
+            config, project, session, image, served_model, evaluation_uri, approval, mlflow_version
         )
+        if_steps.append(registry)
 
     step_gate = ConditionStep(
         name="CheckQualityGate",
@@ -332,8 +338,8 @@ def _model_registry_step(
     approval: Any,
     mlflow_version: Any,
 ) -> ModelStep:
-    """The Model Registry version: the trained artifact on the runtime image, whose entry point serves
-    it (`serve`: containers/inference baked in), so no repack step rewrites the artifact."""
+    """The Model Registry version: the register job's served archive on the runtime image, whose entry
+    point serves it (`serve`: containers/inference baked in), so no repack step rewrites the artifact."""
     model = Model(
         image_uri=image,
         name=project.registered_model(config.name),

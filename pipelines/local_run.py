@@ -290,6 +290,8 @@ def _record(
         record.registered_model = registration["registered_model_name"]
         record.registered_version = registration["version"]
         record.artifacts["mlflow_model"] = registration["model_uri"]
+        if "model_data_uri" in registration:
+            record.artifacts["served_model"] = str(home.local_path(registration["model_data_uri"]))
     if model_uri:
         record.artifacts["model"] = str(home.local_path(model_uri))
     record.artifacts["splits"] = str(bucket / "training-data" / config.name / run_id)

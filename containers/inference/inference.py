@@ -2,7 +2,9 @@
 
 The stock scikit-learn image calls these through its own server; `serve.py` (this folder's
 custom-image entry point, and the local endpoints' model server) calls the same functions.
-Imports nothing from `pipelines/`; runs on Python 3.8+.
+A model whose archive says `serving.json: {"runtime": "onnx"}` (the register job verified its
+conversion on the test split) is answered by ONNX Runtime, one thread per worker; any other by
+the scikit-learn pipeline. Imports nothing from `pipelines/`; runs on Python 3.8+.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class RequestError(ValueError):
 class Model:
     """The fitted pipeline with what serving needs to know about it (from metadata.json)."""
 
+    runtime = "sklearn"
+
     def __init__(self, estimator: Any, metadata: dict[str, Any]) -> None:
         self.estimator = estimator
         self.features: list[str] = list(metadata.get("features") or getattr(estimator, "feature_names_in_", []))
@@ -38,12 +42,56 @@ class Model:
             if getattr(step[1], "n_jobs", None) not in (None, 1):
                 step[1].n_jobs = None  # a process pool per one-row request costs ~20 ms
 
+    def predict(self, rows: np.ndarray, probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.features:
+            import pandas as pd
+
+            frame: Any = pd.DataFrame(rows, columns=self.features)
+        else:
+            frame = rows
+        labels = self.estimator.predict(frame)
+        if probabilities and self.task == "classification" and hasattr(self.estimator, "predict_proba"):
+            return labels, self.estimator.predict_proba(frame)
+        return labels, None
+
+
+class OnnxModel(Model):
+    """The verified ONNX conversion of the pipeline, run by ONNX Runtime on one thread: the server's
+    workers are the parallelism, and a thread pool per request would cost more than a small model."""
+
+    runtime = "onnx"
+
+    def __init__(self, path: str, metadata: dict[str, Any]) -> None:
+        import onnxruntime
+
+        super().__init__(None, metadata)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        (source,) = self.session.get_inputs()
+        self.input_name = source.name
+        self.input_type = np.float64 if source.type == "tensor(double)" else np.float32
+        self.outputs = [output.name for output in self.session.get_outputs()]
+
+    def predict(self, rows: np.ndarray, probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        wanted = self.outputs if probabilities and self.task == "classification" else self.outputs[:1]
+        results = self.session.run(wanted, {self.input_name: rows.astype(self.input_type, copy=False)})
+        return results[0].ravel(), results[1] if len(results) > 1 else None
+
 
 def model_fn(model_dir: str) -> Model:
-    estimator = joblib.load(os.path.join(model_dir, "model.joblib"))
-    metadata_path = os.path.join(model_dir, "metadata.json")
-    metadata = json.load(open(metadata_path)) if os.path.exists(metadata_path) else {}
-    return Model(estimator, metadata)
+    def read(name: str) -> dict[str, Any]:
+        path = os.path.join(model_dir, name)
+        if not os.path.exists(path):
+            return {}
+        with open(path) as stream:
+            return json.load(stream)
+
+    metadata, serving = read("metadata.json"), read("serving.json")
+    onnx_path = os.path.join(model_dir, "model.onnx")
+    if serving.get("runtime") == "onnx" and os.path.exists(onnx_path):
+        return OnnxModel(onnx_path, metadata)
+    return Model(joblib.load(os.path.join(model_dir, "model.joblib")), metadata)
 
 
 def _records(items: list[dict[str, Any]], model: Model) -> np.ndarray:
@@ -129,15 +177,10 @@ def input_fn(body: bytes, content_type: str, model: Model | None = None) -> np.n
 
 
 def predict_fn(rows: np.ndarray, model: Model, probabilities: bool = False) -> dict[str, Any]:
-    if model.features:
-        import pandas as pd
-
-        frame: Any = pd.DataFrame(rows, columns=model.features)
-    else:
-        frame = rows
-    result: dict[str, Any] = {"predictions": model.estimator.predict(frame).tolist()}
-    if probabilities and model.task == "classification" and hasattr(model.estimator, "predict_proba"):
-        result["probabilities"] = model.estimator.predict_proba(frame).tolist()
+    labels, scores = model.predict(rows, probabilities)
+    result: dict[str, Any] = {"predictions": labels.tolist()}
+    if scores is not None:
+        result["probabilities"] = scores.tolist()
         result["classes"] = [c.item() if hasattr(c, "item") else c for c in model.classes]
     return result
 

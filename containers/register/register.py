@@ -1,8 +1,13 @@
-"""Register job: log the run and the model to MLflow and add a version to its registry.
+"""Register job: compile the model, publish what will serve, log it to MLflow and add a registry version.
 
 Runs in every mode (locally against a sqlite store, on AWS against a SageMaker managed
-MLflow tracking server ARN), only after the quality gate passed. Image: the stock
-scikit-learn image plus MLflow (see Dockerfile); imports nothing from `pipelines/`.
+MLflow tracking server ARN), only after the quality gate passed. The fitted pipeline is
+converted to ONNX (skl2onnx) and the conversion is kept only if ONNX Runtime answers the
+held-out test split as scikit-learn does: the same labels, probabilities / predictions within
+`TOLERANCE` (relative, and absolute below 1). The served archive (model.joblib, metadata.json,
+serving.json and, when verified, model.onnx) is uploaded before the version is created, so no
+version ever names an archive that is not there. Runs on the project's runtime image;
+imports nothing from `pipelines/`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
+import pandas as pd
+
+TOLERANCE = 1e-5
+# Pinned so a converter upgrade cannot silently change the operators the image's runtime must run.
+ONNX_OPSETS = {"": 18, "ai.onnx.ml": 3}
 
 
 def fail(message: str) -> None:
@@ -31,13 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-dir", default="/opt/ml/processing/model")
     parser.add_argument("--evaluation-dir", default="/opt/ml/processing/evaluation")
     parser.add_argument("--schema-dir", default="/opt/ml/processing/schema")
+    parser.add_argument("--test-dir", default="/opt/ml/processing/test")
     parser.add_argument("--output-dir", default="/opt/ml/processing/registration")
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--artifact-location", default="", help="new experiments only; empty = server default")
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--registered-model-name", required=True)
     parser.add_argument("--execution-id", required=True)
-    parser.add_argument("--model-data-uri", default="")
+    parser.add_argument("--served-model-uri", required=True, help="s3:// where the served model.tar.gz goes")
     return parser.parse_args(argv)
 
 
@@ -62,6 +74,128 @@ def signature(metadata: dict[str, Any]) -> Any:
         inputs=Schema([ColSpec("double", name) for name in metadata["features"]]),
         outputs=Schema([ColSpec(target_type)]),
     )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def mismatch(expected: np.ndarray, actual: np.ndarray, what: str) -> str | None:
+    """None when `actual` is within TOLERANCE of `expected`, else which row differs and by how much."""
+    expected, actual = np.asarray(expected, dtype=float), np.asarray(actual, dtype=float).reshape(expected.shape)
+    allowed = TOLERANCE * np.maximum(np.abs(expected), 1.0)
+    off = np.abs(actual - expected) > allowed
+    if not off.any():
+        return None
+    row = int(np.argwhere(off)[0][0])
+    worst = float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1.0)))
+    return f"ONNX {what} differ by up to {worst:.2e} relative (> {TOLERANCE:g}), first at test row {row}"
+
+
+def verify(model: Any, onnx_bytes: bytes, features: pd.DataFrame, task: str) -> str | None:
+    """None if ONNX Runtime answers every test row as the fitted pipeline does, else the reason it does not."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: features.to_numpy(dtype=np.float64)})
+    if task == "regression":
+        return mismatch(model.predict(features), outputs[0], "predictions")
+    expected, labels = model.predict(features), outputs[0].ravel()
+    changed = np.flatnonzero(expected.astype(str) != labels.astype(str))
+    if len(changed):
+        row = int(changed[0])
+        return (
+            f"ONNX changes the label of {len(changed)} of {len(expected)} test rows "
+            f"(row {row}: scikit-learn {expected[row]!r}, ONNX {labels[row]!r})"
+        )
+    if hasattr(model, "predict_proba") and len(outputs) > 1:
+        return mismatch(model.predict_proba(features), outputs[1], "probabilities")
+    return None
+
+
+def to_onnx(model: Any, features: pd.DataFrame, task: str) -> bytes:
+    """The pipeline as one ONNX graph that computes what scikit-learn computes: preprocessing in double
+    precision, then the features rounded to float32 (what scikit-learn's trees do to their input)
+    for the estimator. Converting the whole pipeline in float32 instead moves rows across split
+    thresholds (a 50-tree forest: probabilities off by 0.02 on the breast-cancer data)."""
+    import onnx
+    from onnx import TensorProto, compose, helper
+    from skl2onnx import to_onnx as convert
+
+    sample = features.to_numpy(dtype=np.float64)[:1]
+    # classifiers: probabilities as one tensor, not a list of {class: p} maps
+    options = {"zipmap": False} if task == "classification" else None
+    estimator = convert(model.steps[-1][1], sample.astype(np.float32), options=options, target_opset=ONNX_OPSETS)
+    if len(model.steps) == 1:
+        return estimator.SerializeToString()
+    preprocessing = convert(model[:-1], sample, target_opset=ONNX_OPSETS)
+    width = sample.shape[1]
+    rounding = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Cast", ["scaled"], ["rounded"], to=TensorProto.FLOAT)],
+            "round_to_float32",
+            [helper.make_tensor_value_info("scaled", TensorProto.DOUBLE, [None, width])],
+            [helper.make_tensor_value_info("rounded", TensorProto.FLOAT, [None, width])],
+        )
+    )
+    opsets = [helper.make_opsetid(domain, version) for domain, version in ONNX_OPSETS.items()]
+    for part in (preprocessing, rounding, estimator):  # merge_models needs identical opset lists
+        del part.opset_import[:]
+        part.opset_import.extend(opsets)
+        part.ir_version = preprocessing.ir_version
+    merged = compose.merge_models(
+        preprocessing, rounding, io_map=[(preprocessing.graph.output[0].name, "scaled")], prefix2="round_"
+    )
+    merged = compose.merge_models(
+        merged, estimator, io_map=[("round_rounded", estimator.graph.input[0].name)], prefix2="model_"
+    )
+    onnx.checker.check_model(merged)
+    return merged.SerializeToString()
+
+
+def compile_onnx(model: Any, metadata: dict[str, Any], test: pd.DataFrame) -> tuple[bytes | None, dict[str, Any]]:
+    """The ONNX model if it converts and verifies on the test split, and the record of why or why not."""
+    features = test[metadata["features"]]
+    try:
+        converted = to_onnx(model, features, metadata["task"])
+    except Exception as error:  # skl2onnx raises many types for estimators it does not know
+        reason = f"skl2onnx cannot convert {metadata['model_class']}: {_first_line(error)}"
+        return None, {"runtime": "sklearn", "reason": reason}
+    try:
+        problem = verify(model, converted, features, metadata["task"])
+    except Exception as error:  # the runtime refuses the converted graph
+        problem = f"ONNX Runtime cannot run the converted {metadata['model_class']}: {_first_line(error)}"
+    if problem:
+        return None, {"runtime": "sklearn", "reason": problem}
+    return converted, {"runtime": "onnx", "reason": f"verified on {len(test)} held-out test rows"}
+
+
+def served_archive(
+    model_dir: Path, metadata: dict[str, Any], onnx_bytes: bytes | None, serving: dict[str, Any]
+) -> Path:
+    """model.tar.gz as the endpoint gets it: the trained files, serving.json and model.onnx if verified."""
+    folder = Path(tempfile.mkdtemp())
+    (folder / "serving.json").write_text(json.dumps(serving, indent=2))
+    (folder / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    if onnx_bytes is not None:
+        (folder / "model.onnx").write_bytes(onnx_bytes)
+    archive = folder / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(model_dir / "model.joblib", arcname="model.joblib")
+        for name in ("metadata.json", "serving.json", "model.onnx"):
+            if (folder / name).is_file():
+                tar.add(folder / name, arcname=name)
+    return archive
+
+
+def publish(archive: Path, uri: str) -> None:
+    """Upload the served archive (the job's S3 credentials and endpoint: the processing role on AWS)."""
+    import boto3
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    boto3.client("s3").upload_file(str(archive), bucket, key)
 
 
 def make_durable(artifact_location: str) -> None:
@@ -97,9 +231,19 @@ def main(argv: list[str] | None = None) -> None:
         schema_path = Path(args.schema_dir) / "schema.json"
         schema = json.loads(schema_path.read_text())
         metric_values = {name: entry["value"] for name, entry in evaluation["metrics"].items()}
-    except (OSError, tarfile.TarError, KeyError, json.JSONDecodeError) as error:
+        test = pd.read_csv(Path(args.test_dir) / "test.csv")
+    except (OSError, tarfile.TarError, KeyError, json.JSONDecodeError, pd.errors.ParserError) as error:
         fail(f"register: incomplete inputs, nothing registered: {error}")
         return
+
+    onnx_bytes, serving = compile_onnx(model, metadata, test)
+    if onnx_bytes is not None:
+        from importlib.metadata import version as installed
+
+        # what loading the served model depends on: the gate deploys it only onto an image with the same
+        metadata["libraries"] = {**metadata.get("libraries", {}), "onnxruntime": installed("onnxruntime")}
+    print(f"register: serves with {serving['runtime']} ({serving['reason']})")
+    publish(served_archive(model_dir, metadata, onnx_bytes, serving), args.served_model_uri)
 
     mlflow.set_tracking_uri(args.tracking_uri)
     client = mlflow.MlflowClient()
@@ -115,7 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         "data.sha256": schema["source"]["sha256"],
         "data.rows": str(schema["source"]["rows"]),
         "model_class": metadata["model_class"],
-        "model_data_uri": args.model_data_uri,
+        "model_data_uri": args.served_model_uri,
+        "serving.runtime": serving["runtime"],
+        "serving.reason": serving["reason"],
         # the versions that trained it: the gate deploys it only onto an image with the same
         **{f"library.{name}": version for name, version in metadata.get("libraries", {}).items()},
     }
@@ -127,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         for plot in evaluation.get("plots", []):
             mlflow.log_artifact(str(Path(args.evaluation_dir) / plot), artifact_path="evaluation")
         mlflow.log_artifact(str(schema_path), artifact_path="data")
+        mlflow.log_text(json.dumps(serving, indent=2), "serving/serving.json")
+        if onnx_bytes is not None:
+            onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
+            onnx_path.write_bytes(onnx_bytes)
+            mlflow.log_artifact(str(onnx_path), artifact_path="serving")
         info = mlflow.sklearn.log_model(
             model,
             name="model",
@@ -146,6 +297,8 @@ def main(argv: list[str] | None = None) -> None:
         "version": version,
         "run_id": run.info.run_id,
         "model_uri": f"models:/{args.registered_model_name}/{version}",
+        "model_data_uri": args.served_model_uri,
+        "serving": serving,
         "metrics": metric_values,
     }
     output = Path(args.output_dir)

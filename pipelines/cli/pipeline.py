@@ -159,11 +159,16 @@ def models_command(args: argparse.Namespace) -> int:
     if not versions:
         print("no registered models yet")
         return EXIT_OK
-    print(f"{'MODEL':<36} {'VERSION':<8} {'ALIASES':<10} {'CREATED':<20} {'RUN':<14} METRICS")
+    print(f"{'MODEL':<36} {'VERSION':<8} {'ALIASES':<10} {'CREATED':<20} {'RUN':<14} {'RUNTIME':<8} METRICS")
     for v in versions:
         metrics = ", ".join(f"{k}={float(x):.4f}" for k, x in sorted(v["metrics"].items()))
         aliases = ",".join(v["aliases"]) or "-"
-        print(f"{v['name']:<36} {v['version']:<8} {aliases:<10} {v['created']:<20} {v['execution_id']:<14} {metrics}")
+        print(
+            f"{v['name']:<36} {v['version']:<8} {aliases:<10} {v['created']:<20} {v['execution_id']:<14} "
+            f"{v['runtime']:<8} {metrics}"
+        )
+        if v["runtime"] != "onnx":
+            print(f"{'':<36} {'':<8} runtime: {v['runtime_reason']}")
     return EXIT_OK
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.local.endpoints import EndpointManager
+from pipelines.local.model_server import serving_runtime
 from pipelines.local.serving_metrics import read_metrics
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError
@@ -49,10 +50,19 @@ def endpoint_detail(home: StateHome, project: Project, name: str) -> tuple[dict[
         (c.get("Specification") or {}).get("ModelName") for c in components.values()
     }
     counts = metrics.get("invocations", {}).get(name, {})
+
+    def runtime(model: str | None) -> dict[str, str]:
+        return serving_runtime(manager.model_data_path(model)) if model in state["models"] else {}
+
     detail = {
         **described,
-        "ProductionVariants": [{**v, "Invocations": counts.get(v["VariantName"], 0)} for v in variants],
-        "InferenceComponents": components,
+        "ProductionVariants": [
+            {**v, "Invocations": counts.get(v["VariantName"], 0), "Runtime": runtime(v.get("ModelName"))}
+            for v in variants
+        ],
+        "InferenceComponents": {
+            n: {**c, "Runtime": runtime((c.get("Specification") or {}).get("ModelName"))} for n, c in components.items()
+        },
         "Throttled": metrics.get("throttled", {}).get(name, 0),
         "ModelServers": {model: server for model, server in metrics.get("servers", {}).items() if model in models},
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -60,6 +61,19 @@ def unpack_model(model_data: Path, folder: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return model_dir
+
+
+def serving_runtime(model_data: Path) -> dict[str, str]:
+    """What serves a model archive (its `serving.json`, written by the register job): ONNX Runtime for a
+    verified conversion, else scikit-learn, with the reason."""
+    try:
+        with tarfile.open(model_data) as archive:
+            member = archive.extractfile("serving.json")
+            return json.load(member) if member else {"runtime": "sklearn", "reason": "serving.json is not a file"}
+    except KeyError:
+        return {"runtime": "sklearn", "reason": "archive without serving.json (not from the register job)"}
+    except (OSError, tarfile.TarError, ValueError) as error:
+        return {"runtime": "unknown", "reason": f"{model_data}: {error}"}
 
 
 def reap_orphans(models_folder: Path) -> list[int]:

@@ -1,0 +1,173 @@
+"""Compiled serving: the register job's ONNX conversion is served only when it answers the held-out
+test split as scikit-learn does; otherwise scikit-learn serves and the reason is shown."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from types import ModuleType
+
+import boto3
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from pipelines.containers import container_code
+from pipelines.local.gateway import start_gateway, stop_gateway
+from pipelines.registry import list_versions
+from pipelines.state import Project, StateHome
+from tests.conftest import DATA, write_config
+
+BREAST_CANCER = pd.read_csv(DATA / "breast_cancer.csv")
+FEATURES = [c for c in BREAST_CANCER.columns if c != "label"]
+
+
+def container_module(folder: str, script: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{folder}_job", container_code(folder, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+register = container_module("register", "register.py")
+inference = container_module("inference", "inference.py")
+
+
+def fitted(estimator: object, target: pd.Series) -> Pipeline:
+    return Pipeline([("scale", StandardScaler()), ("model", estimator)]).fit(BREAST_CANCER[FEATURES], target)
+
+
+def metadata(model_class: str, task: str = "classification") -> dict:
+    return {"features": FEATURES, "task": task, "classes": [0, 1], "model_class": model_class}
+
+
+def test_a_verified_conversion_is_kept_and_answers_as_scikit_learn():
+    model = fitted(RandomForestClassifier(50, max_depth=5, random_state=0), BREAST_CANCER["label"])
+    onnx_bytes, serving = register.compile_onnx(model, metadata("RandomForestClassifier"), BREAST_CANCER)
+    assert onnx_bytes is not None and serving == {
+        "runtime": "onnx",
+        "reason": f"verified on {len(BREAST_CANCER)} held-out test rows",
+    }
+
+
+def test_verification_refuses_a_conversion_that_changes_a_label():
+    model = fitted(RandomForestClassifier(20, random_state=0), BREAST_CANCER["label"])
+    # another model's conversion: a real ONNX graph that labels some rows differently
+    other = fitted(LogisticRegression(C=1e-4), BREAST_CANCER["label"])
+    converted = register.compile_onnx(other, metadata("LogisticRegression"), BREAST_CANCER)[0]
+    assert converted is not None
+    differ = int((model.predict(BREAST_CANCER[FEATURES]) != other.predict(BREAST_CANCER[FEATURES])).sum())
+    assert differ > 0
+    reason = register.verify(model, converted, BREAST_CANCER[FEATURES], "classification")
+    assert reason is not None and reason.startswith(f"ONNX changes the label of {differ} of {len(BREAST_CANCER)}")
+    assert register.verify(other, converted, BREAST_CANCER[FEATURES], "classification") is None
+
+
+def test_verification_refuses_predictions_outside_the_tolerance():
+    target = BREAST_CANCER[FEATURES[0]]
+    model = fitted(GradientBoostingRegressor(n_estimators=20, random_state=0), target)
+    shifted = fitted(GradientBoostingRegressor(n_estimators=21, random_state=0), target)
+    converted = register.compile_onnx(shifted, metadata("GradientBoostingRegressor", "regression"), BREAST_CANCER)[0]
+    reason = register.verify(model, converted, BREAST_CANCER[FEATURES], "regression")
+    assert reason is not None and reason.startswith("ONNX predictions differ by up to")
+
+
+def test_an_estimator_skl2onnx_cannot_convert_is_recorded_with_the_reason():
+    from sklearn.neighbors import NearestCentroid
+
+    model = fitted(NearestCentroid(), BREAST_CANCER["label"])
+    onnx_bytes, serving = register.compile_onnx(model, metadata("sklearn.neighbors.NearestCentroid"), BREAST_CANCER)
+    assert onnx_bytes is None and serving["runtime"] == "sklearn"
+    assert serving["reason"].startswith("skl2onnx cannot convert sklearn.neighbors.NearestCentroid:")
+
+
+def test_the_model_server_runs_a_verified_archive_with_onnx_runtime_and_others_with_scikit_learn(tmp_path):
+    import joblib
+
+    model = fitted(RandomForestClassifier(30, max_depth=4, random_state=1), BREAST_CANCER["label"])
+    meta = metadata("RandomForestClassifier")
+    onnx_bytes, serving = register.compile_onnx(model, meta, BREAST_CANCER)
+    source = tmp_path / "trained"
+    source.mkdir()
+    joblib.dump(model, source / "model.joblib")
+    rows = BREAST_CANCER[FEATURES].to_numpy(dtype=float)
+    for served_bytes, expected_runtime in ((onnx_bytes, "onnx"), (None, "sklearn")):
+        record = serving if served_bytes else {"runtime": "sklearn", "reason": "test"}
+        archive = register.served_archive(source, meta, served_bytes, record)
+        unpacked = tmp_path / expected_runtime
+        with tarfile.open(archive) as tar:
+            tar.extractall(unpacked, filter="data")
+        loaded = inference.model_fn(str(unpacked))
+        assert loaded.runtime == expected_runtime
+        answer = inference.predict_fn(rows, loaded, probabilities=True)
+        assert answer["predictions"] == model.predict(BREAST_CANCER[FEATURES]).tolist()
+        np.testing.assert_allclose(
+            answer["probabilities"], model.predict_proba(BREAST_CANCER[FEATURES]), rtol=1e-5, atol=1e-6
+        )
+
+
+def sagegate(home: Path, *args: str) -> subprocess.CompletedProcess:
+    exe = os.path.join(os.path.dirname(sys.executable), "sagegate")
+    return subprocess.run([exe, *args], capture_output=True, text=True, env={**os.environ, "SAGEGATE_HOME": str(home)})
+
+
+def test_a_model_skl2onnx_cannot_convert_is_served_by_scikit_learn_with_the_reason_shown(tmp_path):
+    config = write_config(
+        tmp_path,
+        (Path(DATA.parent / "models" / "breast-cancer.yaml").read_text())
+        .replace("name: breast-cancer", "name: centroid")
+        .replace("sklearn.ensemble.RandomForestClassifier", "sklearn.neighbors.NearestCentroid")
+        .replace("hyperparameters: {n_estimators: 100, max_depth: 5, random_state: 42}", "hyperparameters: {}"),
+    )
+    home = tmp_path / "state"
+    run = sagegate(home, "run", str(config))
+    assert run.returncode == 0, run.stdout + run.stderr
+    try:
+        (version,) = list_versions(StateHome(home))[0]
+        assert version["runtime"] == "sklearn"
+        assert version["runtime_reason"].startswith("skl2onnx cannot convert sklearn.neighbors.NearestCentroid")
+        listing = sagegate(home, "models").stdout
+        assert "runtime: skl2onnx cannot convert sklearn.neighbors.NearestCentroid" in listing, listing
+
+        endpoint = "sagegate-development-centroid-serverless"
+        shown = json.loads(sagegate(home, "endpoints", "show", endpoint).stdout)
+        (variant,) = shown["ProductionVariants"]
+        assert variant["Runtime"]["runtime"] == "sklearn"
+        assert variant["Runtime"]["reason"] == version["runtime_reason"]
+
+        client = boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=start_gateway(StateHome(home), Project())["url"],
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        )
+        rows = BREAST_CANCER[FEATURES].head(20)
+        answer = client.invoke_endpoint(
+            EndpointName=endpoint, ContentType="text/csv", Body=rows.to_csv(header=False, index=False)
+        )
+        served = json.loads(answer["Body"].read())["predictions"]
+        archive = StateHome(home).local_path(version["model_data_uri"])
+        with tarfile.open(archive) as tar:
+            assert "model.onnx" not in tar.getnames()
+            tar.extractall(tmp_path / "served", filter="data")
+        import joblib
+
+        assert served == joblib.load(tmp_path / "served" / "model.joblib").predict(rows).tolist()
+    finally:
+        stop_gateway(StateHome(home))
+
+
+def test_tolerance_is_relative_above_one_and_absolute_below():
+    expected = np.array([0.0, 0.5, 1000.0])
+    assert register.mismatch(expected, expected + np.array([9e-6, 9e-6, 9e-3]), "predictions") is None
+    assert register.mismatch(expected, expected + np.array([2e-5, 0, 0]), "predictions") is not None
+    assert register.mismatch(expected, expected + np.array([0, 0, 2e-2]), "predictions") is not None
