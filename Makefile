@@ -65,9 +65,11 @@ validate: $(STAMP)
 test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint validate scan
 	$(BIN)/pytest
 
+# Ratios within one sweep (never timed assertions in tests): ~15 min on 2 cores.
 bench: $(STAMP) data/breast_cancer.csv
-	$(BIN)/python benchmarks/e2e.py
+	$(BIN)/python benchmarks/e2e.py --history 20
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf .sagegate

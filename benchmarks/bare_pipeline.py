@@ -5,7 +5,7 @@ No SageMaker, no jobs, no registry: the floor that `sagegate run` is compared ag
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import pandas as pd
 from sklearn.ensemble import RandomForestClassifier
@@ -15,15 +15,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 
-def main(path: str) -> None:
+def main(path: str, trees: int = 100, depth: int = 5) -> None:
     frame = pd.read_csv(path)
     features = [c for c in frame.columns if c != "label"]
     frame[features] = frame[features].apply(pd.to_numeric).astype("float64")
     rest, test = train_test_split(frame, test_size=0.2, random_state=42, stratify=frame["label"])
     train, _ = train_test_split(rest, test_size=0.125, random_state=42, stratify=rest["label"])
-    model = Pipeline(
-        [("scale", StandardScaler()), ("model", RandomForestClassifier(n_estimators=100, max_depth=5, random_state=42))]
-    )
+    forest = RandomForestClassifier(n_estimators=trees, max_depth=depth, random_state=42)
+    model = Pipeline([("scale", StandardScaler()), ("model", forest)])
     model.fit(train[features], train["label"])
     predicted = model.predict(test[features])
     scores = model.predict_proba(test[features])[:, 1]
@@ -37,4 +36,9 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv")
+    parser.add_argument("--trees", type=int, default=100)
+    parser.add_argument("--depth", type=int, default=5)
+    args = parser.parse_args()
+    main(args.csv, args.trees, args.depth)

@@ -65,6 +65,7 @@ def deploy(workdir: Path) -> tuple[Path, Path, str]:
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     os.environ["SAGEGATE_HOME"] = str(home)
     from pipelines.local.gateway import start_gateway
+    from pipelines.local.s3 import LocalS3
     from pipelines.registry import find_version
     from pipelines.state import Project, StateHome
 
@@ -73,7 +74,9 @@ def deploy(workdir: Path) -> tuple[Path, Path, str]:
     if version["runtime"] != "onnx":
         raise SystemExit(f"the run did not compile the model: {version['runtime_reason']}")
     served = workdir / "model"
-    with tarfile.open(state.local_path(version["model_data_uri"])) as archive:
+    with LocalS3(state) as s3:
+        s3.download(version["model_data_uri"], workdir / "model.tar.gz")
+    with tarfile.open(workdir / "model.tar.gz") as archive:
         archive.extractall(served, filter="data")
     import mlflow
 
@@ -124,24 +127,21 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def load(port: int, path: str, body: bytes, content_type: str, concurrency: int, seconds: float) -> tuple[float, float]:
-    """Closed-loop load on keep-alive connections: (requests/s, p99 ms). Every response must be 200."""
+Request = Callable[[], None]
+
+
+def closed_loop(make_request: Callable[[], Request], concurrency: int, seconds: float) -> tuple[float, float]:
+    """`concurrency` clients, each sending its next request when the last is answered: (requests/s, p99 ms).
+    `make_request` runs once per client thread (its own connection) and returns the request to repeat."""
     latencies: list[float] = []
-    errors: list[int] = []
     stop_at = time.monotonic() + seconds
-    headers = {"Content-Type": content_type, "Accept": "application/json"}
 
     def client() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        mine = []
+        request, mine = make_request(), []
         while time.monotonic() < stop_at:
             began = time.perf_counter()
-            connection.request("POST", path, body=body, headers=headers)
-            response = connection.getresponse()
-            response.read()
+            request()
             mine.append(time.perf_counter() - began)
-            if response.status != 200:
-                errors.append(response.status)
         latencies.extend(mine)
 
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
@@ -150,10 +150,30 @@ def load(port: int, path: str, body: bytes, content_type: str, concurrency: int,
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - began
+    return len(latencies) / (time.monotonic() - began), float(np.percentile(latencies, 99) * 1000)
+
+
+def load(port: int, path: str, body: bytes, content_type: str, concurrency: int, seconds: float) -> tuple[float, float]:
+    """Straight to a server, on keep-alive connections. Every response must be 200."""
+    headers = {"Content-Type": content_type, "Accept": "application/json"}
+    errors: list[int] = []
+
+    def make_request() -> Request:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+        def request() -> None:
+            connection.request("POST", path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                errors.append(response.status)
+
+        return request
+
+    result = closed_loop(make_request, concurrency, seconds)
     if errors:
         raise RuntimeError(f"{len(errors)} failed requests (statuses {set(errors)})")
-    return len(latencies) / elapsed, float(np.percentile(latencies, 99) * 1000)
+    return result
 
 
 def in_process_rate(call: Callable[[], object], seconds: float) -> float:
@@ -202,24 +222,42 @@ def gateway_load(url: str, body: bytes, content_type: str, concurrency: int, sec
         aws_secret_access_key="local", config=Config(max_pool_connections=concurrency, retries={"max_attempts": 0}),
     )  # fmt: skip
     endpoint = f"sagegate-development-{MODEL}-realtime"
-    latencies: list[float] = []
-    stop_at = time.monotonic() + seconds
 
-    def client() -> None:
-        mine = []
-        while time.monotonic() < stop_at:
-            began = time.perf_counter()
+    def make_request() -> Request:
+        def request() -> None:
             runtime.invoke_endpoint(EndpointName=endpoint, ContentType=content_type, Body=body)["Body"].read()
-            mine.append(time.perf_counter() - began)
-        latencies.extend(mine)
 
-    client_threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    began = time.monotonic()
-    for thread in client_threads:
-        thread.start()
-    for thread in client_threads:
-        thread.join()
-    return len(latencies) / (time.monotonic() - began), float(np.percentile(latencies, 99) * 1000)
+        return request
+
+    return closed_loop(make_request, concurrency, seconds)
+
+
+def boto3_floor(seconds: float) -> float:
+    """Requests/s of boto3 `invoke_endpoint` against a server that does no work: the user's path can
+    never be faster than this, whatever the gateway and the model cost."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Instant(BaseHTTPRequestHandler):
+        protocol_version, wbufsize = "HTTP/1.1", 1 << 16
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"predictions": [0]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Instant)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        return gateway_load(f"http://127.0.0.1:{server.server_address[1]}", b"0.1", "text/csv", 1, seconds)[0]
+    finally:
+        server.shutdown()
 
 
 def main() -> None:
@@ -278,6 +316,7 @@ def main() -> None:
         subprocess.run([str(Path(sys.executable).parent / "sagegate"), "gateway", "stop"], check=False,
                        stdout=subprocess.DEVNULL)  # fmt: skip
     results["cold_start_s"], results["process_and_load_s"] = cold_start(served)
+    results["boto3_floor_rps"] = boto3_floor(args.seconds)
     report(results, args.seconds)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"raw figures: {workdir / 'results.json'}")
@@ -305,6 +344,10 @@ def report(results: dict[str, float], seconds: float) -> None:
         f"100-row csv: ours {results['ours_100row_rows_per_s']:.0f} rows/s, mlflow "
         f"{results['mlflow_100row_rows_per_s']:.0f} rows/s; ours/in-process scikit-learn = "
         f"{results['ours_100row_rows_per_s'] / results['inprocess_100row_rows_per_s']:.1f}x"
+    )
+    print(
+        f"boto3 invoke_endpoint against a server doing nothing: {results['boto3_floor_rps']:.0f} req/s (the user's "
+        f"path's ceiling: {results['boto3_floor_rps'] / results['mlflow_csv_c1_rps']:.1f}x mlflow at 1 client)"
     )
     print(
         f"cold start from zero: first response {results['cold_start_s']:.2f} s vs process start + model load "

@@ -1,9 +1,10 @@
 """Run the deployment gate locally: the exported ASL in moto's Step Functions interpreter.
 
-The state machine, its Lambda functions and their IAM roles are created in the local moto
-server exactly as CloudFormation would create them; the Lambda tasks call the real handlers in
-`lambdas/`, the SageMaker tasks the local endpoint manager. Each execution's history is kept
-as `executions/{name}.json` in the state folder (moto itself forgets on restart).
+The state machine, its Lambda functions and their IAM roles are created in a moto server of
+this process exactly as CloudFormation would create them; the Lambda tasks call the real handlers
+in `lambdas/`, the SageMaker tasks the local endpoint manager, and S3 calls (the evaluation
+report, the champion artifact) go to the state folder's local S3. Each execution's history is
+kept as `executions/{name}.json` in the state folder (moto itself forgets on restart).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import requests
+from moto.server import ThreadedMotoServer
 
 from pipelines.config import ModelConfig
 from pipelines.containers import image_tag, lambda_handler_path
@@ -141,7 +143,9 @@ class LocalGate:
         self.home = home
         self.manager = EndpointManager(home, project)
         self._extra_handlers = handlers or {}
-        self._s3 = LocalS3(home.s3, project.region)
+        self._s3 = LocalS3(home, project.region)
+        self._moto: ThreadedMotoServer | None = None
+        self.endpoint_url = ""
         self.state_machine_arn = ""
         self.deploy_machine_arn = ""
         self.definition: dict[str, Any] = {}
@@ -154,6 +158,7 @@ class LocalGate:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._s3.__enter__()
         try:
+            self._start_moto()
             self._deploy()
         except BaseException:
             self.__exit__(*sys.exc_info())
@@ -162,6 +167,9 @@ class LocalGate:
 
     def __exit__(self, *exc: Any) -> None:
         try:
+            if self._moto is not None:
+                self._moto.stop()
+                self._moto = None
             self._s3.__exit__(*exc)
         finally:
             sfn_patch.uninstall()
@@ -174,11 +182,24 @@ class LocalGate:
     def client(self, service: str) -> Any:
         import boto3
 
-        return boto3.client(service, endpoint_url=self._s3.endpoint_url, region_name=self.project.region)
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.project.region)
+
+    def _start_moto(self) -> None:
+        """Step Functions, Lambda and IAM in a moto server on 127.0.0.1 (S3 stays the local S3's)."""
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        # moto's backends live in this process: a previous gate's roles and functions go first
+        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+        # where moto's interpreter and the handlers send service calls (S3: AWS_ENDPOINT_URL_S3, the local S3)
+        environment = {"MOTO_PORT": str(port), "AWS_ENDPOINT_URL": self.endpoint_url}
+        self._saved_env.update({key: os.environ.get(key) for key in environment})
+        os.environ.update(environment)
 
     def _deploy(self) -> None:
         requests.post(
-            f"{self._s3.endpoint_url}/moto-api/config",
+            f"{self.endpoint_url}/moto-api/config",
             json={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}},
             timeout=10,
         ).raise_for_status()
@@ -196,7 +217,7 @@ class LocalGate:
         }
         # The functions' environment, as Lambda would give it: set here, on the main thread, for the
         # in-process handlers (never from the interpreter's threads while they run).
-        self._saved_env = {key: os.environ.get(key) for key in environment}
+        self._saved_env.update({key: os.environ.get(key) for key in environment if key not in self._saved_env})
         os.environ.update(environment)
         arns, handlers = {}, {}
         for kind in GATE_FUNCTIONS:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 
 from pipelines.config import ModelConfig
 from pipelines.definition import build_pipeline, stage_inputs
+from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
@@ -29,7 +31,6 @@ from pipelines.statefiles import (
     locked,
     process_alive,
     process_token,
-    read_json,
     read_records,
     write_json,
 )
@@ -167,6 +168,27 @@ def _ensure_experiment(home: StateHome, name: str) -> None:
                     raise
 
 
+class _Background:
+    """A call run on a thread; `result()` joins it and re-raises its exception in the caller."""
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                function(*args)
+            except BaseException as error:  # handed to the caller by result()
+                self._error = error
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
+
+    def result(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def _job_failures(log: Path) -> dict[str, str]:
     if not log.is_file():
         return {}
@@ -210,7 +232,10 @@ def run_local(
     sdk_logger.setLevel(logging.INFO)
     sdk_logger.propagate = False
     try:
-        with LocalS3(home.s3, project.region) as s3:
+        # the MLflow store (created and migrated on a fresh state folder: seconds) is prepared while
+        # the data is staged and the definition built; the register job needs it, nothing before
+        experiment = _Background(_ensure_experiment, home, project.registered_model(config.name))
+        with forkserver.running(logs), LocalS3(home, project.region) as s3:
             s3.ensure_bucket(project.bucket)
             values = {
                 **_stage_data(config, project, s3),
@@ -219,14 +244,14 @@ def run_local(
             }
             record.parameters = values
             save_record(home, record)
-            _ensure_experiment(home, project.registered_model(config.name))
             from pipelines.sessions import local_session
 
             session = local_session(project, config.name, scratch)
             pipeline = build_pipeline(config, project, session, local=True)
             pipeline.upsert(role_arn=project.training_role_arn)
+            experiment.result()
             execution = pipeline.start(parameters=values)
-            _record(record, execution, session, config, project, home, failure_log)
+            _record(record, execution, session, config, project, s3, failure_log)
     except RunError:  # the run never started: nothing to keep
         record_path(home, record).unlink(missing_ok=True)
         shutil.rmtree(logs, ignore_errors=True)
@@ -253,10 +278,11 @@ def _record(
     session: Any,
     config: ModelConfig,
     project: Project,
-    home: StateHome,
+    s3: LocalS3,
     failure_log: Path,
 ) -> None:
-    """Fill the record from the finished execution: steps, reasons, metrics, registration."""
+    """Fill the record from the finished execution: steps, reasons, metrics, registration.
+    Artifacts are named by their s3:// locations (`sagegate s3 ls|cp`, or the AWS CLI, reads them)."""
     description = execution.describe()
     run_id = description["PipelineExecutionArn"]
     failures = _job_failures(failure_log)
@@ -280,26 +306,27 @@ def _record(
     record.steps = steps
     record.failure_reason = job_reason or description.get("FailureReason")
     record.gate = gate
-    bucket = home.s3 / project.bucket
-    evaluation = _read_json(bucket / "evaluation" / config.name / run_id / "evaluation.json")
+    bucket = f"s3://{project.bucket}"
+    evaluation = _read_json(s3, f"{bucket}/evaluation/{config.name}/{run_id}/evaluation.json")
     if evaluation:
         record.metrics = {name: entry["value"] for name, entry in evaluation["metrics"].items()}
-        record.artifacts["evaluation"] = str(bucket / "evaluation" / config.name / run_id)
-    registration = _read_json(bucket / "models" / config.name / "registrations" / run_id / "registration.json")
+        record.artifacts["evaluation"] = f"{bucket}/evaluation/{config.name}/{run_id}/"
+    registration = _read_json(s3, f"{bucket}/models/{config.name}/registrations/{run_id}/registration.json")
     if registration:
         record.registered_model = registration["registered_model_name"]
         record.registered_version = registration["version"]
         record.artifacts["mlflow_model"] = registration["model_uri"]
         if "model_data_uri" in registration:
-            record.artifacts["served_model"] = str(home.local_path(registration["model_data_uri"]))
+            record.artifacts["served_model"] = registration["model_data_uri"]
     if model_uri:
-        record.artifacts["model"] = str(home.local_path(model_uri))
-    record.artifacts["splits"] = str(bucket / "training-data" / config.name / run_id)
+        record.artifacts["model"] = model_uri
+    record.artifacts["splits"] = f"{bucket}/training-data/{config.name}/{run_id}/"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A job's JSON output from the mirror (written through as the job uploaded it), if it wrote one."""
-    return read_json(path) if path.is_file() else None
+def _read_json(s3: LocalS3, uri: str) -> dict[str, Any] | None:
+    """A job's JSON output, if it wrote one."""
+    body = s3.read(uri)
+    return json.loads(body) if body is not None else None
 
 
 def record_path(home: StateHome, record: RunRecord) -> Path:

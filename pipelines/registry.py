@@ -60,14 +60,40 @@ def find_version(
     home: StateHome, name: str, selector: str | None = None, *, prefer_alias: str | None = None
 ) -> dict[str, Any]:
     """One registered version of `name`. `selector` is a version number or an alias; without one,
-    the version carrying `prefer_alias` if any, else the newest."""
+    the version carrying `prefer_alias` if any, else the newest. Asks the registry for that one
+    version (no listing): a run's gate costs the same however many versions came before."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+
+    def by_alias(alias: str) -> Any:
+        try:
+            return client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    chosen = None
+    if home.mlflow_db.is_file():
+        if selector is None:
+            chosen = by_alias(prefer_alias) if prefer_alias else None
+            if chosen is None:
+                newest = client.search_model_versions(f"name='{name}'", max_results=1, order_by=["version_number DESC"])
+                chosen = newest[0] if newest else None
+                if chosen is None:
+                    raise VersionNotFound(f"nothing registered yet for {name}; run `sagegate run` first")
+        elif str(selector).isdigit():
+            try:
+                chosen = client.get_model_version(name, str(selector))
+            except MlflowException:
+                chosen = None
+        else:
+            chosen = by_alias(selector)
+    if chosen is not None:
+        return _row(chosen, {str(chosen.version): list(chosen.aliases or [])})
     versions = [v for v in list_versions(home)[0] if v["name"] == name]
     if not versions:
         raise VersionNotFound(f"nothing registered yet for {name}; run `sagegate run` first")
-    if selector is None:
-        return next((v for v in versions if prefer_alias in v["aliases"]), versions[-1])
-    chosen = next((v for v in versions if v["version"] == str(selector) or selector in v["aliases"]), None)
-    if chosen is None:
-        known = ", ".join(v["version"] + (f" ({','.join(v['aliases'])})" if v["aliases"] else "") for v in versions)
-        raise VersionNotFound(f"{name} has no version or alias {selector!r} (versions: {known})")
-    return chosen
+    known = ", ".join(v["version"] + (f" ({','.join(v['aliases'])})" if v["aliases"] else "") for v in versions)
+    raise VersionNotFound(f"{name} has no version or alias {selector!r} (versions: {known})")

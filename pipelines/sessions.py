@@ -13,6 +13,7 @@ from typing import Any
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 import boto3
+from sagemaker.session_settings import SessionSettings
 from sagemaker.workflow.pipeline_context import LocalPipelineSession, PipelineSession
 
 from pipelines.state import Project
@@ -29,6 +30,9 @@ def code_prefix(model: str) -> str:
 
 def aws_session(project: Project, model: str) -> PipelineSession:
     """For `pipeline.definition()`: run it under moto (or real AWS); it uploads step code."""
+    from pipelines.local import sdk_patch
+
+    sdk_patch.validate_config_once()
     return PipelineSession(
         boto_session=boto3.Session(region_name=project.region),
         default_bucket=project.bucket,
@@ -50,4 +54,7 @@ def local_session(project: Project, model: str, container_root: Path) -> LocalPi
     )
     session.sagemaker_config = SDK_CONFIG
     session.config = {"local": {"local_code": False, "container_root": str(container_root)}}
+    # The local S3 has no KMS to name in `ServerSideEncryption: aws:kms` (the SDK's default for code
+    # tarballs); on AWS the bucket's default encryption with the project key covers every object.
+    session.settings = SessionSettings(encrypt_repacked_artifacts=False)
     return session

@@ -150,16 +150,9 @@ class StateHome:
         return cls(Path(os.environ.get("SAGEGATE_HOME", ".sagegate")).resolve())
 
     @property
-    def s3(self) -> Path:
-        """Mirror of the local S3 buckets: `s3/{bucket}/{key}`."""
-        return self.root / "s3"
-
-    def local_path(self, location: str) -> Path:
-        """Where a location is on this machine: `s3://bucket/key` is the mirror's `s3/bucket/key`."""
-        if location.startswith("s3://"):
-            bucket, _, key = location.removeprefix("s3://").partition("/")
-            return self.s3 / bucket / key
-        return Path(location).resolve()
+    def s3_store(self) -> Path:
+        """The local S3 server's store and records (`pipelines.local.s3_server`)."""
+        return self.root / "s3store"
 
     @property
     def mlflow_db(self) -> Path:
@@ -198,6 +191,6 @@ class StateHome:
         return self.root / "serving"
 
     def ensure(self) -> StateHome:
-        for folder in (self.s3, self.mlflow_db.parent, self.mlflow_artifacts, self.runs, self.jobs):
+        for folder in (self.s3_store, self.mlflow_db.parent, self.mlflow_artifacts, self.runs, self.jobs):
             folder.mkdir(parents=True, exist_ok=True)
         return self

@@ -48,3 +48,18 @@ def write_config(tmp_path: Path, text: str, name: str = "model.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop local S3 servers that tests left running (a test that SIGKILLs a command leaves its server
+    to the next command on that state folder, and the last test of a folder may not run one)."""
+    from pipelines.local.s3_server import S3Server
+    from pipelines.statefiles import locked
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    for record in factory.getbasetemp().rglob("s3store/server.json"):
+        server = S3Server(record.parent)
+        with locked(server.record):
+            server.stop()

@@ -18,6 +18,7 @@ import mlflow
 from sklearn.linear_model import LogisticRegression
 
 from pipelines.config import ModelConfig, load_config
+from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,21 +45,23 @@ def register_version(
 ) -> str:
     """Write a model, its evaluation report and an MLflow version; return the version number."""
     execution = uuid.uuid4().hex[:12]
-    bucket = home.s3 / project.bucket
     model_key = f"models/{config.name}/{execution}/output/model.tar.gz"
-    if model_data:
-        buffer = io.BytesIO()
-        joblib.dump(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), buffer)
-        archive = bucket / model_key
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive, "w:gz") as tar:
-            info = tarfile.TarInfo("model.joblib")
-            info.size = len(buffer.getvalue())
-            tar.addfile(info, io.BytesIO(buffer.getvalue()))
-    report = bucket / "evaluation" / config.name / execution / "evaluation.json"
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps({"metrics": {name: {"value": value} for name, value in metrics.items()}}))
     home.ensure()
+    with LocalS3(home, project.region) as s3:
+        s3.ensure_bucket(project.bucket)
+        if model_data:
+            buffer = io.BytesIO()
+            joblib.dump(LogisticRegression().fit([[0.0], [1.0]], [0, 1]), buffer)
+            archive = io.BytesIO()
+            with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+                info = tarfile.TarInfo("model.joblib")
+                info.size = len(buffer.getvalue())
+                tar.addfile(info, io.BytesIO(buffer.getvalue()))
+            s3.client.put_object(Bucket=project.bucket, Key=model_key, Body=archive.getvalue())
+        report = {"metrics": {name: {"value": value} for name, value in metrics.items()}}
+        s3.client.put_object(
+            Bucket=project.bucket, Key=f"evaluation/{config.name}/{execution}/evaluation.json", Body=json.dumps(report)
+        )
     client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
     name = project.registered_model(config.name)
     if not client.search_registered_models(f"name='{name}'"):

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.batch import BatchError, predict
+from pipelines.batch import BatchError, predict, resolve_model
+from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
 from tests.test_serving import DATA, FEATURES, register
 
@@ -42,9 +43,10 @@ def test_predictions_match_the_model_and_keep_input_columns(home: StateHome, tmp
     assert result["version"] == "1"
     out = pd.concat([pd.read_csv(tmp_path / "out" / name) for name in ("a.csv", "b.csv")], ignore_index=True)
     assert list(out.columns[: len(FEATURES) + 1]) == [*FEATURES, "customer_id"]
-    archive = Path(home.s3).rglob("model.tar.gz").__next__()
     import tarfile
 
+    with LocalS3(home) as s3:
+        archive = s3.download(resolve_model(home, PROJECT, "breast-cancer")[2], tmp_path / "model.tar.gz")
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "model", filter="data")
     model = joblib.load(tmp_path / "model" / "model.joblib")

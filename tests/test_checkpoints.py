@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from pipelines.containers import container_code
+from pipelines.local.s3 import LocalS3
 from pipelines.registry import list_versions
 from pipelines.state import Project, StateHome
 from tests.conftest import MODELS
@@ -78,10 +79,16 @@ def test_a_killed_training_job_resumes_from_its_last_checkpoint(tmp_path: Path) 
     home = StateHome(tmp_path / "state")
     env = {**os.environ, "SAGEGATE_HOME": str(home.root)}
     sagegate = [str(Path(sys.executable).parent / "sagegate"), "run", str(MODELS / "friedman1.yaml"), *OVERRIDES]
-    checkpoint = home.local_path(f"s3://{Project().bucket}/checkpoints/friedman1/local/checkpoint.json")
+    checkpoint_uri = f"s3://{Project().bucket}/checkpoints/friedman1/local/checkpoint.json"
+
+    def checkpoint() -> dict | None:
+        with LocalS3(home) as s3:
+            body = s3.read(checkpoint_uri)
+        return json.loads(body) if body else None
+
     first = subprocess.Popen(sagegate, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
-    while not (checkpoint.is_file() and training_processes(home)):  # a checkpoint synced, the job still running
+    while not (training_processes(home) and checkpoint()):  # a checkpoint synced, the job still running
         if first.poll() is not None or time.monotonic() > deadline:
             first.kill()
             pytest.fail(f"no checkpoint reached the local bucket while the job ran:\n{first.communicate()[0][-3000:]}")
@@ -90,7 +97,7 @@ def test_a_killed_training_job_resumes_from_its_last_checkpoint(tmp_path: Path) 
         os.kill(pid, signal.SIGKILL)  # the job dies mid-way, as on a spot interruption
     output = first.communicate(timeout=300)[0]
     assert first.returncode == 1, output
-    reached = json.loads(checkpoint.read_text())["n_estimators"]
+    reached = checkpoint()["n_estimators"]
     assert 0 < reached < STAGES, reached
 
     second = subprocess.run(sagegate, env=env, capture_output=True, text=True, timeout=600)
@@ -100,10 +107,11 @@ def test_a_killed_training_job_resumes_from_its_last_checkpoint(tmp_path: Path) 
         int(line.split(" at ")[1].split("/")[0]) for line in logs.splitlines() if "resumed from checkpoint" in line
     ]
     assert resumed_at and resumed_at[0] >= reached, logs[-3000:]
-    assert json.loads(checkpoint.read_text())["n_estimators"] == STAGES
+    assert checkpoint()["n_estimators"] == STAGES
     versions = [v for v in list_versions(home)[0] if v["name"] == Project().registered_model("friedman1")]
     assert len(versions) == 1  # the killed run registered nothing
-    artifact = home.local_path(versions[0]["model_data_uri"])
+    with LocalS3(home) as s3:
+        artifact = s3.download(versions[0]["model_data_uri"], tmp_path / "model.tar.gz")
     with tarfile.open(artifact) as archive:
         archive.extract("model.joblib", tmp_path, filter="data")
     assert joblib.load(tmp_path / "model.joblib").named_steps["model"].n_estimators_ == STAGES

@@ -22,6 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipelines.containers import container_code
 from pipelines.local.gateway import start_gateway, stop_gateway
+from pipelines.local.s3 import LocalS3
 from pipelines.registry import list_versions
 from pipelines.state import Project, StateHome
 from tests.conftest import DATA, write_config
@@ -155,7 +156,8 @@ def test_a_model_skl2onnx_cannot_convert_is_served_by_scikit_learn_with_the_reas
             EndpointName=endpoint, ContentType="text/csv", Body=rows.to_csv(header=False, index=False)
         )
         served = json.loads(answer["Body"].read())["predictions"]
-        archive = StateHome(home).local_path(version["model_data_uri"])
+        with LocalS3(StateHome(home)) as s3:
+            archive = s3.download(version["model_data_uri"], tmp_path / "model.tar.gz")
         with tarfile.open(archive) as tar:
             assert "model.onnx" not in tar.getnames()
             tar.extractall(tmp_path / "served", filter="data")

@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from pipelines.execution_view import render_graph, state_rows
+from pipelines.local.s3 import LocalS3
 from pipelines.local.sfn_patch import LambdaServiceError
 from pipelines.local_gate import LocalGate, gate_input, list_executions, load_execution
 from pipelines.state import Project, StateHome
@@ -66,13 +67,10 @@ def test_serverless_branch_deploys_and_records_champion(home: StateHome) -> None
     assert tags["approval_status"] == "Approved"
     assert tags["deployed.endpoint"] == "sagegate-development-breast-cancer-serverless"
     # the daily batch pipeline's model input: the champion's artifact, published by the promoter
-    champion_artifact = home.s3 / PROJECT.bucket / "models/breast-cancer/champion/model.tar.gz"
-    served = (
-        home.s3
-        / PROJECT.bucket
-        / gate_input(config, PROJECT, home, version)["container"]["ModelDataUrl"].split("/", 3)[3]
-    )
-    assert champion_artifact.read_bytes() == served.read_bytes()
+    with LocalS3(home) as s3:
+        champion_artifact = s3.read(PROJECT.champion_artifact_uri("breast-cancer"))
+        served = s3.read(gate_input(config, PROJECT, home, version)["container"]["ModelDataUrl"])
+    assert champion_artifact is not None and champion_artifact == served
 
 
 def test_realtime_branch_uses_scale_to_zero_config_and_an_inference_component(home: StateHome) -> None:

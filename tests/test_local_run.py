@@ -6,12 +6,12 @@ bucket mirror persist across runs (each run starts a fresh local S3 server from 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -19,6 +19,7 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.containers import locked_versions
+from pipelines.local.s3 import LocalS3
 from pipelines.local_run import RunError, list_records, run_local
 from pipelines.registry import list_versions
 from pipelines.state import Project, StateHome
@@ -85,13 +86,20 @@ def test_pipeline_runs_every_step_and_registers_in_mlflow(state, first_run):
 
 
 def test_artifacts_use_the_aws_bucket_key_layout(state, first_run):
-    bucket = state.s3 / BUCKET
-    assert (bucket / "training-data/breast-cancer/data.csv").is_file()
+    with LocalS3(state) as s3:
+        keys = {
+            item["Key"]
+            for page in s3.client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for item in page.get("Contents", [])
+        }
+        report = json.loads(s3.read(f"s3://{BUCKET}/evaluation/breast-cancer/{first_run.run_id}/evaluation.json"))
+    assert "training-data/breast-cancer/data.csv" in keys
     for part in ("train", "validation", "test"):
-        assert (bucket / f"training-data/breast-cancer/{first_run.run_id}/{part}/{part}.csv").is_file()
-    assert list((bucket / "training-code/breast-cancer").rglob("sourcedir.tar.gz"))
-    assert Path(first_run.artifacts["model"]).is_file() and "models/breast-cancer/" in first_run.artifacts["model"]
-    report = json.loads((bucket / f"evaluation/breast-cancer/{first_run.run_id}/evaluation.json").read_text())
+        assert f"training-data/breast-cancer/{first_run.run_id}/{part}/{part}.csv" in keys
+    assert any(k.startswith("training-code/breast-cancer/") and k.endswith("/sourcedir.tar.gz") for k in keys)
+    for artifact in ("model", "served_model"):
+        assert first_run.artifacts[artifact].removeprefix(f"s3://{BUCKET}/") in keys
+    assert first_run.artifacts["served_model"].endswith(f"models/breast-cancer/served/{first_run.run_id}/model.tar.gz")
     assert report["binary_classification_metrics"]["accuracy"]["value"] == pytest.approx(first_run.metrics["accuracy"])
     assert "receiver_operating_characteristic_curve" in report["binary_classification_metrics"]
     assert list(state.jobs.iterdir()) == []  # job scratch folders are cleaned up
@@ -180,8 +188,9 @@ def test_second_run_sees_the_first_runs_registry_and_objects(state, first_run):
     assert [m["aliases"] for m in list_versions(state)[0] if m["version"] == "2"] == [["champion"]]
     shown = sagegate(state, "executions", "show", deployment["name"])
     assert "RecordChampion" in shown.stdout and "SUCCEEDED" in shown.stdout
-    # the first run's evaluation survived a fresh local S3 server
-    assert (state.s3 / BUCKET / f"evaluation/breast-cancer/{first_run.run_id}/evaluation.json").is_file()
+    # the first run's evaluation survived the local S3 server's restarts
+    with LocalS3(state) as s3:
+        assert s3.read(f"s3://{BUCKET}/evaluation/breast-cancer/{first_run.run_id}/evaluation.json")
     listing = sagegate(state, "runs")
     assert first_run.run_id in listing.stdout and record["run_id"] in listing.stdout
     models = sagegate(state, "models", "--json")
@@ -192,7 +201,8 @@ def test_regression_example_passes_its_r2_gate(state):
     record = run_local(load_config(MODELS / "friedman1.yaml"), Project(), state)
     assert record.status == "Succeeded", record.failure_reason
     assert record.metrics["r2"] >= 0.7 and record.registered_version == "1"
-    assert (Path(record.artifacts["evaluation"]) / "residuals.png").is_file()
+    with LocalS3(state) as s3:
+        assert s3.read(record.artifacts["evaluation"] + "residuals.png")
 
 
 def test_training_past_its_max_runtime_is_stopped_naming_the_limit(state, first_run):
@@ -225,6 +235,8 @@ def test_data_given_as_channels_reaches_each_split_as_given(tmp_path):
     assert record.parameters["TrainDataUri"] == f"{bucket}/train.csv"
     assert record.parameters["TestDataUri"] == f"{bucket}/test.csv"
     assert "InputDataUri" not in record.parameters
-    splits = Path(record.artifacts["splits"])
-    assert len(pd.read_csv(splits / "train" / "train.csv")) == 400
-    assert len(pd.read_csv(splits / "test" / "test.csv")) == len(rows) - 400
+    splits = record.artifacts["splits"]
+    with LocalS3(home) as s3:
+        train_split, test_split = s3.read(splits + "train/train.csv"), s3.read(splits + "test/test.csv")
+    assert len(pd.read_csv(io.BytesIO(train_split))) == 400
+    assert len(pd.read_csv(io.BytesIO(test_split))) == len(rows) - 400

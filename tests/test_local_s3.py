@@ -1,48 +1,175 @@
-"""The local S3 mirror: every object S3 acknowledges is on disk at once, deletes too."""
+"""The local S3: one disk-backed SeaweedFS server per state folder, shared by concurrent commands,
+stopped after the last, persistent across restarts, and migrated from the old plain-file mirror."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from pipelines.local.s3 import LocalS3
+from pipelines.local.s3_server import S3Server
+from pipelines.state import StateHome
+from pipelines.statefiles import process_alive, read_json
+
+SAGEGATE = str(Path(sys.executable).parent / "sagegate")
 
 
-def test_objects_are_written_through_while_the_server_runs(tmp_path: Path) -> None:
-    mirror = tmp_path / "s3"
-    (mirror / "bucket" / "keep").mkdir(parents=True)
-    kept, gone = mirror / "bucket/keep/a.txt", mirror / "bucket/gone.txt"
-    kept.write_text("a")
-    gone.write_text("b")
-    with LocalS3(mirror) as s3:
-        client = s3.client
-        before = kept.stat().st_mtime_ns
-        client.put_object(Bucket="bucket", Key="new/deep/n.txt", Body=b"n")
-        assert (mirror / "bucket/new/deep/n.txt").read_text() == "n"  # before the server stops
-        client.delete_object(Bucket="bucket", Key="gone.txt")
-        assert not gone.exists()
-        client.copy_object(Bucket="bucket", Key="copy.txt", CopySource={"Bucket": "bucket", "Key": "keep/a.txt"})
-        assert (mirror / "bucket/copy.txt").read_text() == "a"
-        big = b"x" * (9 * 1024 * 1024)  # over boto3's multipart threshold
-        (tmp_path / "big.bin").write_bytes(big)
-        client.upload_file(str(tmp_path / "big.bin"), "bucket", "big.bin")
-        assert (mirror / "bucket/big.bin").read_bytes() == big
-        client.create_bucket(Bucket="other")
-        client.put_object(Bucket="other", Key="x", Body=b"x")
-        assert (mirror / "other/x").read_text() == "x"
-        assert kept.stat().st_mtime_ns == before
-    assert not list(mirror.rglob(".*.partial"))
-    with LocalS3(mirror) as s3:  # and it all loads back
-        keys = {o["Key"] for o in s3.client.list_objects_v2(Bucket="bucket")["Contents"]}
-    assert keys == {"keep/a.txt", "new/deep/n.txt", "copy.txt", "big.bin"}
+def server_process(home: StateHome) -> str | None:
+    """The live server's process token, or None."""
+    record = S3Server(home.s3_store).running()
+    return record["process"] if record else None
 
 
-def test_a_key_that_escapes_the_bucket_folder_is_refused(tmp_path: Path) -> None:
-    mirror = tmp_path / "s3"
-    with LocalS3(mirror) as s3:
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_objects_persist_across_restarts_and_the_server_stops_after_its_last_user(tmp_path: Path) -> None:
+    home = StateHome(tmp_path / "state").ensure()
+    big = os.urandom(9 * 1024 * 1024)  # over boto3's multipart threshold
+    (tmp_path / "big.bin").write_bytes(big)
+    with LocalS3(home) as s3:
+        token = server_process(home)
+        assert token and process_alive(token)
         s3.ensure_bucket("bucket")
+        client = s3.client
+        client.put_object(Bucket="bucket", Key="keep/a.txt", Body=b"a")
+        client.put_object(Bucket="bucket", Key="gone.txt", Body=b"b")
+        client.delete_object(Bucket="bucket", Key="gone.txt")
+        client.copy_object(Bucket="bucket", Key="copy.txt", CopySource={"Bucket": "bucket", "Key": "keep/a.txt"})
+        client.upload_file(str(tmp_path / "big.bin"), "bucket", "deep/big.bin")
+    assert not process_alive(token) and server_process(home) is None
+    with LocalS3(home) as s3:  # a new server on the same store
+        assert server_process(home) != token
+        keys = {o["Key"] for o in s3.client.list_objects_v2(Bucket="bucket")["Contents"]}
+        assert keys == {"keep/a.txt", "copy.txt", "deep/big.bin"}
+        assert s3.read("s3://bucket/deep/big.bin") == big
+        assert s3.read("s3://bucket/copy.txt") == b"a" and s3.read("s3://bucket/gone.txt") is None
+
+
+def test_concurrent_commands_share_one_server(tmp_path: Path) -> None:
+    home = StateHome(tmp_path / "state").ensure()
+    env = {**os.environ, "SAGEGATE_HOME": str(home.root)}
+    with LocalS3(home) as s3:
+        s3.ensure_bucket("bucket")
+        token = server_process(home)
+        files = []
+        for index in range(6):
+            files.append(tmp_path / f"f{index}.txt")
+            files[-1].write_text(str(index))
+        commands = [
+            subprocess.Popen([SAGEGATE, "s3", "cp", str(path), f"s3://bucket/up/{path.name}"], env=env)
+            for path in files
+        ]
+        assert [command.wait(timeout=120) for command in commands] == [0] * len(files)
+        assert server_process(home) == token  # no command started or stopped another server
+        listed = subprocess.run([SAGEGATE, "s3", "ls", "s3://bucket/up/"], env=env, capture_output=True, text=True)
+        assert sorted(line.split()[-1] for line in listed.stdout.splitlines()) == [f"up/{p.name}" for p in files]
+    assert server_process(home) is None
+
+
+def test_a_command_killed_outright_leaves_a_server_the_next_command_uses_and_stops(tmp_path: Path) -> None:
+    home = StateHome(tmp_path / "state").ensure()
+    env = {**os.environ, "SAGEGATE_HOME": str(home.root)}
+    holder = subprocess.Popen([SAGEGATE, "s3", "serve"], env=env, stdout=subprocess.PIPE, text=True)
+    assert "local S3 at http://127.0.0.1:" in holder.stdout.readline()
+    token = server_process(home)
+    holder.send_signal(signal.SIGKILL)  # its lease goes with it; the server stays up
+    holder.wait()
+    assert token and process_alive(token)
+    with LocalS3(home) as s3:
+        assert server_process(home) == token
+        s3.ensure_bucket("bucket")
+    assert not process_alive(token)
+
+
+def test_the_aws_cli_reads_the_objects_while_a_command_serves_them(tmp_path: Path) -> None:
+    home = StateHome(tmp_path / "state").ensure()
+    env = {**os.environ, "SAGEGATE_HOME": str(home.root)}
+    holder = subprocess.Popen([SAGEGATE, "s3", "serve"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        endpoint = holder.stdout.readline().split()[3]
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        client.create_bucket(Bucket="bucket")
+        client.put_object(Bucket="bucket", Key="models/m/model.tar.gz", Body=b"model")
+        aws = subprocess.run(
+            [str(Path(sys.executable).parent / "aws"), "--endpoint-url", endpoint, "s3", "ls", "s3://bucket/models/m/"],
+            env={**env, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"},
+            capture_output=True,
+            text=True,
+        )
+        assert aws.returncode == 0 and "model.tar.gz" in aws.stdout, aws.stderr
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        assert holder.wait(timeout=30) == 0
+    wait_for(lambda: server_process(home) is None, "the server to stop after its last user")
+
+
+def test_an_old_plain_file_mirror_is_migrated_on_first_use(tmp_path: Path) -> None:
+    home = StateHome(tmp_path / "state").ensure()
+    mirror = home.root / "s3"
+    (mirror / "bucket" / "models" / "m").mkdir(parents=True)
+    (mirror / "bucket" / "models" / "m" / "model.tar.gz").write_bytes(b"old model")
+    (mirror / "bucket" / "data.csv").write_text("a,b\n1,2\n")
+    (mirror / "other").mkdir()
+    (mirror / "other" / "x").write_text("x")
+    with LocalS3(home) as s3:
+        assert s3.read("s3://bucket/models/m/model.tar.gz") == b"old model"
+        assert s3.read("s3://bucket/data.csv") == b"a,b\n1,2\n" and s3.read("s3://other/x") == b"x"
+    assert not mirror.exists()
+    with LocalS3(home) as s3:  # and stays in the server
+        assert s3.read("s3://bucket/models/m/model.tar.gz") == b"old model"
+
+
+def test_start_up_reads_nothing_proportional_to_history(tmp_path: Path) -> None:
+    """Entering the local S3 makes no S3 request at all, however many objects the store holds: the
+    server opens its store, nothing is listed or loaded."""
+    home = StateHome(tmp_path / "state").ensure()
+    with LocalS3(home) as s3:
+        s3.ensure_bucket("bucket")
+        for index in range(200):
+            s3.client.put_object(Bucket="bucket", Key=f"history/{index}", Body=b"x" * 1000)
+    requests: list[str] = []
+    original = boto3.client
+
+    def counting_client(*args: Any, **kwargs: Any) -> Any:
+        client = original(*args, **kwargs)
+        client.meta.events.register("before-send", lambda request, **_: requests.append(request.url))
+        return client
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(boto3, "client", counting_client)
+    try:
+        with LocalS3(home) as s3:
+            assert requests == []
+            assert s3.read("s3://bucket/history/199") == b"x" * 1000
+    finally:
+        patch.undo()
+    assert len(requests) == 1
+
+
+def test_a_missing_bucket_or_key_is_an_error_not_an_empty_object(tmp_path: Path) -> None:
+    home = StateHome(tmp_path / "state").ensure()
+    with LocalS3(home) as s3:
+        assert s3.read("s3://nobucket/key") is None
         with pytest.raises(ClientError):
-            s3.client.put_object(Bucket="bucket", Key="../../outside.txt", Body=b"x")
-    assert not (tmp_path / "outside.txt").exists() and not (mirror / "outside.txt").exists()
+            s3.download("s3://nobucket/key", tmp_path / "x")
+        assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.partial"))
+        assert read_json(home.s3_store / "server.json")["endpoint"] == s3.endpoint_url

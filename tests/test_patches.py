@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 from moto.cloudformation.models import CloudFormationBackend
-from moto.s3.models import S3Backend
 from moto.stepfunctions.parser.asl.parse import preprocessor
 from stepfunctions.steps import Fail
 
-from pipelines.local import cfn_patch, pins, s3_patch, sdk_patch, sfn_patch
+from pipelines.local import cfn_patch, pins, sdk_patch, sfn_patch
 from pipelines.local.sfn_sdk_patch import cause_path
 
 
@@ -22,13 +21,10 @@ def test_the_installed_versions_are_the_pinned_ones() -> None:
         pins.require(package)  # raises on a mismatch
 
 
-def test_the_moto_patches_refuse_another_moto(other_versions: None, tmp_path) -> None:
+def test_the_moto_patches_refuse_another_moto(other_versions: None) -> None:
     with pytest.raises(pins.PatchedVersionError, match=r"moto 5\.2\.5 internals; moto 9\.9\.9 is installed"):
         sfn_patch.install(None, {})  # type: ignore[arg-type]
     assert preprocessor.state_task_for is sfn_patch._original_state_task_for
-    with pytest.raises(pins.PatchedVersionError, match="moto"):
-        s3_patch.install(tmp_path)
-    assert S3Backend.put_object is s3_patch._original_put
     with pytest.raises(pins.PatchedVersionError, match="moto"):
         cfn_patch.install()
     assert CloudFormationBackend.execute_change_set is cfn_patch._original_execute

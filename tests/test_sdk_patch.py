@@ -54,3 +54,26 @@ def test_a_removed_internal_is_detected(monkeypatch):
     monkeypatch.delattr(image, "_ecr_login_if_needed")
     with pytest.raises(sdk_patch.SdkPatchError, match="_ecr_login_if_needed is gone"):
         sdk_patch.check_sdk()
+
+
+def test_the_sdk_defaults_are_validated_once_per_distinct_config_and_still_refused_when_invalid(monkeypatch):
+    from sagemaker.utils import get_sagemaker_config_value
+
+    sdk_patch.install()
+    checks: list[dict] = []
+    monkeypatch.setattr(sdk_patch, "_original_validate", lambda config: checks.append(config))
+    monkeypatch.setattr(sdk_patch, "_validated", set())
+
+    class Session:
+        def __init__(self, config: dict) -> None:
+            self.sagemaker_config = config
+
+    good = Session({"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}})
+    for _ in range(50):
+        assert get_sagemaker_config_value(good, "SageMaker.PythonSDK.Modules.TelemetryOptOut") is True
+    assert len(checks) == 1
+    monkeypatch.undo()
+    import jsonschema
+
+    with pytest.raises(jsonschema.ValidationError):
+        get_sagemaker_config_value(Session({"SchemaVersion": "1.0", "NotAKey": {}}), "SageMaker.PythonSDK")

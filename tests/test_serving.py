@@ -31,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.gateway import running_gateway, start_gateway, stop_gateway
+from pipelines.local.s3 import LocalS3
 from pipelines.local.serving_metrics import metrics_path
 from pipelines.provision import provision_local, with_overrides
 from pipelines.state import Project, StateHome
@@ -49,10 +50,9 @@ def write_model(home: StateHome, key: str, trees: int, project: Project = PROJEC
     """A model.tar.gz like the training job's: a fitted sklearn Pipeline + metadata.json."""
     model = Pipeline([("scale", StandardScaler()), ("model", RandomForestClassifier(trees, random_state=0))])
     model.fit(DATA[FEATURES], DATA["label"])
-    archive = home.s3 / project.bucket / key
-    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive = io.BytesIO()
     metadata = {"features": FEATURES, "task": "classification", "target": "label", "classes": [0, 1]}
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
         for name, payload in (("model.joblib", None), ("metadata.json", json.dumps(metadata).encode())):
             if payload is None:
                 buffer = io.BytesIO()
@@ -61,6 +61,9 @@ def write_model(home: StateHome, key: str, trees: int, project: Project = PROJEC
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
+    with LocalS3(home, project.region) as s3:
+        s3.ensure_bucket(project.bucket)
+        s3.client.put_object(Bucket=project.bucket, Key=key, Body=archive.getvalue())
     return f"s3://{project.bucket}/{key}"
 
 

@@ -43,9 +43,9 @@ def publish_champion_artifact(request: PromotionInput) -> str:
         raise ValueError("container has neither ModelDataUrl nor ModelPackageName: no artifact to publish")
     bucket, _, key = request.champion_artifact_uri.removeprefix("s3://").partition("/")
     source_bucket, _, source_key = source.removeprefix("s3://").partition("/")
-    boto3.client("s3").copy_object(
-        Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key}, ServerSideEncryption="aws:kms"
-    )
+    # no ServerSideEncryption argument: the bucket's default encryption (the project's KMS key) applies,
+    # where `aws:kms` without a key id would pick the AWS-managed key instead
+    boto3.client("s3").copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key})
     return request.champion_artifact_uri
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import threading
 from typing import TYPE_CHECKING
 
 from pipelines.cli.common import EXIT_FAILED, EXIT_OK, AddParser, add_common, model_config, project, report_skipped
@@ -43,9 +45,6 @@ def register(add: AddParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pipelines.local_gate import run_gate
-    from pipelines.local_run import run_local
-
     config = load_config(args.config, [*args.set, *([f"training.platform={args.platform}"] if args.platform else [])])
     names = project(args)
     home = StateHome.from_env()
@@ -53,14 +52,25 @@ def run_command(args: argparse.Namespace) -> int:
         return remote_run_command(args, config, names, home)
     if not args.json:
         print(f"sagegate run: {config.name} ({config.task}) — pipeline {names.pipeline_name(config.name)}, local mode")
-    record = run_local(config, names, home, progress=None if args.json else print_progress)
-    if not args.json:
-        print_run(record, config, home)
-    execution = None
-    if record.status == "Succeeded" and record.registered_version:
-        execution = run_gate(config, names, home, record.registered_version)
+    from pipelines.local.s3 import started_early
+
+    with started_early(home):
+        from pipelines.local_run import run_local
+
+        # the gate's modules (moto, the Step Functions SDK) load while the run's jobs execute
+        gate_import = threading.Thread(target=importlib.import_module, args=("pipelines.local_gate",), daemon=True)
+        gate_import.start()
+        record = run_local(config, names, home, progress=None if args.json else print_progress)
         if not args.json:
-            print_verdict(execution)
+            print_run(record, config, home)
+        execution = None
+        if record.status == "Succeeded" and record.registered_version:
+            gate_import.join()
+            from pipelines.local_gate import run_gate
+
+            execution = run_gate(config, names, home, record.registered_version)
+            if not args.json:
+                print_verdict(execution)
     if args.json:
         brief = None
         if execution:

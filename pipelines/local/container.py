@@ -22,7 +22,6 @@ A failing job's reason (`/opt/ml/output/failure` or `/message`) is printed last 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import io
 import json
 import os
@@ -31,26 +30,17 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import urlparse
 
 import yaml
 
+from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE, CheckpointSync
+from pipelines.local.forkserver import die_with_parent
 
 OPT_ML = "/opt/ml"
 MAX_RUNTIME_VARIABLE = "SAGEGATE_MAX_RUNTIME_SECONDS"  # the training job's StoppingCondition, set by sdk_patch
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before the request took effect
-        os._exit(1)
 
 
 class Volumes:
@@ -223,9 +213,24 @@ def run_service(service: dict, workdir: Path) -> int:
 
 
 def _supervise(
-    command: list[str], env: dict[str, str], cwd: Path, log: object, limit: int | None
+    command: list[str], env: dict[str, str], cwd: Path, log: TextIO | None, limit: int | None
 ) -> tuple[int, str | None]:
-    """Run the job in its own process group; past `limit` seconds kill the group (MaxRuntimeExceeded)."""
+    """Run the job in its own process group (forked warm by the run's fork server when there is one);
+    past `limit` seconds kill the group (MaxRuntimeExceeded)."""
+    server = os.environ.get(forkserver.SOCKET_VARIABLE)
+    if server and command[0] == sys.executable:
+        try:
+            connection, pid = forkserver.request_job(server, command, env, str(cwd), (log or sys.stdout).fileno())
+        except OSError as error:
+            print(f"warm job start unavailable ({error}): starting a fresh interpreter", file=sys.stderr)
+        else:
+            with connection:
+                try:
+                    return forkserver.wait_job(connection, limit), None
+                except TimeoutError:
+                    os.killpg(pid, signal.SIGKILL)
+                    forkserver.wait_job(connection, None)
+                    return 1, _past_limit(limit)
     output = {"stdout": log, "stderr": subprocess.STDOUT} if log else {}
     process = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent, **output)
     try:
@@ -233,10 +238,14 @@ def _supervise(
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        return 1, (
-            f"MaxRuntimeExceeded: the training job ran longer than its stopping condition "
-            f"(MaxRuntimeInSeconds={limit}, training.max_runtime_seconds) and was stopped"
-        )
+        return 1, _past_limit(limit)
+
+
+def _past_limit(limit: int | None) -> str:
+    return (
+        f"MaxRuntimeExceeded: the training job ran longer than its stopping condition "
+        f"(MaxRuntimeInSeconds={limit}, training.max_runtime_seconds) and was stopped"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

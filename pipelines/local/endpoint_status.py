@@ -52,7 +52,7 @@ def endpoint_detail(home: StateHome, project: Project, name: str) -> tuple[dict[
     counts = metrics.get("invocations", {}).get(name, {})
 
     def runtime(model: str | None) -> dict[str, str]:
-        return serving_runtime(manager.model_data_path(model)) if model in state["models"] else {}
+        return serving_runtime(manager.model_archive(model)) if model in state["models"] else {}
 
     detail = {
         **described,

@@ -16,6 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from pipelines.local.s3 import fetch
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, locked, read_json, write_json
 
@@ -258,9 +261,15 @@ class EndpointManager:
         url = container.get("ModelDataUrl")
         if not url:
             return f"model {model_name}: local endpoints need PrimaryContainer.ModelDataUrl (packages resolve on AWS)"
-        path = self.home.local_path(url)
-        if not path.is_file():
-            return f"model {model_name}: model data {url} does not exist"
+        try:
+            path = self.model_archive(model_name, url)
+        except ClientError as error:
+            code = error.response["Error"]["Code"]
+            if code in ("404", "NoSuchKey", "NoSuchBucket"):
+                return f"model {model_name}: model data {url} does not exist"
+            return f"model {model_name}: model data {url} cannot be read: {code}"
+        except ValueError as error:
+            return f"model {model_name}: {error}"
         try:
             with tarfile.open(path) as archive:
                 names = set(archive.getnames())
@@ -270,8 +279,14 @@ class EndpointManager:
             return f"model {model_name}: model data {url} holds no model.joblib"
         return None
 
-    def model_data_path(self, model_name: str) -> Path:
-        return self.home.local_path(self.snapshot()["models"][model_name]["PrimaryContainer"]["ModelDataUrl"])
+    def model_archive(self, model_name: str, url: str | None = None) -> Path:
+        """The model's model.tar.gz on this machine, fetched once from the local S3 (a SageMaker
+        Model's data never changes: a new deployment is a new model)."""
+        path = self.home.serving / "models" / model_name / "model.tar.gz"
+        if not path.is_file():
+            url = url or self.snapshot()["models"][model_name]["PrimaryContainer"]["ModelDataUrl"]
+            fetch(self.home, url, path, self.project.region)
+        return path
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """The whole state as last written (atomic writes: no lock needed to read a consistent copy)."""

@@ -76,7 +76,7 @@ class Gateway:
                 server = self.servers[model_name] = ModelServer(
                     self.home.serving / "models" / model_name,
                     model_name,
-                    self.manager.model_data_path(model_name),
+                    self.manager.model_archive(model_name),
                     workers,
                     cooldown,
                 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import version
 
 PINNED = {
-    # s3_patch (write-through objects), sfn_patch (Lambda and SageMaker tasks), cfn_patch (change sets)
+    # sfn_patch (Lambda and SageMaker tasks), cfn_patch (change sets)
     "moto": "5.2.5",
     "sagemaker": "2.257.7",  # sdk_patch (jobs as subprocesses, stopping condition)
     "stepfunctions": "2.3.0",  # sfn_sdk_fields (ResultSelector, CausePath)

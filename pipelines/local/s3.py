@@ -1,25 +1,29 @@
-"""A local S3 endpoint whose objects persist as plain files under the state folder.
+"""A command's use of the local S3: the state folder's SeaweedFS server, leased for the command's duration.
 
-The SDK uploads code, downloads inputs and uploads outputs with boto3, and job subprocesses
-fetch their code the same way, so local mode needs a real S3 endpoint that every process can
-reach: moto's server on 127.0.0.1. On start the mirror folder (`s3/{bucket}/{key}`) is loaded
-into it; from then on every object S3 stores or deletes is written through to the mirror at
-once (`s3_patch`), so a run's artifacts are ordinary files with the keys they would have on
-AWS, durable as soon as S3 has acknowledged them, and two runs on one state folder never
-overwrite each other's objects with stale copies.
+Inside `with LocalS3(home) as s3:` this process and every job it starts send S3 calls to the
+local server (`AWS_ENDPOINT_URL_S3`, placeholder credentials), exactly as they would to AWS, so
+the SDK's uploads, the jobs' inputs and outputs, the register job's served archive and the gate
+all meet the same objects. A state folder from before (plain files under `s3/{bucket}/{key}`) is
+moved into the server on first use.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import boto3
-import requests
-from moto.server import ThreadedMotoServer
+from botocore.exceptions import ClientError
 
-from pipelines.local import s3_patch
+from pipelines.local.s3_server import S3Server
+from pipelines.state import StateHome
+from pipelines.statefiles import locked
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "sagegate-local",
@@ -28,62 +32,144 @@ FAKE_CREDENTIALS = {
 }
 
 
+def split(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key` → (bucket, key)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an s3:// location")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def s3_client(endpoint_url: str, region: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def download(client: Any, uri: str, path: Path) -> Path:
+    """The object at `path`, written beside and renamed into place (never half a file)."""
+    bucket, key = split(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    client.download_file(bucket, key, str(partial))
+    os.replace(partial, path)
+    return path
+
+
 class LocalS3:
-    def __init__(self, mirror: Path, region: str = "us-east-1") -> None:
-        self.mirror = mirror
+    def __init__(self, home: StateHome, region: str = "us-east-1") -> None:
+        self.home = home
         self.region = region
-        self._server: ThreadedMotoServer | None = None
+        self._server = S3Server(home.s3_store)
         self._saved_env: dict[str, str | None] = {}
         self.endpoint_url = ""
 
     def __enter__(self) -> LocalS3:
-        self.mirror.mkdir(parents=True, exist_ok=True)
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
-        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10)
-        env = {
-            **FAKE_CREDENTIALS,
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_DEFAULT_REGION": self.region,
-            "MOTO_PORT": str(port),  # where moto's Step Functions interpreter sends its service calls
-        }
+        self.endpoint_url = self._server.acquire()
+        env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
         self._saved_env = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
-        s3_patch.install(self.mirror)
         try:
-            self._load()
+            migrate_mirror(self.home, self.client)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        s3_patch.uninstall()
-        if self._server:
-            self._server.stop()
-            self._server = None
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        self._server.release()
 
     @property
-    def client(self):  # noqa: ANN201 - boto3 client types are generated
-        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region)
+    def client(self) -> Any:
+        return s3_client(self.endpoint_url, self.region)
 
     def ensure_bucket(self, bucket: str) -> None:
-        client = self.client
-        if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-            client.create_bucket(Bucket=bucket)
-        (self.mirror / bucket).mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.create_bucket(Bucket=bucket)
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
 
-    def _load(self) -> None:
-        client = self.client
-        with s3_patch.loading():
-            for bucket_dir in sorted(p for p in self.mirror.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    def read(self, uri: str) -> bytes | None:
+        """The object's bytes, or None if there is no such object."""
+        bucket, key = split(uri)
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
+                return None
+            raise
+
+    def download(self, uri: str, path: Path) -> Path:
+        return download(self.client, uri, path)
+
+    def upload(self, path: Path, uri: str) -> str:
+        bucket, key = split(uri)
+        self.client.upload_file(str(path), bucket, key)
+        return uri
+
+
+def migrate_mirror(home: StateHome, client: Any) -> int:
+    """Move a pre-server state folder's objects (`s3/{bucket}/{key}` files) into the server, once.
+
+    Uploading is idempotent and the folder is renamed aside only when every object is in, so a
+    command killed part-way leaves a migration the next command simply repeats."""
+    mirror = home.root / "s3"
+    if not mirror.is_dir():
+        return 0
+    moved = 0
+    with locked(home.s3_store / "migration.json"):
+        if not mirror.is_dir():
+            return 0  # another command migrated it while this one waited
+        for bucket_dir in sorted(p for p in mirror.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
                 client.create_bucket(Bucket=bucket_dir.name)
-                for path in sorted(p for p in bucket_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-                    client.upload_file(str(path), bucket_dir.name, path.relative_to(bucket_dir).as_posix())
+            except ClientError as error:
+                if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+            for path in sorted(p for p in bucket_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                client.upload_file(str(path), bucket_dir.name, path.relative_to(bucket_dir).as_posix())
+                moved += 1
+        aside = home.root / "s3.migrated"
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(mirror, aside)
+        shutil.rmtree(aside)
+    return moved
+
+
+def fetch(home: StateHome, uri: str, path: Path, region: str = "us-east-1") -> Path:
+    """Download one object to `path` under a lease of its own, without touching this process's
+    environment (for threaded servers: the gateway, the endpoint manager)."""
+    server = S3Server(home.s3_store)
+    endpoint = server.acquire()
+    try:
+        client = s3_client(endpoint, region)
+        migrate_mirror(home, client)
+        return download(client, uri, path)
+    finally:
+        server.release()
+
+
+@contextmanager
+def started_early(home: StateHome) -> Iterator[None]:
+    """Hold the state folder's local S3 for a whole command, starting it in the background meanwhile:
+    the ~0.8 s start overlaps the command's imports, and the run and the gate inside the command
+    share one server instead of stopping and restarting it between them."""
+    home.ensure()
+    server = S3Server(home.s3_store)
+    starting = threading.Thread(target=server.acquire, name="local-s3-start", daemon=True)
+    starting.start()
+    try:
+        yield
+    finally:
+        starting.join()
+        server.release()  # no-op if the start failed (the command's own LocalS3 reported why)

@@ -5,7 +5,9 @@ which writes a docker-compose file and hands it to `docker compose up`. We keep 
 the SDK does (input download, config files, volume layout, artifact upload) and replace
 only the command it launches: `_compose()` returns a call to `pipelines.local.container`,
 which runs the job as a subprocess from that same compose file. Also patched: the compose
-binary lookup (there is no Docker), the ECR login (no registry), and the credential probe.
+binary lookup (there is no Docker), the ECR login (no registry), and the credential probe; and
+the SDK-defaults validation, which the SDK repeats against its JSON schema on every config
+lookup (hundreds per run): each distinct config is validated once.
 
 The patched names are private, so the SDK is pinned exactly; `tests/test_sdk_patch.py`
 fails if an upgrade moves or reshapes any of them.
@@ -14,11 +16,13 @@ fails if an upgrade moves or reshapes any of them.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import sys
 from typing import Any
 
 import sagemaker
+import sagemaker.utils
 from sagemaker.local import image, local_session
 
 from pipelines.local.container import MAX_RUNTIME_VARIABLE
@@ -32,6 +36,7 @@ _EXPECTED_SIGNATURES = {
     (image, "_SageMakerContainer._get_compose_cmd_prefix"): [],
     (image, "_ecr_login_if_needed"): ["boto_session", "image"],
     (image, "_aws_credentials"): ["session"],
+    (sagemaker.utils, "validate_sagemaker_config"): ["sagemaker_config"],
     (local_session, "LocalSagemakerClient.create_training_job"): [
         "self",
         "TrainingJobName",
@@ -44,6 +49,8 @@ _EXPECTED_SIGNATURES = {
     ],
 }
 _original_create_training_job = local_session.LocalSagemakerClient.create_training_job
+_original_validate = sagemaker.utils.validate_sagemaker_config
+_validated: set[str] = set()
 
 
 class SdkPatchError(RuntimeError):
@@ -104,6 +111,15 @@ def _create_training_job(self: Any, *args: Any, **kwargs: Any) -> Any:
     return _original_create_training_job(*call.args, **call.kwargs)
 
 
+def _validate_once(sagemaker_config: dict | None = None) -> None:
+    """`get_sagemaker_config_value` re-validates the session's unchanging config against the SDK's JSON
+    schema (meta-schema check included) on every lookup: ~60% of a local run's main-process time."""
+    key = json.dumps(sagemaker_config, sort_keys=True, default=str)
+    if key not in _validated:
+        _original_validate(sagemaker_config)  # raises on an invalid config, as before
+        _validated.add(key)
+
+
 def install() -> None:
     """Idempotent. Raises SdkPatchError instead of half-patching an SDK it does not know."""
     require("sagemaker")
@@ -115,3 +131,10 @@ def install() -> None:
     image._ecr_login_if_needed = _no_ecr_login
     image._aws_credentials = _credentials_from_environment
     local_session.LocalSagemakerClient.create_training_job = _create_training_job
+    validate_config_once()
+
+
+def validate_config_once() -> None:
+    """Only the config-validation memo: also used when definitions are exported for AWS."""
+    require("sagemaker")
+    sagemaker.utils.validate_sagemaker_config = _validate_once

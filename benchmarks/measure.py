@@ -1,0 +1,72 @@
+"""Time a command as a whole process and sample the peak memory of every process in its tree.
+
+psutil polls the tree every 20 ms (short-lived processes can be missed between samples; every job
+here lives for seconds). A process is labelled by its program: `sagegate`, `weed` (the local S3),
+a job script (`train.py`, …), `python` otherwise.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+
+def label(process: psutil.Process) -> str:
+    try:
+        argv = process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "?"
+    for part in argv[1:4] + argv[:1]:
+        name = Path(part).name
+        if name.endswith(".py") or name in {"sagegate", "weed", "gunicorn"}:
+            return name
+        if part in ("-m",):
+            continue
+    if "-m" in argv:
+        return argv[argv.index("-m") + 1].rsplit(".", 1)[-1]
+    return Path(argv[0]).name if argv else "?"
+
+
+def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[float, dict[str, float]]:
+    """Wall seconds, and the peak resident MB per process label (the largest process of each label)."""
+    peaks: dict[int, tuple[str, float]] = {}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
+    root = psutil.Process(process.pid)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+            for member in tree:
+                try:
+                    rss = member.memory_info().rss / 2**20
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                name, peak = peaks.get(member.pid, (label(member), 0.0))
+                peaks[member.pid] = (name, max(peak, rss))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = process.wait()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} exited with {code}")
+    by_label: dict[str, float] = {}
+    for name, peak in peaks.values():
+        by_label[name] = max(by_label.get(name, 0.0), peak)
+    return elapsed, by_label
+
+
+def memory_line(peaks: dict[str, float]) -> str:
+    return ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(peaks.items(), key=lambda item: -item[1]))

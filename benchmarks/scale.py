@@ -1,0 +1,78 @@
+"""`sagegate run` on large data vs the bare one-process script: time and peak memory of every process.
+
+Writes a 200k-row and a 1M-row x 20-feature CSV (scikit-learn's make_classification), trains a
+RandomForest (50 trees, depth 10) through `sagegate run` in a fresh state home and with
+benchmarks/bare_pipeline.py, and prints: run/bare time (goal <= 1.3x at 200k), the largest
+process vs the bare script's peak (goal <= 1.5x), 1M vs 5 x 200k time (goal <= 1.2x linear) and
+peak memory vs the CSV's size (goal <= 3x).
+
+Usage: python benchmarks/scale.py [--rows 200000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.datasets import make_classification
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measure import memory_line, run_measured
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CONFIG = """
+name: scale
+task: classification
+data: {source: data.csv, target: label}
+model:
+  class: sklearn.ensemble.RandomForestClassifier
+  hyperparameters: {n_estimators: 50, max_depth: 10, random_state: 42}
+quality_gate: {metrics: {accuracy: {min: 0.5}}}
+deployment: {type: serverless}
+"""
+
+
+def write_data(folder: Path, rows: int) -> Path:
+    features, target = make_classification(rows, 20, n_informative=12, random_state=0)
+    frame = pd.DataFrame(features.astype(np.float32), columns=[f"f{i}" for i in range(20)]).assign(label=target)
+    path = folder / "data.csv"
+    frame.to_csv(path, index=False)
+    (folder / "model.yaml").write_text(CONFIG)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000])
+    args = parser.parse_args()
+    results: dict[int, dict[str, float]] = {}
+    for rows in args.rows:
+        folder = Path(tempfile.mkdtemp(prefix=f"sagegate-scale-{rows}-"))
+        csv = write_data(folder, rows)
+        env = {**os.environ, "SAGEGATE_HOME": str(folder / "state")}
+        run_seconds, run_memory = run_measured([str(BIN / "sagegate"), "run", "model.yaml"], env, folder)
+        run_measured([str(BIN / "sagegate"), "gateway", "stop"], env, folder)
+        script = str(ROOT / "benchmarks" / "bare_pipeline.py")
+        bare = [sys.executable, script, str(csv), "--trees", "50", "--depth", "10"]
+        bare_seconds, bare_memory = run_measured(bare, env, folder)
+        csv_mb = csv.stat().st_size / 2**20
+        largest, bare_peak = max(run_memory.values()), max(bare_memory.values())
+        results[rows] = {"run": run_seconds, "bare": bare_seconds, "largest": largest}
+        print(f"{rows} rows ({csv_mb:.0f} MB CSV): run {run_seconds:.1f}s vs bare {bare_seconds:.1f}s = "
+              f"{run_seconds / bare_seconds:.2f}x; largest process {largest:.0f} MB = {largest / bare_peak:.2f}x the "
+              f"bare script's {bare_peak:.0f} MB, {largest / csv_mb:.2f}x the CSV")  # fmt: skip
+        print(f"  peak memory per process: {memory_line(run_memory)}")
+    if 200_000 in results and 1_000_000 in results:
+        linear = results[1_000_000]["run"] / (5 * results[200_000]["run"])
+        print(f"1M rows vs 5 x 200k rows: {linear:.2f}x linear")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Warm local jobs: fork each job from a process that has already imported the job libraries.
+
+A local job process otherwise spends most of its life importing pandas, scikit-learn, matplotlib,
+MLflow and the ONNX converter (1-3.5 s per job, five jobs per run). `sagegate run` starts this
+server for the run's duration; it imports them once, and `container.py` asks it for each job.
+The child it forks becomes that job as a fresh interpreter would: its own session (process
+group), the job's environment, working directory, `sys.argv` and `sys.path[0]`, the runner's
+output streams (passed over the socket), the script run as `__main__`, its kernel name set to
+the script's (`ps -o comm`). It dies with the server, which dies with the run. The job code is
+unchanged (it imports nothing from `pipelines/`); without a server, or if it cannot be reached,
+jobs start as fresh interpreters.
+
+    python -m pipelines.local.forkserver SOCKET
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+# What the jobs in containers/ import (a missing one is skipped: the job imports it itself).
+PRELOAD = (
+    "numpy", "pandas", "joblib", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.ensemble",
+    "sklearn.linear_model", "sklearn.metrics", "sklearn.model_selection", "matplotlib", "boto3",
+    "mlflow", "mlflow.sklearn", "skl2onnx", "onnxruntime",
+)  # fmt: skip
+SOCKET_VARIABLE = "SAGEGATE_FORKSERVER"
+READY_TIMEOUT_SECONDS = 30  # the imports take seconds; the first job may ask before they are done
+PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
+
+
+def _prctl(option: int, value: Any) -> bool:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: no parent-death signal, no kernel name
+        return False
+    return True
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; elsewhere a no-op)."""
+    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL) and os.getppid() == 1:
+        os._exit(1)  # the parent died before the request took effect
+
+
+def request_job(
+    socket_path: str, argv: list[str], env: dict[str, str], cwd: str, output_fd: int
+) -> tuple[socket.socket, int]:
+    """Ask the server to fork `argv` (`[python, script, *args]`); the open connection answers with the
+    exit code when the job ends. Raises OSError when there is no server to ask."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while not os.path.exists(socket_path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(socket_path)
+        message = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode() + b"\n"
+        socket.send_fds(connection, [message], [output_fd])
+        reply = connection.makefile("rb").readline()
+        return connection, int(json.loads(reply)["pid"])
+    except (OSError, ValueError, KeyError) as error:
+        connection.close()
+        raise OSError(f"fork server at {socket_path}: {error}") from None
+
+
+def wait_job(connection: socket.socket, timeout: float | None) -> int:
+    """The job's exit code; raises TimeoutError while it still runs after `timeout` seconds."""
+    connection.settimeout(timeout)
+    try:
+        line = connection.makefile("rb").readline()
+    except TimeoutError:
+        raise
+    except OSError:
+        return -signal.SIGKILL  # the server died, and its jobs with it
+    return int(json.loads(line)["exit"]) if line else -signal.SIGKILL
+
+
+def _become_job(request: dict[str, Any], output_fd: int) -> None:
+    """In the forked child: turn into the job and never return."""
+    code = 1
+    try:
+        os.setsid()
+        die_with_parent()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.dup2(output_fd, 1)
+        os.dup2(output_fd, 2)
+        os.close(output_fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        sys.stdout.reconfigure(write_through=True)  # type: ignore[union-attr]
+        sys.stderr.reconfigure(write_through=True)  # type: ignore[union-attr]
+        script, *arguments = request["argv"][1:]
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        _prctl(PR_SET_NAME, Path(script).name.encode()[:15])
+        sys.argv = [script, *arguments]
+        sys.path[0] = str(Path(script).resolve().parent)
+        import runpy
+
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as exit_:
+            if exit_.code is None or isinstance(exit_.code, int):
+                code = exit_.code or 0
+            else:
+                print(exit_.code, file=sys.stderr)  # sys.exit("message"), as the interpreter prints it
+                code = 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve(socket_path: str) -> None:
+    die_with_parent()  # the run that started it
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_write)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    partial = f"{socket_path}.partial"
+    Path(partial).unlink(missing_ok=True)
+    listener.bind(partial)
+    listener.listen(16)
+    os.replace(partial, socket_path)  # the socket appears only once the server accepts
+    waiting: dict[int, socket.socket] = {}  # job pid -> the runner connection awaiting its exit
+    while True:
+        ready, _, _ = select.select([listener, wake_read], [], [])
+        if wake_read in ready:
+            os.read(wake_read, 4096)
+        while waiting:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            connection = waiting.pop(pid, None)
+            if connection is not None:
+                try:
+                    connection.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+                except OSError:
+                    pass  # the runner is gone
+                connection.close()
+        if listener in ready:
+            connection, _ = listener.accept()
+            try:
+                message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 1)
+                request = json.loads(message.split(b"\n", 1)[0])
+            except (OSError, ValueError):
+                connection.close()
+                continue
+            pid = os.fork()
+            if pid == 0:
+                for inherited in (listener, connection, *waiting.values()):
+                    inherited.close()
+                os.close(wake_read)
+                os.close(wake_write)
+                _become_job(request, fds[0])
+            os.close(fds[0])
+            connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+            waiting[pid] = connection
+
+
+@contextmanager
+def running(folder: Path) -> Iterator[None]:
+    """A fork server for the jobs this process starts, from now until the block ends: it imports while
+    the caller prepares, and the jobs find it through SAGEGATE_FORKSERVER."""
+    # AF_UNIX paths are limited to ~107 bytes: the socket lives under the temp dir, named by hash
+    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"sagegate-jobs-{digest}.sock"
+    path.unlink(missing_ok=True)
+    with (folder / "forkserver.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            cwd=folder, preexec_fn=die_with_parent,
+        )  # fmt: skip
+    saved = os.environ.get(SOCKET_VARIABLE)
+    os.environ[SOCKET_VARIABLE] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(SOCKET_VARIABLE, None)
+        else:
+            os.environ[SOCKET_VARIABLE] = saved
+        process.kill()  # its jobs have ended (each runner waited for its own); any left die with it
+        process.wait()
+        path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])

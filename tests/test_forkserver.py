@@ -1,0 +1,127 @@
+"""The warm job runner: a job forked from the preloaded server is the job a fresh interpreter would run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.local import forkserver
+from pipelines.statefiles import process_alive
+from tests.processes import processes
+
+SCRIPT = """
+import json, os, sys
+import pandas
+print("argv", json.dumps(sys.argv))
+print("cwd", os.getcwd())
+print("path0", sys.path[0])
+print("env", os.environ.get("SM_MODEL_DIR"), "PATH" in os.environ)
+print("session", os.getsid(0) == os.getpid())
+print("comm", open("/proc/self/comm").read().strip())
+if sys.argv[1] == "message":
+    sys.exit("ERROR: the data is bad")
+if sys.argv[1] == "raise":
+    raise ValueError("boom")
+if sys.argv[1] == "sleep":
+    import time
+    time.sleep(60)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def run_job(tmp_path: Path, argument: str, timeout: float | None = 60) -> tuple[int, str]:
+    script = tmp_path / "code" / "job.py"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(SCRIPT)
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    log = tmp_path / f"{argument}.log"
+    with log.open("w") as output:
+        connection, pid = forkserver.request_job(
+            os.environ[forkserver.SOCKET_VARIABLE],
+            [sys.executable, str(script), argument],
+            {"SM_MODEL_DIR": "/opt/ml/model"},
+            str(work),
+            output.fileno(),
+        )
+        with connection:
+            try:
+                code = forkserver.wait_job(connection, timeout)
+            except TimeoutError:
+                os.killpg(pid, signal.SIGKILL)
+                code = forkserver.wait_job(connection, None)
+    return code, log.read_text()
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    with forkserver.running(tmp_path):
+        yield
+
+
+def test_a_forked_job_gets_the_contract_a_fresh_interpreter_gets(server, tmp_path: Path) -> None:
+    code, output = run_job(tmp_path, "0")
+    assert code == 0, output
+    lines = dict(line.split(" ", 1) for line in output.splitlines())
+    assert json.loads(lines["argv"]) == [str(tmp_path / "code" / "job.py"), "0"]
+    assert lines["cwd"] == str(tmp_path / "work")
+    assert lines["path0"] == str(tmp_path / "code")
+    assert lines["env"] == "/opt/ml/model False"  # the job's environment only, not the server's
+    assert lines["session"] == "True" and lines["comm"] == "job.py"
+
+
+@pytest.mark.parametrize(
+    ("argument", "code", "message"),
+    [("3", 3, None), ("message", 1, "ERROR: the data is bad"), ("raise", 1, "ValueError: boom")],
+)
+def test_exit_codes_and_messages_are_the_interpreters(server, tmp_path: Path, argument, code, message) -> None:
+    found, output = run_job(tmp_path, argument)
+    assert found == code
+    if message:
+        assert message in output
+
+
+def test_a_job_past_its_limit_is_killed_with_its_group(server, tmp_path: Path) -> None:
+    code, output = run_job(tmp_path, "sleep", timeout=2)
+    assert code == -signal.SIGKILL
+    assert "comm job.py" in output
+
+
+def test_the_server_and_its_jobs_die_with_the_process_that_started_them(tmp_path: Path) -> None:
+    script = tmp_path / "sleeper.py"
+    script.write_text("import time\ntime.sleep(120)\n")
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time; from pathlib import Path; from pipelines.local import forkserver\n"
+            f"with forkserver.running(Path({str(tmp_path)!r})):\n"
+            f"    forkserver.request_job(os.environ['{forkserver.SOCKET_VARIABLE}'], [sys.executable, {str(script)!r}],"
+            f" {{}}, {str(tmp_path)!r}, 1)\n"
+            "    print('started', flush=True); time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout.readline().strip() == "started"
+    children = [pid for pid, argv, _ in processes() if "sleeper.py" in argv]
+    assert children
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(process_alive(str(pid)) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(process_alive(str(pid)) for pid in children)
+
+
+def test_without_a_server_the_caller_is_told_and_can_start_the_job_itself(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(forkserver, "READY_TIMEOUT_SECONDS", 0.2)
+    with pytest.raises(OSError, match="fork server at"):
+        forkserver.request_job(str(tmp_path / "none.sock"), [sys.executable, "x.py"], {}, str(tmp_path), 1)
