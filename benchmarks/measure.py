@@ -2,7 +2,7 @@
 
 psutil polls the tree every 20 ms (short-lived processes can be missed between samples; every job
 here lives for seconds). A process is labelled by its program: `sagegate`, `weed` (the local S3),
-a job script (`train.py`, …), `python` otherwise.
+`forkserver`, a job script (`train.py`, …; a forked job by its kernel name), `python` otherwise.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ import psutil
 
 def label(process: psutil.Process) -> str:
     try:
-        argv = process.cmdline()
+        argv, name = process.cmdline(), process.name()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "?"
+    if name.endswith(".py"):  # a job forked by the warm runner: the kernel name is its script's
+        return name
     for part in argv[1:4] + argv[:1]:
         name = Path(part).name
         if name.endswith(".py") or name in {"sagegate", "weed", "gunicorn"}:
@@ -50,8 +52,8 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[fl
                     rss = member.memory_info().rss / 2**20
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                name, peak = peaks.get(member.pid, (label(member), 0.0))
-                peaks[member.pid] = (name, max(peak, rss))
+                # relabelled at every sample: a forked job takes its script's name just after the fork
+                peaks[member.pid] = (label(member), max(peaks.get(member.pid, ("", 0.0))[1], rss))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)

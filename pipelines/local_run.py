@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -25,10 +24,10 @@ from pipelines.definition import build_pipeline, stage_inputs
 from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
 from pipelines.local.s3 import LocalS3
+from pipelines.registry import PreparedStore
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import (
     StateFileError,
-    locked,
     process_alive,
     process_token,
     read_records,
@@ -150,45 +149,6 @@ def _stage_data(config: ModelConfig, project: Project, s3: LocalS3) -> dict[str,
         raise RunError(str(error)) from None
 
 
-def _ensure_experiment(home: StateHome, name: str) -> None:
-    """Local experiments keep artifacts in the state folder (the server default would be ./mlruns)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    # The first use of a store creates and migrates its schema: two runs starting together on a
-    # fresh state folder would both migrate (duplicate columns), so the first use holds the lock.
-    with locked(home.mlflow_db):
-        client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
-        if client.get_experiment_by_name(name) is None:
-            try:
-                client.create_experiment(name, artifact_location=(home.mlflow_artifacts / name).as_uri())
-            except MlflowException:  # a concurrent run created it first
-                if client.get_experiment_by_name(name) is None:
-                    raise
-
-
-class _Background:
-    """A call run on a thread; `result()` joins it and re-raises its exception in the caller."""
-
-    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
-        self._error: BaseException | None = None
-
-        def target() -> None:
-            try:
-                function(*args)
-            except BaseException as error:  # handed to the caller by result()
-                self._error = error
-
-        self._thread = threading.Thread(target=target, daemon=True)
-        self._thread.start()
-
-    def result(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 def _job_failures(log: Path) -> dict[str, str]:
     if not log.is_file():
         return {}
@@ -203,6 +163,7 @@ def run_local(
     *,
     parameters: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    store: PreparedStore | None = None,
 ) -> RunRecord:
     home.ensure()
     started = time.monotonic()
@@ -232,9 +193,8 @@ def run_local(
     sdk_logger.setLevel(logging.INFO)
     sdk_logger.propagate = False
     try:
-        # the MLflow store (created and migrated on a fresh state folder: seconds) is prepared while
-        # the data is staged and the definition built; the register job needs it, nothing before
-        experiment = _Background(_ensure_experiment, home, project.registered_model(config.name))
+        # the register job needs the MLflow store, nothing before it
+        store = store or PreparedStore(home, project.registered_model(config.name))
         with forkserver.running(logs), LocalS3(home, project.region) as s3:
             s3.ensure_bucket(project.bucket)
             values = {
@@ -249,7 +209,9 @@ def run_local(
             session = local_session(project, config.name, scratch)
             pipeline = build_pipeline(config, project, session, local=True)
             pipeline.upsert(role_arn=project.training_role_arn)
-            experiment.result()
+            problem = store.problem()
+            if problem:
+                raise RunError(f"the MLflow store {home.mlflow_db} could not be prepared: {problem}")
             execution = pipeline.start(parameters=values)
             _record(record, execution, session, config, project, s3, failure_log)
     except RunError:  # the run never started: nothing to keep

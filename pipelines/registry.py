@@ -3,10 +3,54 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from pipelines.state import StateHome
+from pipelines.statefiles import locked
+
+
+def ensure_experiment(home: StateHome, name: str) -> None:
+    """The experiment `name`, created with its artifacts in the state folder (the server default would
+    be ./mlruns). The first use of a store creates and migrates its schema: two runs starting together
+    on a fresh state folder would both migrate (duplicate columns), so the first use holds the lock."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    home.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
+    with locked(home.mlflow_db):
+        client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+        if client.get_experiment_by_name(name) is None:
+            try:
+                client.create_experiment(name, artifact_location=(home.mlflow_artifacts / name).as_uri())
+            except MlflowException:  # a concurrent run created it first
+                if client.get_experiment_by_name(name) is None:
+                    raise
+
+
+class PreparedStore:
+    """`ensure_experiment` in a process of its own: on a fresh state folder, creating and migrating the
+    store takes seconds, done on another core while the caller builds its run (`problem()` waits)."""
+
+    def __init__(self, home: StateHome, experiment: str) -> None:
+        code = (
+            "import sys; from pathlib import Path; from pipelines.registry import ensure_experiment; "
+            "from pipelines.state import StateHome; ensure_experiment(StateHome(Path(sys.argv[1])), sys.argv[2])"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, str(home.root), experiment],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def problem(self) -> str | None:
+        """Wait until the store is ready: None, or why it could not be prepared."""
+        errors = self.process.communicate()[1]
+        if self.process.returncode == 0:
+            return None
+        return errors.strip().splitlines()[-1] if errors.strip() else f"exit code {self.process.returncode}"
 
 
 def list_versions(home: StateHome) -> tuple[list[dict[str, Any]], list[str]]:

@@ -53,14 +53,16 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"sagegate run: {config.name} ({config.task}) — pipeline {names.pipeline_name(config.name)}, local mode")
     from pipelines.local.s3 import started_early
+    from pipelines.registry import PreparedStore
 
+    store = PreparedStore(home.ensure(), names.registered_model(config.name))  # before the heavy imports
     with started_early(home):
         from pipelines.local_run import run_local
 
         # the gate's modules (moto, the Step Functions SDK) load while the run's jobs execute
         gate_import = threading.Thread(target=importlib.import_module, args=("pipelines.local_gate",), daemon=True)
         gate_import.start()
-        record = run_local(config, names, home, progress=None if args.json else print_progress)
+        record = run_local(config, names, home, progress=None if args.json else print_progress, store=store)
         if not args.json:
             print_run(record, config, home)
         execution = None
