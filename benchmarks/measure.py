@@ -53,7 +53,9 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> tuple[fl
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 # relabelled at every sample: a forked job takes its script's name just after the fork
-                peaks[member.pid] = (label(member), max(peaks.get(member.pid, ("", 0.0))[1], rss))
+                previous_label, previous_peak = peaks.get(member.pid, ("?", 0.0))
+                name = label(member)
+                peaks[member.pid] = (previous_label if name == "?" else name, max(previous_peak, rss))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -7,6 +7,7 @@ surroundings (local S3, MLflow store, job logs) and turns the execution into a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -195,7 +196,9 @@ def run_local(
     try:
         # the register job needs the MLflow store, nothing before it
         store = store or PreparedStore(home, project.registered_model(config.name))
-        with forkserver.running(logs), LocalS3(home, project.region) as s3:
+        # the CLI starts the fork server before its own imports; a caller that did not gets one here
+        jobs = contextlib.nullcontext() if os.environ.get(forkserver.SOCKET_VARIABLE) else forkserver.running(logs)
+        with jobs, LocalS3(home, project.region) as s3:
             s3.ensure_bucket(project.bucket)
             values = {
                 **_stage_data(config, project, s3),

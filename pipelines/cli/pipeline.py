@@ -52,11 +52,13 @@ def run_command(args: argparse.Namespace) -> int:
         return remote_run_command(args, config, names, home)
     if not args.json:
         print(f"sagegate run: {config.name} ({config.task}) — pipeline {names.pipeline_name(config.name)}, local mode")
+    from pipelines.local import forkserver
     from pipelines.local.s3 import started_early
     from pipelines.registry import PreparedStore
 
-    store = PreparedStore(home.ensure(), names.registered_model(config.name))  # before the heavy imports
-    with started_early(home):
+    # before the heavy imports: the MLflow store, the local S3 and the warm job server start meanwhile
+    store = PreparedStore(home.ensure(), names.registered_model(config.name))
+    with started_early(home), forkserver.running(home.jobs):
         from pipelines.local_run import run_local
 
         # the gate's modules (moto, the Step Functions SDK) load while the run's jobs execute

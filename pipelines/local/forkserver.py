@@ -16,7 +16,6 @@ jobs start as fresh interpreters.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib
 import json
 import os
@@ -28,12 +27,15 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# What the jobs in containers/ import (a missing one is skipped: the job imports it itself).
+# What the jobs in containers/ import, in the order the jobs need them: the server accepts at once and
+# imports one library at a time while idle, so the first job need not wait for the last job's
+# libraries (a job forked before its library is in imports it itself; a missing one is skipped).
 PRELOAD = (
     "numpy", "pandas", "joblib", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.ensemble",
     "sklearn.linear_model", "sklearn.metrics", "sklearn.model_selection", "matplotlib", "boto3",
@@ -138,11 +140,6 @@ def serve(socket_path: str) -> None:
     die_with_parent()  # the run that started it
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    for module in PRELOAD:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -153,9 +150,16 @@ def serve(socket_path: str) -> None:
     listener.bind(partial)
     listener.listen(16)
     os.replace(partial, socket_path)  # the socket appears only once the server accepts
+    pending = list(PRELOAD)
     waiting: dict[int, socket.socket] = {}  # job pid -> the runner connection awaiting its exit
     while True:
-        ready, _, _ = select.select([listener, wake_read], [], [])
+        ready, _, _ = select.select([listener, wake_read], [], [], 0 if pending else None)
+        if not ready and pending:
+            try:
+                importlib.import_module(pending.pop(0))
+            except ImportError:
+                pass
+            continue
         if wake_read in ready:
             os.read(wake_read, 4096)
         while waiting:
@@ -196,10 +200,8 @@ def serve(socket_path: str) -> None:
 def running(folder: Path) -> Iterator[None]:
     """A fork server for the jobs this process starts, from now until the block ends: it imports while
     the caller prepares, and the jobs find it through SAGEGATE_FORKSERVER."""
-    # AF_UNIX paths are limited to ~107 bytes: the socket lives under the temp dir, named by hash
-    digest = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"sagegate-jobs-{digest}.sock"
-    path.unlink(missing_ok=True)
+    # AF_UNIX paths are limited to ~107 bytes: the socket lives under the temp dir, one per server
+    path = Path(tempfile.gettempdir()) / f"sagegate-jobs-{uuid.uuid4().hex[:16]}.sock"
     with (folder / "forkserver.log").open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", __name__, str(path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
