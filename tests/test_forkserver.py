@@ -111,8 +111,10 @@ def test_the_server_and_its_jobs_die_with_the_process_that_started_them(tmp_path
         text=True,
     )
     assert parent.stdout.readline().strip() == "started"
-    children = [pid for pid, argv, _ in processes() if "sleeper.py" in argv]
-    assert children
+    deadline = time.monotonic() + 10
+    while not (children := [pid for pid, argv, _ in processes() if "sleeper.py" in argv]):
+        assert time.monotonic() < deadline, "the forked job never took its script's name"
+        time.sleep(0.05)
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 10

@@ -58,7 +58,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     # before the heavy imports: the MLflow store, the local S3 and the warm job server start meanwhile
     store = PreparedStore(home.ensure(), names.registered_model(config.name))
-    with started_early(home), forkserver.running(home.jobs):
+    with started_early(home), forkserver.running(home.runs):
         from pipelines.local_run import run_local
 
         # the gate's modules (moto, the Step Functions SDK) load while the run's jobs execute
