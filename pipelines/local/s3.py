@@ -50,6 +50,14 @@ def s3_client(endpoint_url: str, region: str) -> Any:
     )
 
 
+def ensure_bucket(client: Any, bucket: str) -> None:
+    try:
+        client.create_bucket(Bucket=bucket)
+    except ClientError as error:
+        if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+
+
 def download(client: Any, uri: str, path: Path) -> Path:
     """The object at `path`, written beside and renamed into place (never half a file)."""
     bucket, key = split(uri)
@@ -67,9 +75,11 @@ class LocalS3:
         self._server = S3Server(home.s3_store)
         self._saved_env: dict[str, str | None] = {}
         self.endpoint_url = ""
+        self.client: Any = None
 
     def __enter__(self) -> LocalS3:
         self.endpoint_url = self._server.acquire()
+        self.client = s3_client(self.endpoint_url, self.region)  # one client per lease (creating one costs ms)
         env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
         self._saved_env = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
@@ -88,16 +98,8 @@ class LocalS3:
                 os.environ[key] = value
         self._server.release()
 
-    @property
-    def client(self) -> Any:
-        return s3_client(self.endpoint_url, self.region)
-
     def ensure_bucket(self, bucket: str) -> None:
-        try:
-            self.client.create_bucket(Bucket=bucket)
-        except ClientError as error:
-            if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise
+        ensure_bucket(self.client, bucket)
 
     def read(self, uri: str) -> bytes | None:
         """The object's bytes, or None if there is no such object."""
@@ -131,11 +133,7 @@ def migrate_mirror(home: StateHome, client: Any) -> int:
         if not mirror.is_dir():
             return 0  # another command migrated it while this one waited
         for bucket_dir in sorted(p for p in mirror.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            try:
-                client.create_bucket(Bucket=bucket_dir.name)
-            except ClientError as error:
-                if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise
+            ensure_bucket(client, bucket_dir.name)
             for path in sorted(p for p in bucket_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
                 client.upload_file(str(path), bucket_dir.name, path.relative_to(bucket_dir).as_posix())
                 moved += 1
