@@ -99,6 +99,93 @@ class TrainingConfig(_Strict):
         return self
 
 
+class ParameterRange(_Strict):
+    """One tuned hyperparameter, as SageMaker's Integer/Continuous/CategoricalParameterRange."""
+
+    type: Literal["integer", "continuous", "categorical"]
+    min: float | None = None
+    max: float | None = None
+    values: list[int | float | bool | str] | None = None
+    scaling: Literal["auto", "linear", "logarithmic", "reverse_logarithmic"] = "auto"
+
+    @model_validator(mode="after")
+    def _bounds_or_values(self) -> ParameterRange:
+        if self.type == "categorical":
+            if self.min is not None or self.max is not None:
+                raise ValueError("a categorical range takes `values`, not min/max")
+            if not self.values:
+                raise ValueError("a categorical range needs at least one value in `values`")
+            if len(set(map(repr, self.values))) != len(self.values):
+                raise ValueError(f"values repeat: {self.values}")
+            return self
+        if self.values is not None:
+            raise ValueError(f"an {self.type} range takes min and max, not `values`")
+        if self.min is None or self.max is None:
+            raise ValueError(f"an {self.type} range needs min and max")
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        if self.type == "integer" and (self.min != int(self.min) or self.max != int(self.max)):
+            raise ValueError(f"an integer range needs whole min and max, got {self.min}..{self.max}")
+        if self.scaling == "logarithmic" and self.min <= 0:
+            raise ValueError(f"logarithmic scaling needs min > 0, got {self.min}")
+        if self.scaling == "reverse_logarithmic" and (self.type != "continuous" or not 0 <= self.min < self.max < 1):
+            raise ValueError("reverse_logarithmic scaling is for continuous ranges within [0, 1)")
+        return self
+
+    def ends(self) -> list[Any]:
+        """The values scikit-learn's constraints are checked with: both ends, or every category."""
+        if self.type == "categorical":
+            return list(self.values or [])
+        cast = int if self.type == "integer" else float
+        return [cast(self.min), cast(self.max)]
+
+    def points(self) -> int:
+        return len(self.values or []) if self.type == "categorical" else 0
+
+
+class TuningObjective(_Strict):
+    metric: str
+    goal: Literal["maximize", "minimize"]
+
+
+class TuningConfig(_Strict):
+    """A HyperparameterTuner over the training job (AWS: a TuningStep; locally the same step, run by
+    pipelines.local.tuning). The objective is a metric the training job reports on the validation split."""
+
+    objective: TuningObjective
+    strategy: Literal["bayesian", "random", "grid", "hyperband"] = "bayesian"
+    max_jobs: int = Field(ge=1, le=500)
+    max_parallel_jobs: int = Field(1, ge=1, le=100)
+    early_stopping: Literal["off", "auto"] = "off"
+    random_seed: int | None = Field(None, ge=0)
+    ranges: dict[str, ParameterRange] = Field(min_length=1)
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `off` as false."""
+        return "off" if value is False else value
+
+    @model_validator(mode="after")
+    def _limits(self) -> TuningConfig:
+        if self.max_parallel_jobs > self.max_jobs:
+            raise ValueError(f"max_parallel_jobs ({self.max_parallel_jobs}) is above max_jobs ({self.max_jobs})")
+        if self.strategy == "grid":
+            continuous = [name for name, r in self.ranges.items() if r.type != "categorical"]
+            if continuous:
+                raise ValueError(
+                    f"grid search takes categorical ranges only (SageMaker's rule): {', '.join(continuous)}"
+                )
+            points = 1
+            for tuned in self.ranges.values():
+                points *= tuned.points()
+            if points > self.max_jobs:
+                raise ValueError(f"the grid has {points} points, more than max_jobs ({self.max_jobs}) allows")
+        if self.strategy == "hyperband" and self.early_stopping != "off":
+            raise ValueError("hyperband stops trials itself: early_stopping must be off")
+        return self
+
+
 class QualityGate(_Strict):
     metrics: dict[str, Threshold] = Field(min_length=1)
 
@@ -111,6 +198,7 @@ class ModelConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     quality_gate: QualityGate
     deployment: DeploymentConfig = DeploymentConfig()
+    tuning: TuningConfig | None = None
 
     @field_validator("quality_gate")
     @classmethod
@@ -132,6 +220,8 @@ class ModelConfig(_Strict):
         if kind != expected:
             raise ValueError(f"model.class {self.model.class_} is a {kind}, task {self.task} needs a {expected}")
         check_hyperparameters(estimator, self.model.hyperparameters)
+        if self.tuning is not None:
+            check_tuning(estimator, self)
         return self
 
     def data_inputs(self) -> dict[str, tuple[str, str]]:
@@ -177,6 +267,33 @@ def check_hyperparameters(estimator: type, hyperparameters: dict[str, Any]) -> N
         raise ValueError(f"model.hyperparameters: {error}") from None
 
 
+def check_tuning(estimator: type, config: ModelConfig) -> None:
+    """What the estimator and the data must allow for the tuning block: known parameters, each range's
+    ends accepted by scikit-learn's own constraints, a metric the task reports, a validation split."""
+    assert config.tuning is not None
+    metrics = CLASSIFICATION_METRICS if config.task == "classification" else REGRESSION_METRICS
+    if config.tuning.objective.metric not in metrics:
+        raise ValueError(
+            f"tuning.objective.metric: {config.task} training reports {', '.join(metrics)}, "
+            f"not {config.tuning.objective.metric!r}"
+        )
+    data = config.data
+    if (data.channels is not None and "validation" not in data.channels) or (
+        data.channels is None and data.validation_fraction == 0
+    ):
+        raise ValueError("tuning needs a validation split (data.validation_fraction > 0 or data.channels.validation)")
+    known = estimator().get_params()
+    for name, tuned in config.tuning.ranges.items():
+        if name not in known:
+            raise ValueError(f"tuning.ranges.{name}: {estimator.__name__} has no such parameter")
+        for value in tuned.ends():
+            try:
+                check_hyperparameters(estimator, {**config.model.hyperparameters, name: value})
+            except ValueError as error:
+                reason = str(error).removeprefix("model.hyperparameters: ")
+                raise ValueError(f"tuning.ranges.{name}: {value!r} is refused: {reason}") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` → (["a","b","c"], value parsed as YAML, so 8 is an int and null is None)."""
     path, sep, raw = text.partition("=")
@@ -212,7 +329,7 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{path}: unknown field"
     if error["type"] == "missing":
         return f"{path}: required field is missing"
-    if path in SECRET_FIELDS:  # may hold a credential: say what is wrong, never repeat it
+    if path in SECRET_FIELDS or not error["loc"]:  # a credential, or the whole document: never repeat it
         return f"{path}: {message}"
     return f"{path}: {message} (got {error.get('input')!r})"
 

@@ -69,7 +69,7 @@ def replicate_model_package(source_arn: str, model: str, project: Project) -> st
     copied_key = f"models/{model}/replicated/{source_region}/{version}/model.tar.gz"
     boto3.client("s3", region_name=project.region).copy(
         {"Bucket": bucket, "Key": key}, project.bucket, copied_key,
-        ExtraArgs={"ServerSideEncryption": "aws:kms"}, SourceClient=boto3.client("s3", region_name=source_region),
+        SourceClient=boto3.client("s3", region_name=source_region),
     )  # fmt: skip
     tag = container["Image"].rsplit(":", 1)[-1]
     specification = package["InferenceSpecification"]

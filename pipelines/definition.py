@@ -21,6 +21,7 @@ from sagemaker.model_metrics import MetricsSource, ModelMetrics
 from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.session import Session
 from sagemaker.sklearn.estimator import SKLearn
+from sagemaker.tuner import CategoricalParameter, ContinuousParameter, HyperparameterTuner, IntegerParameter
 from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo, ConditionLessThanOrEqualTo
 from sagemaker.workflow.execution_variables import ExecutionVariables
@@ -36,15 +37,27 @@ from sagemaker.workflow.parameters import (
 )
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.properties import PropertyFile
-from sagemaker.workflow.steps import ProcessingStep, TrainingStep
+from sagemaker.workflow.steps import ProcessingStep, TrainingStep, TuningStep
+from sagemaker.workflow.utilities import get_training_code_hash
 
-from pipelines.config import ModelConfig
+from pipelines.config import CLASSIFICATION_METRICS, REGRESSION_METRICS, ModelConfig
 from pipelines.containers import container_code
+from pipelines.environ import SavedEnvironment
 from pipelines.runtime_image import runtime_image_uri, script_processor
 from pipelines.state import Project
 
 REGISTER_STEP = "RegisterModelPackage"
+TRAIN_STEP, TUNE_STEP = "TrainModel", "TuneModel"
 PROCESSING_ROOT = "/opt/ml/processing"
+# the line containers/train/train.py prints per metric on the validation split (the last match counts)
+METRIC_REGEX = r"validation:{metric}=([-+0-9.eE]+|nan|inf);"
+STAGED_METRICS = "SAGEGATE_STAGED_METRICS"  # train.py: report after each tenth of a growing ensemble
+SCALING = {
+    "auto": "Auto",
+    "linear": "Linear",
+    "logarithmic": "Logarithmic",
+    "reverse_logarithmic": "ReverseLogarithmic",
+}
 
 
 def _camel(name: str) -> str:
@@ -130,7 +143,10 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     tracking_uri = ParameterString("MlflowTrackingUri", default_value=project.mlflow_tracking_server_arn)
     image = runtime_image_uri(project)
     approval = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
-    hyperparameters = {k: _hyperparameter_parameter(k, v) for k, v in config.model.hyperparameters.items()}
+    tuned = set(config.tuning.ranges) if config.tuning else set()
+    hyperparameters = {
+        k: _hyperparameter_parameter(k, v) for k, v in config.model.hyperparameters.items() if k not in tuned
+    }
     thresholds = {
         (metric, bound): ParameterFloat(threshold_parameter_name(metric, bound), default_value=value)
         for metric, threshold in config.quality_gate.metrics.items()
@@ -192,20 +208,29 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
         code_location=f"s3://{project.bucket}/training-code/{name}",
         base_job_name=project.job_name_prefix(name, "train"),
         hyperparameters={"model_class": config.model.class_, **hyperparameters},
+        # train.py reports validation metrics with the evaluate job's own definitions
+        dependencies=[str(container_code("evaluate", "evaluate.py"))],
+        environment={STAGED_METRICS: "1"} if config.tuning and config.tuning.strategy == "hyperband" else None,
+        metric_definitions=metric_definitions(config),
         sagemaker_session=session,
         disable_profiler=True,
         **({} if local else _spot_and_checkpoints(config, project, execution)),
     )
-    step_train = TrainingStep(
-        name="TrainModel",
-        step_args=estimator.fit(
-            {
-                "train": TrainingInput(split_uri("train"), content_type="text/csv"),
-                "schema": TrainingInput(split_uri("schema"), content_type="application/json"),
-            }
-        ),
-    )
-    model_data = step_train.properties.ModelArtifacts.S3ModelArtifacts
+    channels = {
+        "train": TrainingInput(split_uri("train"), content_type="text/csv"),
+        "validation": TrainingInput(split_uri("validation"), content_type="text/csv"),
+        "schema": TrainingInput(split_uri("schema"), content_type="application/json"),
+    }
+    step_train: TrainingStep | TuningStep
+    if config.tuning is None:
+        step_train = TrainingStep(name=TRAIN_STEP, step_args=estimator.fit(channels))
+        model_data = step_train.properties.ModelArtifacts.S3ModelArtifacts
+    else:  # the best training job's model (top_k=0), where its tuning job's jobs write theirs
+        # named by the code's hash: the SDK content-addresses a TrainingStep's code but not a TuningStep's
+        code_hash = get_training_code_hash(estimator.entry_point, estimator.source_dir, estimator.dependencies)
+        step_args = tuner(config, project, estimator).fit(channels, job_name=f"tune-{code_hash[:16]}")
+        step_train = TuningStep(name=TUNE_STEP, step_args=step_args)
+        model_data = step_train.get_top_model_s3_uri(top_k=0, s3_bucket=project.bucket, prefix=f"models/{name}")
 
     evaluation_report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
     evaluator = script_processor(project, session, name, "evaluate", processing_instance)
@@ -328,6 +353,39 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     )
 
 
+def metric_definitions(config: ModelConfig) -> list[dict[str, str]]:
+    """Every metric the task reports on the validation split, as `validation:{name}`."""
+    metrics = CLASSIFICATION_METRICS if config.task == "classification" else REGRESSION_METRICS
+    return [{"Name": f"validation:{m}", "Regex": METRIC_REGEX.format(metric=m)} for m in metrics]
+
+
+def tuner(config: ModelConfig, project: Project, estimator: SKLearn) -> HyperparameterTuner:
+    """The `tuning` block as SageMaker's HyperparameterTuner over the training estimator."""
+    tuning = config.tuning
+    assert tuning is not None
+    ranges: dict[str, Any] = {}
+    for name, tuned in tuning.ranges.items():
+        if tuned.type == "categorical":
+            ranges[name] = CategoricalParameter(list(tuned.values or []))
+        elif tuned.type == "integer":
+            ranges[name] = IntegerParameter(int(tuned.min or 0), int(tuned.max or 0), SCALING[tuned.scaling])
+        else:
+            ranges[name] = ContinuousParameter(tuned.min, tuned.max, SCALING[tuned.scaling])
+    return HyperparameterTuner(
+        estimator,
+        objective_metric_name=f"validation:{tuning.objective.metric}",
+        hyperparameter_ranges=ranges,
+        metric_definitions=metric_definitions(config),
+        strategy=tuning.strategy.capitalize(),
+        objective_type=tuning.objective.goal.capitalize(),
+        max_jobs=tuning.max_jobs,
+        max_parallel_jobs=tuning.max_parallel_jobs,
+        early_stopping_type=tuning.early_stopping.capitalize(),
+        random_seed=tuning.random_seed,
+        base_tuning_job_name=project.job_name_prefix(config.name, "tune")[:32],
+    )
+
+
 def _model_registry_step(
     config: ModelConfig,
     project: Project,
@@ -386,12 +444,13 @@ def _offline() -> Iterator[None]:
     a client pointed elsewhere (a moto server, LocalStack) would receive the SDK's uploads for real."""
     from moto import mock_aws
 
-    endpoints = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith("AWS_ENDPOINT_URL")}
+    saved = SavedEnvironment()
+    saved.unset([key for key in os.environ if key.startswith("AWS_ENDPOINT_URL")])
     try:
         with mock_aws():
             yield
     finally:
-        os.environ.update(endpoints)
+        saved.restore()
 
 
 def export_definition(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
 import sys
 import time
 import uuid
@@ -29,6 +28,7 @@ from moto.server import ThreadedMotoServer
 
 from pipelines.config import ModelConfig
 from pipelines.containers import image_tag, lambda_handler_path
+from pipelines.environ import SavedEnvironment
 from pipelines.gate import GATE_FUNCTIONS, deploy_definition, gate_definition, model_settings, substitute
 from pipelines.local import sfn_patch
 from pipelines.local.endpoints import EndpointManager
@@ -151,7 +151,7 @@ class LocalGate:
         self.definition: dict[str, Any] = {}
         self.deploy_definition: dict[str, Any] = {}
         self.logs = home.executions / "logs"
-        self._saved_env: dict[str, str | None] = {}
+        self._environment = SavedEnvironment()
 
     def __enter__(self) -> LocalGate:
         self.home.ensure()
@@ -173,11 +173,7 @@ class LocalGate:
             self._s3.__exit__(*exc)
         finally:
             sfn_patch.uninstall()
-            for key, value in self._saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            self._environment.restore()
 
     def client(self, service: str) -> Any:
         import boto3
@@ -194,8 +190,7 @@ class LocalGate:
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
         # where moto's interpreter and the handlers send service calls (S3: AWS_ENDPOINT_URL_S3, the local S3)
         environment = {"MOTO_PORT": str(port), "AWS_ENDPOINT_URL": self.endpoint_url}
-        self._saved_env.update({key: os.environ.get(key) for key in environment})
-        os.environ.update(environment)
+        self._environment.set(environment)
 
     def _deploy(self) -> None:
         requests.post(
@@ -217,8 +212,7 @@ class LocalGate:
         }
         # The functions' environment, as Lambda would give it: set here, on the main thread, for the
         # in-process handlers (never from the interpreter's threads while they run).
-        self._saved_env.update({key: os.environ.get(key) for key in environment if key not in self._saved_env})
-        os.environ.update(environment)
+        self._environment.set(environment)
         arns, handlers = {}, {}
         for kind in GATE_FUNCTIONS:
             name = self.project.gate_function_name(kind)

@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import ModelConfig
-from pipelines.definition import build_pipeline, stage_inputs
+from pipelines.definition import TRAIN_STEP, TUNE_STEP, build_pipeline, stage_inputs
+from pipelines.environ import SavedEnvironment
 from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
 from pipelines.local.s3 import LocalS3
+from pipelines.local.tuning import logger as tuning_progress
+from pipelines.local.tuning import trials_table
 from pipelines.registry import PreparedStore
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import (
@@ -72,6 +75,8 @@ class RunRecord:
     owner: str = ""  # process token of the sagegate process running it
     platform: str = "local"  # or "sagemaker": executed by SageMaker (remote_run), not by this machine
     execution_arn: str | None = None  # SageMaker's pipeline execution (remote runs)
+    # with a `tuning` block: the tuning job, its objective and every trial (pipelines.local.tuning.trials_table)
+    tuning: dict[str, Any] | None = None
 
     @classmethod
     def starting(cls, config: ModelConfig, project: Project, run_id: str, **fields: Any) -> RunRecord:
@@ -120,7 +125,9 @@ class _StepProgress(logging.Handler):
         if not isinstance(record.msg, str) or not record.args:
             return
         step = str(record.args[0])
-        if record.msg.startswith("Starting pipeline step"):
+        if record.name == tuning_progress.name:  # "trial 3/12 Completed: ..." while the TuneModel step runs
+            self.progress(record.getMessage(), "Trial", None)
+        elif record.msg.startswith("Starting pipeline step"):
             self.started[step] = time.monotonic()
             self.progress(step, "Executing", None)
         elif record.msg.startswith("Pipeline step '%s' "):
@@ -136,6 +143,10 @@ class _RecordProgress:
         self.home, self.record, self.progress = home, record, progress
 
     def __call__(self, step: str, status: str, seconds: float | None) -> None:
+        if status == "Trial":  # a tuning trial's outcome: shown, kept in the record when the step ends
+            if self.progress:
+                self.progress(step, status, seconds)
+            return
         steps = [s for s in self.record.steps if s.name != step]
         self.record.steps = [*steps, StepRecord(step, status, round(seconds, 2) if seconds else None)]
         save_record(self.home, self.record)
@@ -183,16 +194,19 @@ def run_local(
     logs.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True, exist_ok=True)
     failure_log = logs / "failures.jsonl"
-    os.environ["SAGEGATE_FAILURE_LOG"] = str(failure_log)
-    os.environ["SAGEGATE_JOB_LOGS"] = str(logs)
+    job_environment = SavedEnvironment()
+    job_environment.set({"SAGEGATE_FAILURE_LOG": str(failure_log), "SAGEGATE_JOB_LOGS": str(logs)})
     if config.training.checkpoints:  # one prefix per model: the next run of the same data and settings resumes
-        os.environ[CHECKPOINTS_VARIABLE] = f"s3://{project.bucket}/checkpoints/{config.name}/local"
+        job_environment.set({CHECKPOINTS_VARIABLE: f"s3://{project.bucket}/checkpoints/{config.name}/local"})
     handler = _StepProgress(_RecordProgress(home, record, progress))
     sdk_logger = logging.getLogger("sagemaker.local.entities")
     saved = (sdk_logger.level, sdk_logger.propagate)
     sdk_logger.addHandler(handler)
     sdk_logger.setLevel(logging.INFO)
     sdk_logger.propagate = False
+    tuning_progress.addHandler(handler)
+    tuning_progress.setLevel(logging.INFO)
+    tuning_progress.propagate = False
     try:
         # the register job needs the MLflow store, nothing before it
         store = store or PreparedStore(home, project.registered_model(config.name))
@@ -226,10 +240,9 @@ def run_local(
         raise
     finally:
         sdk_logger.removeHandler(handler)
+        tuning_progress.removeHandler(handler)
         sdk_logger.level, sdk_logger.propagate = saved
-        os.environ.pop("SAGEGATE_FAILURE_LOG", None)
-        os.environ.pop("SAGEGATE_JOB_LOGS", None)
-        os.environ.pop(CHECKPOINTS_VARIABLE, None)
+        job_environment.restore()
         shutil.rmtree(scratch, ignore_errors=True)  # the SDK leaves its container roots behind
         record.duration_seconds = round(time.monotonic() - started, 2)
         if record_path(home, record).exists():
@@ -258,12 +271,26 @@ def _record(
         metadata = step.get("Metadata", {})
         job = next((m.get("Arn") for m in metadata.values() if isinstance(m, dict) and m.get("Arn")), None)
         job_failure = next((text for name, text in failures.items() if name.startswith(f"{step['StepName']}-")), None)
-        if step["StepStatus"] == "Failed" and job_failure:
+        if step["StepStatus"] == "Failed" and step["StepName"] == TUNE_STEP:
+            job_reason = reason  # every trial failed: the tuner's message names the first trial's reason
+        elif step["StepStatus"] == "Failed" and job_failure:
             reason = job_reason = job_failure
         if "Condition" in metadata:
             gate = "passed" if str(metadata["Condition"].get("Outcome")).lower() == "true" else "failed"
-        if step["StepName"] == "TrainModel" and job and step["StepStatus"] == "Succeeded":
+        if step["StepName"] == TRAIN_STEP and job and step["StepStatus"] == "Succeeded":
             model_uri = session.sagemaker_client.describe_training_job(job)["ModelArtifacts"]["S3ModelArtifacts"]
+        if step["StepName"] == TUNE_STEP and step["StepStatus"] == "Succeeded":
+            tuned = execution.step_execution[TUNE_STEP].properties
+            best = tuned["BestTrainingJob"]["TrainingJobName"]
+            model_uri = session.sagemaker_client.describe_training_job(best)["ModelArtifacts"]["S3ModelArtifacts"]
+            record.tuning = {
+                "job": tuned["HyperParameterTuningJobName"],
+                "strategy": tuned["HyperParameterTuningJobConfig"]["Strategy"],
+                "objective": tuned["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["MetricName"],
+                "goal": tuned["BestTrainingJob"]["FinalHyperParameterTuningJobObjectiveMetric"]["Type"],
+                "best_training_job": best,
+                "trials": trials_table(tuned),
+            }
         duration = round(end - start, 2) if start and end else None
         steps.append(StepRecord(step["StepName"], step["StepStatus"], duration, reason))
     record.run_id = run_id

@@ -23,7 +23,6 @@ from pipelines.local_run import Progress, RunRecord, StepRecord, save_record
 from pipelines.state import Project, StateHome
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")
-SSE = {"ServerSideEncryption": "aws:kms"}  # the bucket policy refuses unencrypted puts
 
 
 class RemoteRunError(RuntimeError):
@@ -56,12 +55,13 @@ def preflight(session: boto3.Session, project: Project) -> str:
 
 
 def _upload_missing(s3: Any, bucket: str, objects: dict[str, bytes]) -> None:
-    """Content-addressed keys: an object already there is the same object."""
+    """Content-addressed keys: an object already there is the same object. No SSE argument: `aws:kms`
+    without a key id would pick the AWS-managed aws/s3 key; the bucket default applies the project key."""
     for key, body in sorted(objects.items()):
         try:
             s3.head_object(Bucket=bucket, Key=key)
         except ClientError:
-            s3.put_object(Bucket=bucket, Key=key, Body=body, **SSE)
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
 
 
 def start(config: ModelConfig, project: Project, session: boto3.Session) -> str:
@@ -69,9 +69,7 @@ def start(config: ModelConfig, project: Project, session: boto3.Session) -> str:
     role = preflight(session, project)
     s3 = session.client("s3")
     try:
-        inputs = stage_inputs(
-            config, project, lambda path, key: s3.upload_file(str(path), project.bucket, key, ExtraArgs=SSE)
-        )
+        inputs = stage_inputs(config, project, lambda path, key: s3.upload_file(str(path), project.bucket, key))
     except FileNotFoundError as error:
         raise RemoteRunError(str(error)) from None
     exported = export_definition(config, project)

@@ -69,18 +69,19 @@ exists() {  # s3://bucket/key is already there (content-addressed: then it holds
   aws s3api head-object --region "$REGION" --bucket "${bucket%%/*}" --key "${bucket#*/}" > /dev/null 2>&1
 }
 
-upload() {  # an object that is already there is not uploaded again
+upload() {  # an object that is already there is not uploaded again; no --sse: `aws:kms` alone would pick
+            # the AWS-managed aws/s3 key, the bucket default applies the project key
   if $DRY_RUN; then
-    echo "+ aws s3api head-object ($2) || aws s3 cp $1 $2 --sse aws:kms"
+    echo "+ aws s3api head-object ($2) || aws s3 cp $1 $2"
   elif ! exists "$2"; then
-    run aws s3 cp --region "$REGION" "$1" "$2" --sse aws:kms --only-show-errors
+    run aws s3 cp --region "$REGION" "$1" "$2" --only-show-errors
   fi
 }
 
 package_lambda() {  # handler + pinned requirements for the Lambda runtime, built and uploaded unless there
   local kind="$1" archive="$2" uri="$3"
   if $DRY_RUN; then
-    echo "+ aws s3api head-object ($uri) || { python -m pipelines.lambda_package $kind $archive; aws s3 cp $archive $uri --sse aws:kms; }"
+    echo "+ aws s3api head-object ($uri) || { python -m pipelines.lambda_package $kind $archive; aws s3 cp $archive $uri; }"
   elif exists "$uri"; then
     echo "lambda package $uri exists: not rebuilt"
   else

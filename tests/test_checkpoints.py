@@ -51,9 +51,7 @@ def test_a_resumed_forest_is_the_forest_an_uninterrupted_fit_grows(tmp_path: Pat
         hyperparameters = {"n_estimators": trees, "random_state": 7, "max_depth": 4}
         model = train.build_estimator(args.model_class, hyperparameters)
         folder.mkdir(exist_ok=True)
-        return train.fit_with_checkpoints(
-            model, features, target, folder, train.fingerprint(args, hyperparameters, csv)
-        )
+        return train.fit_in_stages(model, features, target, folder, train.fingerprint(args, hyperparameters, csv))
 
     whole = fit(tmp_path / "whole", 50)
     fit(tmp_path / "resumed", 20)  # a job that got to 20 trees

@@ -173,7 +173,10 @@ def test_the_functions_and_artifacts_are_the_ones_the_plan_built(deployed) -> No
         assert function["Runtime"] == "python3.12"
         assert function["Environment"]["Variables"]["MLFLOW_TRACKING_URI"] == MLFLOW_ARN
     context = s3.head_object(Bucket=PROJECT.bucket, Key=f"images/runtime-{image_tag()}.zip")
+    exports = {e["Name"]: e.get("Value") for e in boto3.client("cloudformation").list_exports()["Exports"]}
+    # the bucket default names the project key (an upload saying `aws:kms` alone would get aws/s3)
     assert context["ServerSideEncryption"] == "aws:kms"
+    assert context["SSEKMSKeyId"] == exports["sagegate-development-training-key-arn"]
 
 
 def test_a_second_deploy_changes_nothing(deployed) -> None:
@@ -251,6 +254,10 @@ def test_a_version_trained_in_one_region_is_replicated_to_serve_in_another(secon
     assert bucket == europe.bucket
     copied = boto3.client("s3", region_name="eu-west-1").get_object(Bucket=bucket, Key=key)
     assert copied["Body"].read() == artifact and copied["ServerSideEncryption"] == "aws:kms"
+    key_arn = {
+        e["Name"]: e.get("Value") for e in boto3.client("cloudformation", region_name="eu-west-1").list_exports()["Exports"]
+    }["sagegate-development-training-key-arn"]
+    assert copied["SSEKMSKeyId"] == key_arn  # the destination region's project key, by the bucket default
     # the CLI: replicate, then deploy the endpoint stack in eu-west-1 (dry run: moto 5.2.5's SageMaker
     # CloudFormation cannot create endpoint stacks: MemorySizeInMB as a string, KeyError on ModelName)
     command = ["provision", "endpoint", "--model", "friedman1", "--target", "aws", "--region", "eu-west-1",

@@ -67,6 +67,7 @@ def test_pipeline_runs_every_step_and_registers_in_mlflow(state, first_run):
     version = client.get_model_version("sagegate-development-breast-cancer", "1")
     assert version.tags["sagemaker.pipeline_execution_id"] == first_run.run_id
     assert len(version.tags["data.sha256"]) == 64
+    assert version.tags["serving.runtime"] == "onnx", version.tags.get("serving.reason")  # the bundled forest compiles
     # one environment: the local training job ran on the runtime image's versions, and says so
     libraries = {k.removeprefix("library."): v for k, v in version.tags.items() if k.startswith("library.")}
     assert libraries and libraries == {name: locked_versions()[name] for name in libraries}
@@ -201,6 +202,8 @@ def test_regression_example_passes_its_r2_gate(state):
     record = run_local(load_config(MODELS / "friedman1.yaml"), Project(), state)
     assert record.status == "Succeeded", record.failure_reason
     assert record.metrics["r2"] >= 0.7 and record.registered_version == "1"
+    rows = [v for v in list_versions(state)[0] if v["name"] == "sagegate-development-friedman1"]
+    assert [v["runtime"] for v in rows] == ["onnx"], [v["runtime_reason"] for v in rows]
     with LocalS3(state) as s3:
         assert s3.read(record.artifacts["evaluation"] + "residuals.png")
 

@@ -80,6 +80,12 @@ def test_concurrent_commands_share_one_server(tmp_path: Path) -> None:
         assert server_process(home) == token  # no command started or stopped another server
         listed = subprocess.run([SAGEGATE, "s3", "ls", "s3://bucket/up/"], env=env, capture_output=True, text=True)
         assert sorted(line.split()[-1] for line in listed.stdout.splitlines()) == [f"up/{p.name}" for p in files]
+        for command, message in (
+            (["ls", "s3://missing-bucket/"], "s3://missing-bucket/: no such bucket"),
+            (["cp", "s3://bucket/up/absent.txt", str(tmp_path)], "s3://bucket/up/absent.txt: no such key"),
+        ):
+            failed = subprocess.run([SAGEGATE, "s3", *command], env=env, capture_output=True, text=True)
+            assert failed.returncode == 1 and message in failed.stderr and "Traceback" not in failed.stderr
     assert server_process(home) is None
 
 

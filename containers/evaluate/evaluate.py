@@ -110,6 +110,14 @@ def regression_report(model: Any, x: pd.DataFrame, y: pd.Series) -> tuple[str, d
     return "regression_metrics", {name: stat(v) for name, v in values.items()}, {"values": values, "plots": plots}
 
 
+def scores(model: Any, rows: pd.DataFrame, metadata: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The task's report on `rows` (the training job reports the same metrics on the validation split)."""
+    x, y = rows[metadata["features"]], rows[metadata["target"]]
+    if metadata["task"] == "classification":
+        return classification_report(model, x, y, metadata["classes"])
+    return regression_report(model, x, y)
+
+
 def draw(plots: dict[str, Any], output: Path) -> list[str]:
     try:
         import matplotlib
@@ -151,11 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"cannot load the trained model from {args.model_dir}: {error}")
         return
     test = pd.read_csv(Path(args.test_dir) / "test.csv")
-    x, y = test[metadata["features"]], test[metadata["target"]]
-    if metadata["task"] == "classification":
-        kind, section, extra = classification_report(model, x, y, metadata["classes"])
-    else:
-        kind, section, extra = regression_report(model, x, y)
+    kind, section, extra = scores(model, test, metadata)
     values = extra["values"]
     bad = [name for name, value in values.items() if not math.isfinite(value)]
     if bad:

@@ -7,6 +7,10 @@ CheckpointConfig, the local runner sets SM_CHECKPOINT_DIR), an ensemble that can
 (`n_estimators` + `warm_start`: forests, gradient boosting, bagging) is fitted in tenths and
 saved after each; a restarted job (spot interruption, a killed local run) continues from the
 last one when the data and settings are the same.
+With a validation channel the job prints the task's metrics on it (`validation:auc=0.98;`): the
+lines a hyperparameter tuner's MetricDefinitions match (the last match counts). With
+SAGEGATE_STAGED_METRICS=1 (set by the definition for Hyperband) a growing ensemble is fitted in
+tenths and reports after each, the per-epoch objective Hyperband stops trials on.
 Runs on the project's runtime image (and locally in the same environment): imports nothing from `pipelines/`.
 """
 
@@ -19,6 +23,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ from sklearn.preprocessing import StandardScaler
 # What loading the pickled model depends on: recorded with it, so the gate deploys it only onto
 # an image with the same versions.
 LIBRARIES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib")
+STAGED_METRICS = "SAGEGATE_STAGED_METRICS"
 
 
 class TrainingError(Exception):
@@ -58,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
     parser.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     parser.add_argument("--schema", default=os.environ.get("SM_CHANNEL_SCHEMA", "/opt/ml/input/data/schema"))
+    parser.add_argument(
+        "--validation", default=os.environ.get("SM_CHANNEL_VALIDATION", "/opt/ml/input/data/validation")
+    )
     parser.add_argument("--checkpoint-dir", default=os.environ.get("SM_CHECKPOINT_DIR", "/opt/ml/checkpoints"))
     args, rest = parser.parse_known_args(argv)
     if len(rest) % 2:
@@ -66,7 +75,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     for flag, value in zip(rest[::2], rest[1::2], strict=True):
         if not flag.startswith("--"):
             raise TrainingError(f"unexpected argument {flag!r}")
-        hyperparameters[flag[2:]] = decode(value)
+        if not flag.startswith("--_"):  # SageMaker's own (a tuner adds `_tuning_objective_metric`)
+            hyperparameters[flag[2:]] = decode(value)
     return args, hyperparameters
 
 
@@ -115,11 +125,19 @@ def save_checkpoint(folder: Path, model: Pipeline, made_from: str, done: int) ->
     os.replace(record, folder / "checkpoint.json")
 
 
-def fit_with_checkpoints(model: Pipeline, features: Any, target: Any, folder: Path, made_from: str) -> Pipeline:
+def fit_in_stages(
+    model: Pipeline,
+    features: Any,
+    target: Any,
+    folder: Path | None,
+    made_from: str,
+    after_stage: Callable[[Pipeline], None] | None = None,
+) -> Pipeline:
+    """Grow the ensemble in tenths; after each, checkpoint it (when `folder`) and call `after_stage`."""
     total = model.named_steps["model"].get_params()["n_estimators"]
     done = 0
-    record = folder / "checkpoint.json"
-    if record.is_file() and (folder / "model.joblib").is_file():
+    record = folder / "checkpoint.json" if folder else None
+    if folder and record and record.is_file() and (folder / "model.joblib").is_file():
         saved = json.loads(record.read_text())
         if saved.get("fingerprint") == made_from and 0 < saved.get("n_estimators", 0) <= total:
             model, done = joblib.load(folder / "model.joblib"), saved["n_estimators"]
@@ -133,10 +151,34 @@ def fit_with_checkpoints(model: Pipeline, features: Any, target: Any, folder: Pa
         done = min(total, done + step)
         estimator.set_params(n_estimators=done, warm_start=True)
         model.fit(features, target)
-        save_checkpoint(folder, model, made_from, done)
-        print(f"train: checkpoint at {done}/{total} estimators", flush=True)
+        if folder:
+            save_checkpoint(folder, model, made_from, done)
+            print(f"train: checkpoint at {done}/{total} estimators", flush=True)
+        if after_stage:
+            after_stage(model)
     estimator.set_params(warm_start=warm_start)
     return model
+
+
+def validation_reporter(folder: Path, schema: dict[str, Any]) -> Callable[[Pipeline], None] | None:
+    """Prints the task's metrics on the validation split (None when the job has no validation rows)."""
+    path = folder / "validation.csv"
+    if not path.is_file():
+        return None
+    rows = pd.read_csv(path)
+    if rows.empty:
+        return None
+    try:
+        from evaluate import scores  # shipped beside this script (the estimator's `dependencies`)
+    except ImportError:  # run from the source tree, where the evaluate job is a sibling folder
+        sys.path.append(str(Path(__file__).resolve().parent.parent / "evaluate"))
+        from evaluate import scores
+
+    def report(model: Pipeline) -> None:
+        values = scores(model, rows, schema)[2]["values"]
+        print("metrics: " + " ".join(f"validation:{name}={float(v):.6g};" for name, v in values.items()), flush=True)
+
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,13 +189,22 @@ def main(argv: list[str] | None = None) -> None:
         train = pd.read_csv(train_csv)
         model = build_estimator(args.model_class, hyperparameters)
         features, target = train[schema["features"]], train[schema["target"]]
+        report = validation_reporter(Path(args.validation), schema)
         checkpoints = Path(args.checkpoint_dir)
-        if checkpoints.is_dir() and grows(model):
-            model = fit_with_checkpoints(
-                model, features, target, checkpoints, fingerprint(args, hyperparameters, train_csv)
+        staged = report is not None and os.environ.get(STAGED_METRICS) == "1"
+        if grows(model) and (checkpoints.is_dir() or staged):
+            model = fit_in_stages(
+                model,
+                features,
+                target,
+                checkpoints if checkpoints.is_dir() else None,
+                fingerprint(args, hyperparameters, train_csv),
+                report if staged else None,
             )
         else:
             model.fit(features, target)
+        if report is not None:
+            report(model)  # the final value: the last match is the job's objective
     except TrainingError as error:
         fail(str(error))
         return

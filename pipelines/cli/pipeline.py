@@ -106,7 +106,9 @@ def remote_run_command(args: argparse.Namespace, config: ModelConfig, names: Pro
 
 
 def print_progress(step: str, status: str, seconds: float | None) -> None:
-    if status == "Executing":
+    if status == "Trial":  # `step` is the tuner's line: "trial 3/12 Completed: validation:auc=0.99; best ..."
+        print(f"      · {step}", flush=True)
+    elif status == "Executing":
         print(f"  … {step}", flush=True)
     else:
         mark = "✓" if status == "Succeeded" else "✗"

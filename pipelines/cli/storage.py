@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from botocore.exceptions import ClientError
 
 from pipelines.cli.common import EXIT_OK, AddParser
 from pipelines.local.s3 import LocalS3, split
@@ -26,8 +30,19 @@ def register(add: AddParser) -> None:
     serve.set_defaults(handler=serve_command)
 
 
+@contextmanager
+def _naming(location: str) -> Iterator[None]:
+    """The S3 error as one line naming the location (`aws s3` style), not a botocore traceback."""
+    try:
+        yield
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        what = {"NoSuchBucket": "no such bucket", "NoSuchKey": "no such key", "404": "no such key"}.get(code, "")
+        raise ValueError(f"{location}: {what or error}") from None
+
+
 def ls_command(args: argparse.Namespace) -> int:
-    with LocalS3(StateHome.from_env().ensure()) as s3:
+    with LocalS3(StateHome.from_env().ensure()) as s3, _naming(args.location):
         client = s3.client
         if not args.location:
             for bucket in client.list_buckets()["Buckets"]:
@@ -44,7 +59,8 @@ def ls_command(args: argparse.Namespace) -> int:
 
 
 def cp_command(args: argparse.Namespace) -> int:
-    with LocalS3(StateHome.from_env().ensure()) as s3:
+    remote = args.source if args.source.startswith("s3://") else args.destination
+    with LocalS3(StateHome.from_env().ensure()) as s3, _naming(remote):
         if args.source.startswith("s3://") and not args.destination.startswith("s3://"):
             target = Path(args.destination)
             if target.is_dir():

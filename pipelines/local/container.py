@@ -16,7 +16,9 @@ With `training.checkpoints`, a training job's `/opt/ml/checkpoints` is synced wi
 (`checkpoints.CheckpointSync`), as SageMaker syncs it with the CheckpointConfig's S3 prefix.
 A failing job's reason (`/opt/ml/output/failure` or `/message`) is printed last and, when
 `SAGEGATE_FAILURE_LOG` is set, appended there as JSON so the caller can report it. With
-`SAGEGATE_JOB_LOGS` set, the job's output goes to `{job}.log` in that folder (CloudWatch's role).
+`SAGEGATE_JOB_LOGS` set, the job's output goes to `{job}.log` in that folder (CloudWatch's role), its
+process group is written to `{job}.pid`, and `stop_job` stops it as StopTrainingJob does: the job
+gets SIGTERM, whatever it saved is uploaded, and no failure is reported.
 """
 
 from __future__ import annotations
@@ -113,10 +115,21 @@ def _fetch_code(uri: str, volumes: Volumes, code_dir: Path) -> None:
                 target.symlink_to(item.resolve())
 
 
+def _decoded(value: object) -> object:
+    """As the training toolkit reads hyperparameters.json: JSON where it parses, else the text itself
+    (a tuner's `_tuning_objective_metric` arrives as bare text)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def training_command(volumes: Volumes, env: dict[str, str], code_dir: Path) -> tuple[list[str], dict[str, str]]:
     config_dir = Path(volumes.host_path(f"{OPT_ML}/input/config"))
     raw = json.loads((config_dir / "hyperparameters.json").read_text())
-    hyperparameters = {key: json.loads(value) if isinstance(value, str) else value for key, value in raw.items()}
+    hyperparameters = {key: _decoded(value) for key, value in raw.items()}
     channels = sorted(json.loads((config_dir / "inputdataconfig.json").read_text()))
     resources = json.loads((config_dir / "resourceconfig.json").read_text())
     _fetch_code(hyperparameters["sagemaker_submit_directory"], volumes, code_dir)
@@ -176,6 +189,18 @@ def _report_failure(volumes: Volumes, job: str, code: int, reason: str | None = 
             handle.write(json.dumps({"job": job, "reason": reason}) + "\n")
 
 
+def stop_job(log_dir: Path, job: str) -> bool:
+    """Ask a running job to stop (the tuner's early stopping); False while it has not started yet."""
+    (log_dir / f"{job}.stop").touch()
+    try:
+        os.killpg(int((log_dir / f"{job}.pid").read_text()), signal.SIGTERM)
+    except (FileNotFoundError, ValueError):
+        return False
+    except ProcessLookupError:  # it ended meanwhile
+        pass
+    return True
+
+
 def run_service(service: dict, workdir: Path) -> int:
     volumes = Volumes(service.get("volumes", []), workdir / "root")
     volumes.materialize()
@@ -201,22 +226,26 @@ def run_service(service: dict, workdir: Path) -> int:
     if checkpoints:
         env["SM_CHECKPOINT_DIR"] = volumes.host_path(f"{OPT_ML}/checkpoints")
         sync = CheckpointSync(checkpoints, Path(env["SM_CHECKPOINT_DIR"]))
+    started = Path(log_dir) / f"{job}.pid" if log_dir else None
     try:
         with sync:
-            code, reason = _supervise(command, env, cwd, log, limit)
+            code, reason = _supervise(command, env, cwd, log, limit, started)
     finally:
         if log:
             log.close()
+    if log_dir and (Path(log_dir) / f"{job}.stop").exists():
+        print(f"STOPPED {job}: stopped on request (exit code {code})", flush=True)
+        return 0
     if code != 0:
         _report_failure(volumes, job, code, reason)
     return code
 
 
 def _supervise(
-    command: list[str], env: dict[str, str], cwd: Path, log: TextIO | None, limit: int | None
+    command: list[str], env: dict[str, str], cwd: Path, log: TextIO | None, limit: int | None, started: Path | None
 ) -> tuple[int, str | None]:
     """Run the job in its own process group (forked warm by the run's fork server when there is one);
-    past `limit` seconds kill the group (MaxRuntimeExceeded)."""
+    past `limit` seconds kill the group (MaxRuntimeExceeded). `started` gets the group's id."""
     server = os.environ.get(forkserver.SOCKET_VARIABLE)
     if server and command[0] == sys.executable:
         try:
@@ -224,6 +253,8 @@ def _supervise(
         except OSError as error:
             print(f"warm job start unavailable ({error}): starting a fresh interpreter", file=sys.stderr)
         else:
+            if started:
+                started.write_text(str(pid))
             with connection:
                 try:
                     return forkserver.wait_job(connection, limit), None
@@ -233,6 +264,8 @@ def _supervise(
                     return 1, _past_limit(limit)
     output = {"stdout": log, "stderr": subprocess.STDOUT} if log else {}
     process = subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True, preexec_fn=die_with_parent, **output)
+    if started:
+        started.write_text(str(process.pid))
     try:
         return process.wait(timeout=limit), None
     except subprocess.TimeoutExpired:

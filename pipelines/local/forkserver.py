@@ -33,6 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipelines.environ import environment
+
 # What the jobs in containers/ import, in the order the jobs need them: the server accepts at once and
 # imports one library at a time while idle, so the first job need not wait for the last job's
 # libraries (a job forked before its library is in imports it itself; a missing one is skipped).
@@ -207,15 +209,10 @@ def running(folder: Path) -> Iterator[None]:
             [sys.executable, "-m", __name__, str(path)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             cwd=folder, preexec_fn=die_with_parent,
         )  # fmt: skip
-    saved = os.environ.get(SOCKET_VARIABLE)
-    os.environ[SOCKET_VARIABLE] = str(path)
     try:
-        yield
+        with environment({SOCKET_VARIABLE: str(path)}):
+            yield
     finally:
-        if saved is None:
-            os.environ.pop(SOCKET_VARIABLE, None)
-        else:
-            os.environ[SOCKET_VARIABLE] = saved
         process.kill()  # its jobs have ended (each runner waited for its own); any left die with it
         process.wait()
         path.unlink(missing_ok=True)

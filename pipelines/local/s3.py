@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from pipelines.environ import SavedEnvironment
 from pipelines.local.s3_server import S3Server
 from pipelines.state import StateHome
 from pipelines.statefiles import locked
@@ -73,7 +74,7 @@ class LocalS3:
         self.home = home
         self.region = region
         self._server = S3Server(home.s3_store)
-        self._saved_env: dict[str, str | None] = {}
+        self._environment = SavedEnvironment()
         self.endpoint_url = ""
         self.client: Any = None
 
@@ -81,8 +82,7 @@ class LocalS3:
         self.endpoint_url = self._server.acquire()
         self.client = s3_client(self.endpoint_url, self.region)  # one client per lease (creating one costs ms)
         env = {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL_S3": self.endpoint_url, "AWS_DEFAULT_REGION": self.region}
-        self._saved_env = {key: os.environ.get(key) for key in env}
-        os.environ.update(env)
+        self._environment.set(env)
         try:
             migrate_mirror(self.home, self.client)
         except BaseException:
@@ -91,11 +91,7 @@ class LocalS3:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        self._environment.restore()
         self._server.release()
 
     def ensure_bucket(self, bucket: str) -> None:

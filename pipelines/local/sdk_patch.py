@@ -4,7 +4,9 @@
 which writes a docker-compose file and hands it to `docker compose up`. We keep everything
 the SDK does (input download, config files, volume layout, artifact upload) and replace
 only the command it launches: `_compose()` returns a call to `pipelines.local.container`,
-which runs the job as a subprocess from that same compose file. Also patched: the compose
+which runs the job as a subprocess from that same compose file. The executor's step factory also
+gets TuningStep (which it refuses): `pipelines.local.tuning` runs it, and the step's list-steps
+metadata names the tuning job as on AWS. Also patched: the compose
 binary lookup (there is no Docker), the ECR login (no registry), and the credential probe; and
 the SDK-defaults validation, which the SDK repeats against its JSON schema on every config
 lookup (hundreds per run): each distinct config is validated once.
@@ -23,10 +25,14 @@ from typing import Any
 
 import sagemaker
 import sagemaker.utils
-from sagemaker.local import image, local_session
+from sagemaker.local import entities, image, local_session
+from sagemaker.local import pipeline as local_pipeline
+from sagemaker.utils import unique_name_from_base
+from sagemaker.workflow.steps import StepTypeEnum
 
 from pipelines.local.container import MAX_RUNTIME_VARIABLE
 from pipelines.local.pins import PINNED, require
+from pipelines.local.tuning import LocalTuningJob
 
 RUNNER_MODULE = "pipelines.local.container"
 
@@ -37,6 +43,21 @@ _EXPECTED_SIGNATURES = {
     (image, "_ecr_login_if_needed"): ["boto_session", "image"],
     (image, "_aws_credentials"): ["session"],
     (sagemaker.utils, "validate_sagemaker_config"): ["sagemaker_config"],
+    (local_pipeline, "_StepExecutorFactory.get"): ["self", "step"],
+    (entities, "_LocalPipelineExecution._initialize_step_execution"): ["self", "steps"],
+    (local_pipeline, "_StepExecutor.__init__"): ["self", "pipeline_executor", "step"],
+    (entities, "_LocalPipelineExecutionStep.__init__"): [
+        "self",
+        "name",
+        "step_type",
+        "description",
+        "display_name",
+        "start_time",
+        "end_time",
+        "status",
+        "properties",
+        "failure_reason",
+    ],
     (local_session, "LocalSagemakerClient.create_training_job"): [
         "self",
         "TrainingJobName",
@@ -50,6 +71,9 @@ _EXPECTED_SIGNATURES = {
 }
 _original_create_training_job = local_session.LocalSagemakerClient.create_training_job
 _original_validate = sagemaker.utils.validate_sagemaker_config
+_original_executor_for = local_pipeline._StepExecutorFactory.get
+_original_step_init = entities._LocalPipelineExecutionStep.__init__
+_original_initialize = entities._LocalPipelineExecution._initialize_step_execution
 _validated: set[str] = set()
 
 
@@ -120,6 +144,44 @@ def _validate_once(sagemaker_config: dict | None = None) -> None:
         _validated.add(key)
 
 
+class _TuningStepExecutor(local_pipeline._StepExecutor):
+    """CreateHyperParameterTuningJob with the step's evaluated arguments, run by LocalTuningJob."""
+
+    def execute(self) -> dict[str, Any]:
+        executor = self.pipline_executor  # sic: the SDK's spelling
+        arguments = executor.evaluate_step_arguments(self.step)
+        name = arguments.pop("HyperParameterTuningJobName", None) or unique_name_from_base(self.step.name)
+        region = executor.sagemaker_session.boto_region_name
+        try:
+            return LocalTuningJob(name, arguments, executor.local_sagemaker_client, region).run()
+        except Exception as error:  # the step fails with the reason, as the SDK's executors do
+            executor.execution.update_step_failure(self.step.name, f"{type(error).__name__}: {error}")
+            raise  # unreachable: update_step_failure raises StepExecutionException
+
+
+def _executor_for(self: Any, step: Any) -> Any:
+    if step.step_type == StepTypeEnum.TUNING:
+        return _TuningStepExecutor(self.pipeline_executor, step)
+    return _original_executor_for(self, step)
+
+
+def _step_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _original_step_init(self, *args, **kwargs)
+    self._step_type_to_output_format_map[StepTypeEnum.TUNING] = lambda: {
+        "TuningJob": {"Arn": self.properties["HyperParameterTuningJobArn"]}
+    }
+
+
+def _initialize_step_execution(self: Any, steps: Any) -> None:
+    """The SDK's check refuses any step type outside its list: tuning steps are registered here."""
+    tuning = [step for step in steps if getattr(step, "step_type", None) == StepTypeEnum.TUNING]
+    _original_initialize(self, [step for step in steps if step not in tuning])
+    for step in tuning:
+        self.step_execution[step.name] = entities._LocalPipelineExecutionStep(
+            step.name, step.step_type, step.description, step.display_name
+        )
+
+
 def install() -> None:
     """Idempotent. Raises SdkPatchError instead of half-patching an SDK it does not know."""
     require("sagemaker")
@@ -131,6 +193,9 @@ def install() -> None:
     image._ecr_login_if_needed = _no_ecr_login
     image._aws_credentials = _credentials_from_environment
     local_session.LocalSagemakerClient.create_training_job = _create_training_job
+    local_pipeline._StepExecutorFactory.get = _executor_for
+    entities._LocalPipelineExecutionStep.__init__ = _step_init
+    entities._LocalPipelineExecution._initialize_step_execution = _initialize_step_execution
     validate_config_once()
 
 
