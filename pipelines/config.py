@@ -283,6 +283,11 @@ def check_tuning(estimator: type, config: ModelConfig) -> None:
     ):
         raise ValueError("tuning needs a validation split (data.validation_fraction > 0 or data.channels.validation)")
     known = estimator().get_params()
+    if config.tuning.strategy == "hyperband" and not {"n_estimators", "warm_start"} <= set(known):
+        raise ValueError(
+            f"tuning.strategy: hyperband stops trials on the objective reported as an ensemble grows; "
+            f"{estimator.__name__} has no n_estimators/warm_start to grow (use bayesian, random or grid)"
+        )
     for name, tuned in config.tuning.ranges.items():
         if name not in known:
             raise ValueError(f"tuning.ranges.{name}: {estimator.__name__} has no such parameter")

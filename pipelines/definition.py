@@ -318,6 +318,16 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 execution,
                 "--served-model-uri",
                 served_model,
+                *(
+                    [
+                        "--tuning-job",
+                        step_train.properties.HyperParameterTuningJobName,
+                        "--training-job",
+                        step_train.properties.BestTrainingJob.TrainingJobName,
+                    ]
+                    if isinstance(step_train, TuningStep)
+                    else []
+                ),
             ],
         ),
         property_files=[registration],

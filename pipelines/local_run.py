@@ -231,6 +231,8 @@ def run_local(
                 raise RunError(f"the MLflow store {home.mlflow_db} could not be prepared: {problem}")
             execution = pipeline.start(parameters=values)
             _record(record, execution, session, config, project, s3, failure_log)
+            if record.tuning:
+                _report_tuning(home, project.registered_model(config.name), record)
     except RunError:  # the run never started: nothing to keep
         record_path(home, record).unlink(missing_ok=True)
         shutil.rmtree(logs, ignore_errors=True)
@@ -313,6 +315,17 @@ def _record(
     if model_uri:
         record.artifacts["model"] = model_uri
     record.artifacts["splits"] = f"{bucket}/training-data/{config.name}/{run_id}/"
+
+
+def _report_tuning(home: StateHome, experiment: str, record: RunRecord) -> None:
+    """The trials plot beside the run records, and the tuning job's MLflow runs (parent + a child per trial)."""
+    from pipelines import tuning_report
+
+    assert record.tuning is not None
+    path = tuning_report.plot(record.tuning, home.runs / "tuning" / f"{record.run_id}.png")
+    record.artifacts["tuning_plot"] = str(path)
+    parent = tuning_report.log_to_mlflow(home.mlflow_tracking_uri, experiment, record.run_id, record.tuning, path)
+    record.tuning["mlflow_parent_run"] = parent
 
 
 def _read_json(s3: LocalS3, uri: str) -> dict[str, Any] | None:

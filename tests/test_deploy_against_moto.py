@@ -254,9 +254,8 @@ def test_a_version_trained_in_one_region_is_replicated_to_serve_in_another(secon
     assert bucket == europe.bucket
     copied = boto3.client("s3", region_name="eu-west-1").get_object(Bucket=bucket, Key=key)
     assert copied["Body"].read() == artifact and copied["ServerSideEncryption"] == "aws:kms"
-    key_arn = {
-        e["Name"]: e.get("Value") for e in boto3.client("cloudformation", region_name="eu-west-1").list_exports()["Exports"]
-    }["sagegate-development-training-key-arn"]
+    exports = boto3.client("cloudformation", region_name="eu-west-1").list_exports()["Exports"]
+    key_arn = {e["Name"]: e.get("Value") for e in exports}["sagegate-development-training-key-arn"]
     assert copied["SSEKMSKeyId"] == key_arn  # the destination region's project key, by the bucket default
     # the CLI: replicate, then deploy the endpoint stack in eu-west-1 (dry run: moto 5.2.5's SageMaker
     # CloudFormation cannot create endpoint stacks: MemorySizeInMB as a string, KeyError on ModelName)

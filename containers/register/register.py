@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--registered-model-name", required=True)
     parser.add_argument("--execution-id", required=True)
     parser.add_argument("--served-model-uri", required=True, help="s3:// where the served model.tar.gz goes")
+    parser.add_argument("--tuning-job", default="", help="the tuning job whose best training job made the model")
+    parser.add_argument("--training-job", default="", help="that best training job (the trial)")
     return parser.parse_args(argv)
 
 
@@ -262,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         "model_data_uri": args.served_model_uri,
         "serving.runtime": serving["runtime"],
         "serving.reason": serving["reason"],
+        **({"sagemaker.tuning_job": args.tuning_job} if args.tuning_job else {}),
+        **({"sagemaker.training_job": args.training_job} if args.training_job else {}),
         # the versions that trained it: the gate deploys it only onto an image with the same
         **{f"library.{name}": version for name, version in metadata.get("libraries", {}).items()},
     }

@@ -1,6 +1,6 @@
 """`sagegate` command line: run the pipeline locally, inspect runs and models, serve, print definitions.
 
-One module per command group (`pipeline`, `gate`, `serving`, `predict`, `storage`); each registers its
+One module per command group (`pipeline`, `gate`, `serving`, `predict`, `storage`, `tuning`); each registers its
 parsers and prints results, and the work lives in the modules they call.
 """
 
@@ -11,7 +11,7 @@ import gc
 import sys
 from pathlib import Path
 
-from pipelines.cli import gate, pipeline, predict, serving, storage
+from pipelines.cli import gate, pipeline, predict, serving, storage, tuning
 from pipelines.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_common, model_config, project
 from pipelines.config import ConfigError
 from pipelines.logs import quiet_sdk_logs
@@ -22,7 +22,7 @@ __all__ = ["build_parser", "get_pipeline_definition", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagegate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (pipeline, gate, serving, predict, storage):
+    for group in (pipeline, gate, serving, predict, storage, tuning):
         group.register(commands.add_parser)
     return parser
 

@@ -136,6 +136,17 @@ def print_run(record: RunRecord, config: ModelConfig, home: StateHome) -> None:
             f"Registered: {record.registered_model} version {record.registered_version} in MLflow "
             f"({home.mlflow_tracking_uri})"
         )
+    if record.tuning:
+        tuning = record.tuning
+        best = next(t for t in tuning["trials"] if t["training_job"] == tuning["best_training_job"])
+        counts = ", ".join(
+            f"{sum(t['status'] == status for t in tuning['trials'])} {status.lower()}"
+            for status in ("Completed", "Stopped", "Failed")
+        )
+        print(
+            f"Tuning: {len(tuning['trials'])} trials ({counts}); best {tuning['objective']}={best['objective']:.6g} "
+            f"(trial {best['trial']}, {best['hyperparameters']}); `sagegate tuning show {record.run_id}`"
+        )
     if record.failure_reason:
         print(f"Reason: {record.failure_reason}")
         print("Nothing was registered.")

@@ -234,8 +234,7 @@ def run_service(service: dict, workdir: Path) -> int:
         if log:
             log.close()
     if log_dir and (Path(log_dir) / f"{job}.stop").exists():
-        print(f"STOPPED {job}: stopped on request (exit code {code})", flush=True)
-        return 0
+        return 0  # stopped on request: not a failure (the caller knows it asked)
     if code != 0:
         _report_failure(volumes, job, code, reason)
     return code

@@ -357,6 +357,8 @@ def trials_table(properties: dict[str, Any]) -> list[dict[str, Any]]:
                 "objective": objective.get("Value"),
                 "hyperparameters": {k: _plain(v) for k, v in summary["TunedHyperParameters"].items()},
                 "failure_reason": summary.get("FailureReason", ""),
+                "started": summary["TrainingStartTime"].isoformat(),
+                "ended": summary["TrainingEndTime"].isoformat() if summary.get("TrainingEndTime") else None,
                 "seconds": round((summary["TrainingEndTime"] - summary["TrainingStartTime"]).total_seconds(), 2)
                 if summary.get("TrainingEndTime")
                 else None,
@@ -366,7 +368,13 @@ def trials_table(properties: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _plain(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
+    """The value as the training script reads it: a framework tuner JSON-encodes categorical values
+    ('"3"'), the container hands the text `3` over as an argument, and train.py decodes that to 3."""
+    for _ in range(2):
+        if not isinstance(value, str):
+            break
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return {"True": True, "False": False, "None": None}.get(value, value)  # Python's spelling, as train.py
+    return value
