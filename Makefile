@@ -65,11 +65,13 @@ validate: $(STAMP)
 test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint validate scan
 	$(BIN)/pytest
 
-# Ratios within one sweep (never timed assertions in tests): ~15 min on 2 cores.
+# Ratios within one sweep (never timed assertions in tests): ~17 min on 2 cores.
 bench: $(STAMP) data/breast_cancer.csv
 	$(BIN)/python benchmarks/e2e.py --history 20
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/tuning.py
+	$(BIN)/python benchmarks/tuning.py --rows 20000
 
 clean:
 	rm -rf .sagegate

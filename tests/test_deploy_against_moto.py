@@ -30,6 +30,7 @@ TEMPLATES = {  # stack → template, in the order deploy.sh must create them
     PROJECT.stack_name("iam-roles"): "iam-roles.yaml",
     PROJECT.stack_name("images"): "images.yaml",
     PROJECT.stack_name("gate"): "gate.yaml",
+    PROJECT.stack_name("breast-cancer-tuned"): "model.yaml",  # its pipeline has a TuningStep
     PROJECT.stack_name("breast-cancer"): "model.yaml",
     PROJECT.stack_name("friedman1"): "model.yaml",
 }

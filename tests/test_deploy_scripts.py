@@ -53,6 +53,7 @@ def test_dry_run_prints_every_command_in_dependency_order_and_calls_nothing(dry_
         "sagegate-staging-iam-roles",
         "sagegate-staging-images",
         "sagegate-staging-gate",
+        "sagegate-staging-breast-cancer-tuned",  # models/*.yaml in name order
         "sagegate-staging-breast-cancer",
         "sagegate-staging-friedman1",
     ]
@@ -131,6 +132,7 @@ def test_destroy_keeps_retained_data_unless_asked(fake_aws: Path) -> None:
     assert "s3 rm" not in kept.stdout and "s3 rb" not in kept.stdout
     deletes = [line.split("--stack-name ")[1].split()[0] for line in kept.stdout.splitlines() if "delete-stack" in line]
     assert deletes == [
+        "sagegate-production-breast-cancer-tuned",
         "sagegate-production-breast-cancer",
         "sagegate-production-friedman1",
         "sagegate-production-gate",
