@@ -25,6 +25,7 @@ from pipelines.definition import TRAIN_STEP, TUNE_STEP, build_pipeline, stage_in
 from pipelines.environ import SavedEnvironment
 from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
+from pipelines.local.container import CODE_CACHE_VARIABLE
 from pipelines.local.s3 import LocalS3
 from pipelines.local.tuning import logger as tuning_progress
 from pipelines.local.tuning import trials_table
@@ -195,7 +196,13 @@ def run_local(
     scratch.mkdir(parents=True, exist_ok=True)
     failure_log = logs / "failures.jsonl"
     job_environment = SavedEnvironment()
-    job_environment.set({"SAGEGATE_FAILURE_LOG": str(failure_log), "SAGEGATE_JOB_LOGS": str(logs)})
+    job_environment.set(
+        {
+            "SAGEGATE_FAILURE_LOG": str(failure_log),
+            "SAGEGATE_JOB_LOGS": str(logs),
+            CODE_CACHE_VARIABLE: str(scratch / ".code"),
+        }
+    )
     if config.training.checkpoints:  # one prefix per model: the next run of the same data and settings resumes
         job_environment.set({CHECKPOINTS_VARIABLE: f"s3://{project.bucket}/checkpoints/{config.name}/local"})
     handler = _StepProgress(_RecordProgress(home, record, progress))

@@ -33,7 +33,12 @@ QUICK = ["tuning.max_jobs=6", "tuning.max_parallel_jobs=2", "tuning.ranges.n_est
 STRATEGIES = {
     "bayesian": [],
     "random": ["tuning.strategy=random"],
-    "hyperband": ["tuning.strategy=hyperband"],
+    # longer trials: the pruner sees several stages of each before it ends
+    "hyperband": [
+        "tuning.strategy=hyperband",
+        "tuning.ranges.n_estimators.min=150",
+        "tuning.ranges.n_estimators.max=300",
+    ],
     "grid": [
         "tuning.strategy=grid",
         "tuning.ranges={max_depth: {type: categorical, values: [3, 5, 8]},"
@@ -280,7 +285,8 @@ def test_every_strategy_tunes_for_real_and_beats_or_equals_the_untuned_model(sta
         if strategy == "grid":
             assert values["max_depth"] in (3, 5, 8) and values["max_features"] in ("sqrt", "log2")
         else:
-            assert 50 <= values["n_estimators"] <= 120 and 2 <= values["max_depth"] <= 16
+            trees = load_config(TUNED, [*QUICK, *STRATEGIES[strategy]]).tuning.ranges["n_estimators"]
+            assert trees.min <= values["n_estimators"] <= trees.max and 2 <= values["max_depth"] <= 16
             assert 0.0001 <= values["min_samples_leaf"] <= 0.05 and values["max_features"] in ("sqrt", "log2")
     assert record.artifacts["model"].endswith(f"/{best['training_job']}/output/model.tar.gz")
     assert 1 < most_at_once(trials) <= 2  # observed from the trials' own start and end times

@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     model_dir = Path(args.model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, model_dir / "model.joblib")
+    # compressed here, in the job's own process: the archive step that follows (SageMaker's, or the SDK's
+    # in local mode, gzip level 9 in the caller) then takes ~0.07 s instead of ~2.5 s for a 10 MB forest
+    joblib.dump(model, model_dir / "model.joblib", compress=1)
     metadata = {
         **schema,
         "model_class": args.model_class,

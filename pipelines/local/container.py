@@ -24,9 +24,11 @@ gets SIGTERM, whatever it saved is uploaded, and no failure is reported.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +45,7 @@ from pipelines.local.forkserver import die_with_parent
 
 OPT_ML = "/opt/ml"
 MAX_RUNTIME_VARIABLE = "SAGEGATE_MAX_RUNTIME_SECONDS"  # the training job's StoppingCondition, set by sdk_patch
+CODE_CACHE_VARIABLE = "SAGEGATE_CODE_CACHE"  # where training code is unpacked once per run (set by local_run)
 
 
 class Volumes:
@@ -98,21 +101,45 @@ def _fetch_code(uri: str, volumes: Volumes, code_dir: Path) -> None:
     code_dir.mkdir(parents=True, exist_ok=True)
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        import boto3
-
-        body = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
-        with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-            tar.extractall(code_dir, filter="data")
-        return
-    source = Path(volumes.rewrite(parsed.path if parsed.scheme == "file" else uri))
-    if source.is_file():
-        with tarfile.open(source) as tar:
-            tar.extractall(code_dir, filter="data")
+        cache = os.environ.get(CODE_CACHE_VARIABLE)
+        if not cache:
+            _download_code(parsed.netloc, parsed.path.lstrip("/"), code_dir)
+            return
+        source = _cached_code(parsed.netloc, parsed.path.lstrip("/"), Path(cache))
     else:
-        for item in source.iterdir():
-            target = code_dir / item.name
-            if not target.exists():
-                target.symlink_to(item.resolve())
+        source = Path(volumes.rewrite(parsed.path if parsed.scheme == "file" else uri))
+        if source.is_file():
+            with tarfile.open(source) as tar:
+                tar.extractall(code_dir, filter="data")
+            return
+    for item in source.iterdir():
+        target = code_dir / item.name
+        if not target.exists():
+            target.symlink_to(item.resolve())
+
+
+def _download_code(bucket: str, key: str, folder: Path) -> None:
+    import boto3
+
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        tar.extractall(folder, filter="data")
+
+
+def _cached_code(bucket: str, key: str, cache: Path) -> Path:
+    """The code unpacked once per run and key (the SDK's code keys are content-addressed): a tuning job's
+    trials share one download (~0.2 s each, mostly importing boto3, measured with py-spy)."""
+    folder = cache / hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:24]
+    if folder.is_dir():
+        return folder
+    partial = cache / f".{folder.name}.{os.getpid()}"
+    partial.mkdir(parents=True)
+    _download_code(bucket, key, partial)
+    try:
+        os.rename(partial, folder)  # atomic; a concurrent trial that unpacked it first wins
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 def _decoded(value: object) -> object:
