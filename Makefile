@@ -72,6 +72,7 @@ bench: $(STAMP) data/breast_cancer.csv
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/tuning.py
 	$(BIN)/python benchmarks/tuning.py --rows 20000
+	$(BIN)/python benchmarks/storage.py
 
 clean:
 	rm -rf .sagegate
