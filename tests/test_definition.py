@@ -150,11 +150,16 @@ def test_spot_training_and_checkpoints_reach_the_aws_training_job():
     }
 
 
-def test_the_local_variant_leaves_out_only_what_local_mode_refuses():
-    config = load_config(MODELS / "breast-cancer.yaml", SPOT)
+@pytest.mark.parametrize(
+    ("model", "step", "job"),
+    [("breast-cancer.yaml", "TrainModel", None), ("breast-cancer-tuned.yaml", "TuneModel", "TrainingJobDefinition")],
+)
+def test_the_local_variant_leaves_out_only_what_local_mode_refuses(model, step, job):
+    config = load_config(MODELS / model, SPOT)
     aws = json.loads(definition_json(config, Project()))
     local = json.loads(definition_json(config, Project(), local=True))
-    train = next(s for s in aws["Steps"] if s["Name"] == "TrainModel")["Arguments"]
+    train = next(s for s in aws["Steps"] if s["Name"] == step)["Arguments"]
+    train = train[job] if job else train  # a tuning job's training job definition
     for key in ("EnableManagedSpotTraining", "CheckpointConfig"):
         train.pop(key)
     train["StoppingCondition"].pop("MaxWaitTimeInSeconds")
