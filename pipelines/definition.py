@@ -155,7 +155,8 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     }
 
     processor = script_processor(project, session, name, "preprocess", processing_instance)
-    split_outputs = ["train", "validation", "test", "schema"]
+    # baseline: Model Monitor's statistics.json and constraints.json of the training split
+    split_outputs = ["train", "validation", "test", "schema", "baseline"]
     step_preprocess = ProcessingStep(
         name="PreprocessData",
         step_args=processor.run(
@@ -289,6 +290,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 ProcessingInput(source=evaluation_uri, destination=f"{PROCESSING_ROOT}/evaluation"),
                 ProcessingInput(source=split_uri("schema"), destination=f"{PROCESSING_ROOT}/schema"),
                 ProcessingInput(source=split_uri("test"), destination=f"{PROCESSING_ROOT}/test"),
+                ProcessingInput(source=split_uri("baseline"), destination=f"{PROCESSING_ROOT}/baseline"),
             ],
             outputs=[
                 ProcessingOutput(
@@ -306,6 +308,10 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 f"{PROCESSING_ROOT}/schema",
                 "--test-dir",
                 f"{PROCESSING_ROOT}/test",
+                "--baseline-dir",
+                f"{PROCESSING_ROOT}/baseline",
+                "--baseline-uri",
+                split_uri("baseline"),
                 "--output-dir",
                 f"{PROCESSING_ROOT}/registration",
                 "--tracking-uri",

@@ -50,6 +50,35 @@ def test_good_csv_is_split_and_fingerprinted(tmp_path):
     assert len(schema["source"]["sha256"]) == 64
 
 
+def test_the_training_split_gets_a_model_monitor_baseline(tmp_path):
+    rows = "a,b,label\n" + "".join(f"{i},{i * 0.5 - 3},{i % 2}\n" for i in range(3000))
+    output = run_preprocess(tmp_path, rows)
+    train_rows = pd.read_csv(output / "train" / "train.csv")
+    statistics = json.loads((output / "baseline" / "statistics.json").read_text())
+    constraints = json.loads((output / "baseline" / "constraints.json").read_text())
+    assert statistics["dataset"] == {"item_count": len(train_rows)}
+    by_name = {f["name"]: f for f in statistics["features"]}
+    assert list(by_name) == ["a", "b"] and by_name["a"]["inferred_type"] == "Integral"
+    b = by_name["b"]["numerical_statistics"]
+    assert by_name["b"]["inferred_type"] == "Fractional"
+    assert b["common"] == {"num_present": len(train_rows), "num_missing": 0}
+    assert b["mean"] == pytest.approx(train_rows["b"].mean())
+    assert b["std_dev"] == pytest.approx(train_rows["b"].std(ddof=0))  # population, as Deequ (Model Monitor)
+    assert (b["min"], b["max"], b["sum"]) == pytest.approx(
+        (train_rows["b"].min(), train_rows["b"].max(), train_rows["b"].sum())
+    )
+    buckets = b["distribution"]["kll"]["buckets"]
+    assert len(buckets) == 10 and sum(x["count"] for x in buckets) == len(train_rows)
+    assert buckets[0]["lower_bound"] == b["min"] and buckets[-1]["upper_bound"] == b["max"]
+    sketch = b["distribution"]["kll"]["sketch"]
+    assert sketch["parameters"] == {"c": 0.64, "k": 2048.0} and len(sketch["data"][0]) == 2048  # 2100 rows: quantiles
+    assert sketch["data"][0] == sorted(sketch["data"][0])
+    checks = [(f["name"], f["completeness"], f["num_constraints"]["is_non_negative"]) for f in constraints["features"]]
+    assert checks == [("a", 1.0, True), ("b", 1.0, False)]
+    comparison = constraints["monitoring_config"]["distribution_constraints"]
+    assert comparison == {"perform_comparison": "Enabled", "comparison_threshold": 0.1, "comparison_method": "Robust"}
+
+
 @pytest.mark.parametrize(
     ("csv_text", "extra", "expected"),
     [

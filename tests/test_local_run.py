@@ -74,6 +74,12 @@ def test_pipeline_runs_every_step_and_registers_in_mlflow(state, first_run):
     run = client.get_run(version.run_id)
     assert run.data.params["max_depth"] == "5" and run.data.params["model_class"].endswith("RandomForestClassifier")
     assert run.data.metrics["accuracy"] == pytest.approx(first_run.metrics["accuracy"])
+    # the monitoring baseline of the training split goes with the version (MLflow artifacts, S3 location)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "monitoring")} == {
+        "monitoring/statistics.json",
+        "monitoring/constraints.json",
+    }
+    assert version.tags["monitoring.baseline_uri"] == f"{first_run.artifacts['splits']}baseline"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/confusion_matrix.png", "evaluation/roc.png"} <= artifacts
     previous = mlflow.get_tracking_uri()

@@ -14,11 +14,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
 MIN_ROWS = 10
+BUCKETS = 10  # Model Monitor materializes each distribution in 10 buckets
+SKETCH_K = 2048  # the KLL sketch's k: up to this many retained values per feature
+DRIFT_THRESHOLD = 0.1  # monitoring_config.distribution_constraints.comparison_threshold
 
 
 class DataError(Exception):
@@ -190,6 +195,70 @@ def prepare(frame: pd.DataFrame, name: str, args: argparse.Namespace, features: 
     return check_target(frame, name, args.target, args.task)[[*features, args.target]]
 
 
+def baseline(rows: pd.DataFrame, features: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """statistics.json and constraints.json in SageMaker Model Monitor's schemas, from the training
+    split: what captured traffic is later compared with. The sketch holds the sorted values when
+    there are at most k, else k evenly spaced quantiles (a one-level KLL compaction)."""
+    statistics: dict[str, Any] = {"version": 0.0, "dataset": {"item_count": len(rows)}, "features": []}
+    constraints: dict[str, Any] = {"version": 0.0, "features": []}
+    for name in features:
+        column = rows[name]
+        present = column.dropna().to_numpy(dtype="float64")
+        integral = bool(len(present)) and bool(np.all(np.equal(np.mod(present, 1), 0)))
+        kind = "Integral" if integral else "Fractional"
+        low, high = (float(present.min()), float(present.max())) if len(present) else (0.0, 0.0)
+        counts, edges = np.histogram(present, bins=BUCKETS, range=(low, high if high > low else low + 1))
+        ordered = np.sort(present)
+        if len(ordered) > SKETCH_K:
+            ordered = np.quantile(ordered, np.linspace(0, 1, SKETCH_K))
+        statistics["features"].append(
+            {
+                "name": name,
+                "inferred_type": kind,
+                "numerical_statistics": {
+                    "common": {"num_present": len(present), "num_missing": int(column.isna().sum())},
+                    "mean": float(present.mean()) if len(present) else 0.0,
+                    "sum": float(present.sum()),
+                    "std_dev": float(present.std()) if len(present) else 0.0,  # population, as Deequ's
+                    "min": low,
+                    "max": high,
+                    "distribution": {
+                        "kll": {
+                            "buckets": [
+                                {"lower_bound": float(edges[i]), "upper_bound": float(edges[i + 1]), "count": int(c)}
+                                for i, c in enumerate(counts)
+                            ],
+                            "sketch": {
+                                "parameters": {"c": 0.64, "k": float(SKETCH_K)},
+                                "data": [[float(v) for v in ordered]],
+                            },
+                        }
+                    },
+                },
+            }
+        )
+        constraints["features"].append(
+            {
+                "name": name,
+                "inferred_type": kind,
+                "completeness": len(present) / len(rows) if len(rows) else 0.0,
+                "num_constraints": {"is_non_negative": bool(low >= 0)},
+            }
+        )
+    constraints["monitoring_config"] = {
+        "evaluate_constraints": "Enabled",
+        "emit_metrics": "Enabled",
+        "datatype_check_threshold": 1.0,
+        "domain_content_threshold": 1.0,
+        "distribution_constraints": {
+            "perform_comparison": "Enabled",
+            "comparison_threshold": DRIFT_THRESHOLD,
+            "comparison_method": "Robust",
+        },
+    }
+    return statistics, constraints
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     requested = [f.strip() for f in args.features.split(",") if f.strip()]
@@ -226,6 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     (output / "schema").mkdir(parents=True, exist_ok=True)
     (output / "schema" / "schema.json").write_text(json.dumps(schema, indent=2))
+    statistics, constraints = baseline(parts["train"], features)
+    (output / "baseline").mkdir(parents=True, exist_ok=True)
+    (output / "baseline" / "statistics.json").write_text(json.dumps(statistics))
+    (output / "baseline" / "constraints.json").write_text(json.dumps(constraints, indent=2))
     print(
         f"preprocess: {len(frame)} rows, {len(features)} features -> "
         + ", ".join(f"{k}={len(v)}" for k, v in parts.items())

@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--evaluation-dir", default="/opt/ml/processing/evaluation")
     parser.add_argument("--schema-dir", default="/opt/ml/processing/schema")
     parser.add_argument("--test-dir", default="/opt/ml/processing/test")
+    parser.add_argument("--baseline-dir", default="", help="statistics.json + constraints.json of the training split")
+    parser.add_argument("--baseline-uri", default="", help="where that baseline is (s3://), for the monitor")
     parser.add_argument("--output-dir", default="/opt/ml/processing/registration")
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--artifact-location", default="", help="new experiments only; empty = server default")
@@ -264,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         "model_data_uri": args.served_model_uri,
         "serving.runtime": serving["runtime"],
         "serving.reason": serving["reason"],
+        **({"monitoring.baseline_uri": args.baseline_uri} if args.baseline_uri else {}),
         **({"sagemaker.tuning_job": args.tuning_job} if args.tuning_job else {}),
         **({"sagemaker.training_job": args.training_job} if args.training_job else {}),
         # the versions that trained it: the gate deploys it only onto an image with the same
@@ -277,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
         for plot in evaluation.get("plots", []):
             mlflow.log_artifact(str(Path(args.evaluation_dir) / plot), artifact_path="evaluation")
         mlflow.log_artifact(str(schema_path), artifact_path="data")
+        for name in ("statistics.json", "constraints.json"):  # the monitoring baseline, with the version
+            if args.baseline_dir and (Path(args.baseline_dir) / name).is_file():
+                mlflow.log_artifact(str(Path(args.baseline_dir) / name), artifact_path="monitoring")
         mlflow.log_text(json.dumps(serving, indent=2), "serving/serving.json")
         if onnx_bytes is not None:
             onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
