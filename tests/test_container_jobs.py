@@ -218,3 +218,40 @@ def test_a_channel_that_does_not_match_train_is_named_with_its_column(tmp_path, 
         run_channels(tmp_path, {"train": GOOD_ROWS, "test": test_text}, monkeypatch)
     assert expected in (tmp_path / "sm-output" / "message").read_text()
     assert not (tmp_path / "output").exists()
+
+
+def test_evaluation_ranks_the_features_the_model_uses_by_permutation_importance(tmp_path):
+    """The label depends on `signal` only: shuffling it costs accuracy, shuffling the others does not."""
+    import tarfile
+
+    import joblib
+    import numpy as np
+
+    evaluate = load_job("evaluate")
+    random = np.random.default_rng(0)
+    rows = pd.DataFrame({"noise": random.normal(size=600), "signal": random.normal(size=600)})
+    rows["other"] = random.normal(size=600)
+    rows["label"] = (rows["signal"] > 0).astype(int)
+    features = ["noise", "signal", "other"]
+    metadata = {"task": "classification", "target": "label", "features": features, "classes": [0, 1]}
+    model = train.build_estimator("sklearn.ensemble.RandomForestClassifier", {"n_estimators": 20, "random_state": 0})
+    model.fit(rows[metadata["features"]][:400], rows["label"][:400])
+    model_dir, test_dir, output = tmp_path / "model", tmp_path / "test", tmp_path / "evaluation"
+    model_dir.mkdir()
+    test_dir.mkdir()
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    joblib.dump(model, packed / "model.joblib")
+    (packed / "metadata.json").write_text(json.dumps(metadata))
+    with tarfile.open(model_dir / "model.tar.gz", "w:gz") as tar:
+        for name in ("model.joblib", "metadata.json"):
+            tar.add(packed / name, arcname=name)
+    rows[400:].to_csv(test_dir / "test.csv", index=False)
+    evaluate.main(["--model-dir", str(model_dir), "--test-dir", str(test_dir), "--output-dir", str(output)])
+    report = json.loads((output / "evaluation.json").read_text())
+    importance = report["feature_importance"]
+    assert (importance["method"], importance["scoring"], importance["n_repeats"]) == ("permutation", "accuracy", 3)
+    ranked = importance["features"]
+    assert ranked[0]["name"] == "signal" and ranked[0]["importance_mean"] > 0.3
+    assert all(abs(f["importance_mean"]) < 0.05 for f in ranked[1:])
+    assert "feature_importance.png" in report["plots"] and (output / "feature_importance.png").stat().st_size > 0

@@ -82,12 +82,13 @@ def test_pipeline_runs_every_step_and_registers_in_mlflow(state, first_run):
     assert version.tags["monitoring.baseline_uri"] == f"{first_run.artifacts['splits']}baseline"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/confusion_matrix.png", "evaluation/roc.png"} <= artifacts
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(state.mlflow_tracking_uri)
-    try:
-        loaded = mlflow.sklearn.load_model("models:/sagegate-development-breast-cancer/1")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # which features the model leans on: permutation importance, with the plot and the top names on the version
+    assert {"evaluation/feature_importance.json", "evaluation/feature_importance.png"} <= artifacts
+    top = version.tags["feature_importance.top"].split(",")
+    assert len(top) == 5 and set(top) <= set(pd.read_csv(DATA / "breast_cancer.csv").columns)
+    # downloaded with an explicit store: setting MLflow's process-wide tracking URI would outlive this test
+    # (later tests, and the gate's handlers, read MLFLOW_TRACKING_URI, which an explicit setting overrides)
+    loaded = mlflow.sklearn.load_model(client.get_model_version_download_uri("sagegate-development-breast-cancer", "1"))
     rows = pd.read_csv(DATA / "breast_cancer.csv")
     assert (loaded.predict(rows.drop(columns="label")[:50]) == rows["label"][:50]).mean() > 0.8
 

@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
             if client.get_experiment_by_name(args.experiment) is None:
                 raise
     mlflow.set_experiment(args.experiment)
+    ranked = evaluation.get("feature_importance", {}).get("features", [])
     tags = {
         "sagemaker.pipeline_execution_id": args.execution_id,
         "data.sha256": schema["source"]["sha256"],
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         "serving.runtime": serving["runtime"],
         "serving.reason": serving["reason"],
         **({"monitoring.baseline_uri": args.baseline_uri} if args.baseline_uri else {}),
+        # the features the model leans on most (permutation importance on the test split), most first
+        **({"feature_importance.top": ",".join(f["name"] for f in ranked[:5])} if ranked else {}),
         **({"sagemaker.tuning_job": args.tuning_job} if args.tuning_job else {}),
         **({"sagemaker.training_job": args.training_job} if args.training_job else {}),
         # the versions that trained it: the gate deploys it only onto an image with the same
@@ -280,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         for plot in evaluation.get("plots", []):
             mlflow.log_artifact(str(Path(args.evaluation_dir) / plot), artifact_path="evaluation")
         mlflow.log_artifact(str(schema_path), artifact_path="data")
+        if ranked:
+            mlflow.log_dict(evaluation["feature_importance"], "evaluation/feature_importance.json")
         for name in ("statistics.json", "constraints.json"):  # the monitoring baseline, with the version
             if args.baseline_dir and (Path(args.baseline_dir) / name).is_file():
                 mlflow.log_artifact(str(Path(args.baseline_dir) / name), artifact_path="monitoring")
