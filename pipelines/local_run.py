@@ -331,7 +331,7 @@ def _report_tuning(home: StateHome, experiment: str, record: RunRecord) -> None:
     assert record.tuning is not None
     path = tuning_report.plot(record.tuning, home.runs / "tuning" / f"{record.run_id}.png")
     record.artifacts["tuning_plot"] = str(path)
-    parent = tuning_report.log_to_mlflow(home.mlflow_tracking_uri, experiment, record.run_id, record.tuning, path)
+    parent = tuning_report.log_to_mlflow(home, experiment, record.run_id, record.tuning, path)
     record.tuning["mlflow_parent_run"] = parent
 
 

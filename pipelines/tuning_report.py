@@ -5,9 +5,14 @@ CLI, the plot and MLflow show the same facts."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
+
+from pipelines.registry import ensure_experiment
+from pipelines.state import StateHome
+from pipelines.statefiles import write_bytes
 
 
 def trial_lines(tuning: dict[str, Any]) -> list[str]:
@@ -63,20 +68,21 @@ def plot(tuning: dict[str, Any], path: Path) -> Path:
         axis.scatter(xs, [y for _, y in points])
         axis.set(xlabel=name, ylabel=tuning["objective"])
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=80)
     plt.close(figure)
+    write_bytes(path, image.getvalue())  # atomic: `tuning show` and the run may write it at once
     return path
 
 
-def log_to_mlflow(tracking_uri: str, experiment: str, run_id: str, tuning: dict[str, Any], plot_path: Path) -> str:
+def log_to_mlflow(home: StateHome, experiment: str, run_id: str, tuning: dict[str, Any], plot_path: Path) -> str:
     """A parent run for the tuning job, a child per trial (params, objective, status); the parent's id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    ensure_experiment(home, experiment)  # artifacts in the state folder, as the register job's runs
+    client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
     parent = client.create_run(
         experiment_id,
         run_name=f"tuning-{tuning['job']}",

@@ -217,14 +217,16 @@ def _report_failure(volumes: Volumes, job: str, code: int, reason: str | None = 
 
 
 def stop_job(log_dir: Path, job: str) -> bool:
-    """Ask a running job to stop (the tuner's early stopping); False while it has not started yet."""
-    (log_dir / f"{job}.stop").touch()
+    """Ask a running job to stop (the tuner's early stopping); False while it has not started yet. The
+    marker is written only once the job can be signalled: a marker alone would report a later failure
+    of the job as a stop."""
     try:
-        os.killpg(int((log_dir / f"{job}.pid").read_text()), signal.SIGTERM)
-    except (FileNotFoundError, ValueError):
+        group = int((log_dir / f"{job}.pid").read_text())
+    except (FileNotFoundError, ValueError):  # not started, or its id half written
         return False
-    except ProcessLookupError:  # it ended meanwhile
-        pass
+    (log_dir / f"{job}.stop").touch()
+    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+        os.killpg(group, signal.SIGTERM)
     return True
 
 

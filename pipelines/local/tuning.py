@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 import uuid
@@ -138,17 +139,20 @@ class LocalTuningJob:
         return values
 
     # -- running ----------------------------------------------------------------------------------
-    def run(self, logs: Path | None = None) -> dict[str, Any]:
+    def run(self) -> dict[str, Any]:
+        """Every trial, then the answers. The trials' logs go where the run keeps job logs
+        (SAGEGATE_JOB_LOGS), else to a folder of this call's own, removed afterwards."""
         environment = SavedEnvironment()
-        if logs is None and not os.environ.get("SAGEGATE_JOB_LOGS"):
-            logs = Path(tempfile.mkdtemp(prefix="sagegate-tuning-"))
-        if logs is not None:
-            environment.set({"SAGEGATE_JOB_LOGS": str(logs)})  # set before the trials' threads start
+        scratch = None if os.environ.get("SAGEGATE_JOB_LOGS") else tempfile.mkdtemp(prefix="sagegate-tuning-")
+        if scratch:
+            environment.set({"SAGEGATE_JOB_LOGS": scratch})  # set before the trials' threads start
         self.logs = Path(os.environ["SAGEGATE_JOB_LOGS"])
         try:
             self._run_trials()
         finally:
             environment.restore()
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
         return self.describe()
 
     def _run_trials(self) -> None:
@@ -246,9 +250,8 @@ class LocalTuningJob:
     def _failure_reason(self, trial: Trial, error: Exception) -> str:
         log = self._log(trial)
         lines = log.read_text().splitlines() if log.is_file() else []
-        reported = [line.split(": ", 1)[-1] for line in lines if line.startswith(f"FAILED {trial.name}")]
-        errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR: ")]
-        return (reported or errors or [f"{type(error).__name__}: {error}"])[-1]
+        errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR: ")]  # the job's fail()
+        return (errors or [f"{type(error).__name__}: {error}"])[-1]
 
     def read_metrics(self, text: str) -> dict[str, float]:
         """Each metric's last match in the log, as SageMaker reads a training job's metrics."""
