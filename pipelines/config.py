@@ -186,6 +186,24 @@ class TuningConfig(_Strict):
         return self
 
 
+SCHEDULE_EXPRESSION = r"^(rate\([1-9][0-9]* (minute|minutes|hour|hours|day|days)\)|cron\([^()]+\))$"
+
+
+class DataCaptureSettings(_Strict):
+    enabled: bool = True
+    sampling_percentage: int = Field(100, ge=0, le=100)
+
+
+class MonitoringConfig(_Strict):
+    """Data capture on the endpoint and the drift monitor that compares it with the training baseline
+    (AWS: the monitoring pipeline on an EventBridge Scheduler schedule; locally `sagegate monitor run`)."""
+
+    data_capture: DataCaptureSettings = DataCaptureSettings()
+    schedule: str = Field("rate(1 hour)", pattern=SCHEDULE_EXPRESSION)
+    window_minutes: int = Field(60, ge=1, le=7 * 24 * 60)  # how far back each run looks
+    retrain_on_drift: bool = False
+
+
 class QualityGate(_Strict):
     metrics: dict[str, Threshold] = Field(min_length=1)
 
@@ -199,6 +217,7 @@ class ModelConfig(_Strict):
     quality_gate: QualityGate
     deployment: DeploymentConfig = DeploymentConfig()
     tuning: TuningConfig | None = None
+    monitoring: MonitoringConfig | None = None
 
     @field_validator("quality_gate")
     @classmethod
@@ -223,6 +242,19 @@ class ModelConfig(_Strict):
         if self.tuning is not None:
             check_tuning(estimator, self)
         return self
+
+    @model_validator(mode="after")
+    def _capture_on_realtime(self) -> ModelConfig:
+        if self.captures() and self.deployment.type != "realtime":
+            raise ValueError(
+                "monitoring.data_capture: SageMaker serverless endpoints do not capture data (a serverless "
+                "feature exclusion); use deployment.type: realtime or set data_capture.enabled: false"
+            )
+        return self
+
+    def captures(self) -> bool:
+        """Whether the endpoint captures traffic (and so whether there is anything to monitor)."""
+        return self.monitoring is not None and self.monitoring.data_capture.enabled
 
     def data_inputs(self) -> dict[str, tuple[str, str]]:
         """The pipeline's data parameters: name → (where the data is: a local path or an s3:// URI,

@@ -80,6 +80,15 @@ class LlmDeployment(_Strict):
         return environment
 
 
+class DataCapture(_Strict):
+    """What a realtime endpoint captures (SageMaker's DataCaptureConfig): a sampled share of requests
+    and responses, written as JSON lines under `{destination}/{endpoint}/{variant}/yyyy/mm/dd/hh/`."""
+
+    enabled: bool = False
+    sampling_percentage: int = Field(100, ge=0, le=100)
+    destination_s3_uri: str = Field("", pattern=r"^(s3://[^/]+/.+)?$")
+
+
 class DeploymentConfig(_Strict):
     """Where and how a model is served: the YAML's `deployment`, the gate's and the endpoints'."""
 
@@ -135,6 +144,7 @@ class GateInput(_Strict):
     # the serving image's packages (containers/requirements.lock): a model is deployed only onto the
     # library versions it was trained with
     runtime_libraries: dict[str, str] = Field(min_length=1)
+    data_capture: DataCapture = DataCapture()
     poll_seconds: int = Field(ge=0, le=3600)
 
 

@@ -61,6 +61,11 @@ def model_settings(config: ModelConfig, project: Project) -> dict[str, Any]:
             "champion_artifact_uri": project.champion_artifact_uri(model),
         },
         "runtime_libraries": locked_versions(),
+        "data_capture": {
+            "enabled": config.captures(),
+            "sampling_percentage": config.monitoring.data_capture.sampling_percentage if config.monitoring else 100,
+            "destination_s3_uri": project.capture_uri,
+        },
     }
 
 
@@ -112,6 +117,14 @@ def _endpoint_config_parameters(kind: str) -> dict[str, Any]:
         "EndpointConfigName.$": f"{TARGET}.endpoint_config_name",
         "ExecutionRoleArn": INFERENCE_ROLE_ARN,
         "ProductionVariants": [variant],
+        "DataCaptureConfig": {
+            "EnableCapture.$": "$.data_capture.enabled",
+            "InitialSamplingPercentage.$": "$.data_capture.sampling_percentage",
+            "DestinationS3Uri.$": "$.data_capture.destination_s3_uri",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            # captured as CSV/JSON text rather than base64, so the monitor reads them as they were sent
+            "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]},
+        },
     }
 
 

@@ -128,7 +128,7 @@ def gate_input(
         "registered_model": name,
         "version": chosen["version"],
         "model_package_arn": None,
-        "evaluation_uri": f"s3://{project.bucket}/evaluation/{config.name}/{execution_id}/evaluation.json",
+        "evaluation_uri": project.evaluation_uri(config.name, execution_id),
         "container": serving_container(project, chosen["model_data_uri"]),
         **model_settings(config, project),
         "poll_seconds": 0,

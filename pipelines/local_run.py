@@ -308,10 +308,11 @@ def _record(
     record.failure_reason = job_reason or description.get("FailureReason")
     record.gate = gate
     bucket = f"s3://{project.bucket}"
-    evaluation = _read_json(s3, f"{bucket}/evaluation/{config.name}/{run_id}/evaluation.json")
+    evaluation_uri = project.evaluation_uri(config.name, run_id)
+    evaluation = _read_json(s3, evaluation_uri)
     if evaluation:
         record.metrics = {name: entry["value"] for name, entry in evaluation["metrics"].items()}
-        record.artifacts["evaluation"] = f"{bucket}/evaluation/{config.name}/{run_id}/"
+        record.artifacts["evaluation"] = evaluation_uri.rsplit("/", 1)[0] + "/"
     registration = _read_json(s3, f"{bucket}/models/{config.name}/registrations/{run_id}/registration.json")
     if registration:
         record.registered_model = registration["registered_model_name"]

@@ -66,6 +66,9 @@ class Project:
     def pipeline_name(self, model: str) -> str:
         return self.name(model, "training")
 
+    def monitoring_pipeline_name(self, model: str) -> str:
+        return self.name(model, "monitoring")
+
     def inference_pipeline_name(self, model: str) -> str:
         return self.name(model, "inference")
 
@@ -124,6 +127,18 @@ class Project:
 
     def champion_artifact_uri(self, model: str) -> str:
         return f"s3://{self.bucket}/{self.champion_model_key(model)}"
+
+    def evaluation_uri(self, model: str, execution_id: str) -> str:
+        """The evaluation report of one pipeline execution (the evaluate step's output)."""
+        return f"s3://{self.bucket}/evaluation/{model}/{execution_id}/evaluation.json"
+
+    @property
+    def capture_uri(self) -> str:
+        """Where endpoints capture traffic: `{this}/{endpoint}/{variant}/yyyy/mm/dd/hh/*.jsonl`, as AWS lays it out."""
+        return f"s3://{self.bucket}/monitoring/capture"
+
+    def monitoring_reports_uri(self, endpoint: str) -> str:
+        return f"s3://{self.bucket}/monitoring/reports/{endpoint}"
 
     @property
     def image_repository(self) -> str:

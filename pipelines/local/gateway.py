@@ -19,6 +19,7 @@ import http.client
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from pipelines.local.capture import CaptureWriter, spool_folder
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.model_server import ModelServer, ModelServerError, reap_orphans
 from pipelines.local.routing import InvocationError, route
@@ -54,6 +56,9 @@ class Gateway:
         self.metrics = ServingMetrics(home)
         for pid in reap_orphans(home.serving / "models"):
             logging.getLogger(__name__).warning("stopped model server %s left by a gateway that was killed", pid)
+        self._capture: CaptureWriter | None = None
+        if any(spool_folder(home).rglob("*.jsonl*")):  # captures a killed gateway left: deliver them now
+            self.capture_writer()
         self._state: dict[str, Any] = {}
         self._state_mtime = 0.0
         self._stop = threading.Event()
@@ -68,6 +73,13 @@ class Gateway:
         if mtime != self._state_mtime:
             self._state, self._state_mtime = self.manager.snapshot(), mtime
         return self._state
+
+    def capture_writer(self) -> CaptureWriter:
+        """The data-capture writer, started with the first endpoint that captures."""
+        with self.servers_lock:
+            if self._capture is None:
+                self._capture = CaptureWriter(self.home, self.project.region)
+            return self._capture
 
     def _server(self, model_name: str, workers: int, cooldown: float) -> ModelServer:
         with self.servers_lock:
@@ -135,6 +147,17 @@ class Gateway:
                 424, "ModelError", f"Received client error ({status}) from primary with message \"{message}\".",
                 OriginalStatusCode=status, OriginalMessage=message,
             )  # fmt: skip
+        capture = chosen.capture
+        if capture is not None and random.uniform(0, 100) < capture.sampling_percentage:
+            response_type = response_headers.get("Content-Type", "application/json")
+            self.capture_writer().offer(
+                endpoint_name,
+                chosen.variant,
+                capture,
+                (body, forwarded["Content-Type"]),
+                (payload, response_type),
+                headers.get("x-amzn-sagemaker-inference-id"),
+            )
         extra = {"X-Amzn-Invoked-Production-Variant": chosen.variant}
         if headers.get("x-amzn-sagemaker-custom-attributes"):
             extra["X-Amzn-SageMaker-Custom-Attributes"] = headers["x-amzn-sagemaker-custom-attributes"]
@@ -192,6 +215,8 @@ class Gateway:
         for stopper in stoppers:
             stopper.join()
         self.metrics.write(servers)
+        if self._capture is not None:
+            self._capture.close()
 
 
 def serve(port: int, threads: int = 64) -> None:

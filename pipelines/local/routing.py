@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.local.capture import CaptureTarget, capture_target
+
 DEFAULT_SCALE_IN_COOLDOWN = 300.0
 
 
@@ -31,6 +33,7 @@ class Route:
     max_concurrency: int | None  # serverless only
     workers: int
     cooldown: float
+    capture: CaptureTarget | None  # the endpoint config's DataCaptureConfig, when it captures
 
 
 def route(
@@ -76,6 +79,7 @@ def route(
         max_concurrency=serverless["MaxConcurrency"] if serverless else None,
         workers=int(scaling.get("MaxInstanceCount", 1)) if not serverless else 1,
         cooldown=scale_in_cooldown(state, endpoint_name),
+        capture=capture_target(config),
     )
 
 

@@ -1,0 +1,292 @@
+"""Data capture for the local endpoints: SageMaker's capture format, written off the request path.
+
+The gateway offers each sampled request and response to `CaptureWriter.offer`, which never blocks:
+the queue is bounded and a record that does not fit is dropped and counted, so capture can neither
+slow nor fail a request. A writer thread appends the records as JSON lines to spool files laid out
+as their S3 keys will be (`{bucket}/{prefix}/{endpoint}/{variant}/yyyy/mm/dd/hh/MM-SS-mmm-{uuid}.jsonl`),
+seals a file after `FILE_SECONDS` (or when its hour ends), and delivers sealed files to the local S3.
+Lines reach the spool within a fraction of a second, so a gateway killed outright loses at most the
+records still queued; the next gateway (or `sagegate monitor run`) seals and delivers what it left.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from pipelines.local.s3 import s3_client, split
+from pipelines.local.s3_server import S3Server
+from pipelines.state import StateHome
+from pipelines.statefiles import read_json, write_json
+
+FILE_SECONDS = float(os.environ.get("SAGEGATE_CAPTURE_FILE_SECONDS", "1"))  # how long one spool file stays open
+QUEUE_LIMIT = 10_000  # records waiting for the writer; beyond this, capture drops and counts
+TEXT_ENCODINGS = {"text/csv": "CSV", "application/json": "JSON"}  # CaptureContentTypeHeader; else BASE64
+PART = ".part"
+
+log = logging.getLogger(__name__)
+
+
+def spool_folder(home: StateHome) -> Path:
+    return home.serving / "capture"
+
+
+def status_path(home: StateHome) -> Path:
+    return spool_folder(home) / "status.json"
+
+
+@dataclass(frozen=True)
+class CaptureTarget:
+    """Where one endpoint's variant captures to, and how much of its traffic (its DataCaptureConfig)."""
+
+    destination: str  # s3://bucket/prefix
+    sampling_percentage: int
+
+
+def capture_target(endpoint_config: dict[str, Any]) -> CaptureTarget | None:
+    """The endpoint config's DataCaptureConfig, when it captures requests and responses."""
+    config = endpoint_config.get("DataCaptureConfig") or {}
+    modes = {option.get("CaptureMode") for option in config.get("CaptureOptions", [])}
+    if not config.get("EnableCapture", True) or not config.get("DestinationS3Uri") or not modes:
+        return None
+    return CaptureTarget(config["DestinationS3Uri"].rstrip("/"), int(config.get("InitialSamplingPercentage", 100)))
+
+
+def _payload(body: bytes, content_type: str, mode: str) -> dict[str, str]:
+    media = content_type.split(";")[0].strip().lower()
+    encoding = TEXT_ENCODINGS.get(media, "BASE64")
+    try:
+        data = body.decode("utf-8") if encoding != "BASE64" else base64.b64encode(body).decode()
+    except UnicodeDecodeError:
+        encoding, data = "BASE64", base64.b64encode(body).decode()
+    return {"observedContentType": content_type, "mode": mode, "data": data, "encoding": encoding}
+
+
+def capture_line(
+    request: bytes,
+    request_type: str,
+    response: bytes,
+    response_type: str,
+    when: datetime,
+    event_id: str | None = None,
+    inference_id: str | None = None,
+) -> str:
+    """One captured invocation in SageMaker's format (the key order and shape of AWS's files)."""
+    metadata = {"eventId": event_id or str(uuid.uuid4()), "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if inference_id:
+        metadata["inferenceId"] = inference_id
+    record = {
+        "captureData": {
+            "endpointInput": _payload(request, request_type, "INPUT"),
+            "endpointOutput": _payload(response, response_type, "OUTPUT"),
+        },
+        "eventMetadata": metadata,
+        "eventVersion": "0",
+    }
+    return json.dumps(record, separators=(",", ":")) + "\n"
+
+
+def capture_key(destination: str, endpoint: str, variant: str, when: datetime) -> str:
+    """The S3 key folder of a capture file written at `when`: AWS's `{endpoint}/{variant}/yyyy/mm/dd/hh`."""
+    bucket, prefix = split(destination)
+    return f"{bucket}/{prefix}/{endpoint}/{variant}/{when:%Y/%m/%d/%H}"
+
+
+@dataclass(frozen=True)
+class _Invocation:
+    endpoint: str
+    variant: str
+    target: CaptureTarget
+    when: datetime
+    request: tuple[bytes, str]
+    response: tuple[bytes, str]
+    inference_id: str | None
+
+
+@dataclass
+class _OpenFile:
+    path: Path
+    stream: IO[str]
+    opened: float
+    hour: str
+
+
+class CaptureWriter:
+    """The gateway's capture: `offer` from request threads, one writer thread, delivery to the local S3."""
+
+    def __init__(self, home: StateHome, region: str) -> None:
+        self.home = home
+        self.region = region
+        self.spool = spool_folder(home)
+        self.spool.mkdir(parents=True, exist_ok=True)
+        self.queue: queue.Queue[_Invocation] = queue.Queue(QUEUE_LIMIT)
+        self.lock = threading.Lock()
+        self.counts: dict[str, dict[str, int]] = {}
+        previous = read_json(status_path(home)) if status_path(home).is_file() else {}
+        if isinstance(previous, dict):
+            self.counts = {name: dict(counts) for name, counts in previous.get("endpoints", {}).items()}
+        self._written: dict[str, dict[str, int]] = {}
+        self._written_at = 0.0
+        self._files: dict[tuple[str, str], _OpenFile] = {}
+        self._server: S3Server | None = None
+        self._client: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="data-capture")
+        self._thread.start()
+
+    def _count(self, endpoint: str, field: str) -> None:
+        with self.lock:
+            counts = self.counts.setdefault(endpoint, {"captured": 0, "dropped": 0, "delivered_files": 0})
+            counts[field] = counts.get(field, 0) + 1
+
+    def offer(
+        self,
+        endpoint: str,
+        variant: str,
+        target: CaptureTarget,
+        request: tuple[bytes, str],
+        response: tuple[bytes, str],
+        inference_id: str | None = None,
+    ) -> None:
+        """Queue one invocation (body and content type each way); never blocks, never raises. The line
+        is formatted by the writer thread, off the request path."""
+        invocation = _Invocation(endpoint, variant, target, datetime.now(UTC), request, response, inference_id)
+        try:
+            self.queue.put_nowait(invocation)
+        except queue.Full:
+            self._count(endpoint, "dropped")
+        else:
+            self._count(endpoint, "captured")
+
+    def _run(self) -> None:
+        pending = recover(self.spool) > 0 or any(self.spool.rglob("*.jsonl"))
+        retry_at = 0.0
+        while not self._stop.is_set() or not self.queue.empty():
+            try:
+                self._write(self.queue.get(timeout=0.1))
+                while True:  # everything already queued, then one flush
+                    self._write(self.queue.get_nowait())
+            except queue.Empty:
+                pass
+            except Exception:  # keep capturing whatever one record hit
+                log.exception("data capture failed to write a record")
+            for stream in self._files.values():
+                stream.stream.flush()
+            pending = self._seal(time.monotonic() - FILE_SECONDS) or pending
+            if pending and time.monotonic() >= retry_at:
+                pending = not self._deliver()
+                retry_at = time.monotonic() + (5 if pending else 0)
+            self._write_status()
+        self._seal(float("inf"))
+        self._deliver()
+        self._write_status(force=True)
+
+    def _write(self, item: _Invocation) -> None:
+        endpoint, variant, when = item.endpoint, item.variant, item.when
+        line = capture_line(*item.request, *item.response, when, inference_id=item.inference_id)
+        folder = capture_key(item.target.destination, endpoint, variant, when)
+        current = self._files.get((endpoint, variant))
+        if current is not None and current.hour != folder:
+            self._close((endpoint, variant))
+            current = None
+        if current is None:
+            name = f"{when:%M-%S}-{when.microsecond // 1000:03d}-{uuid.uuid4()}.jsonl"
+            path = self.spool / folder / (name + PART)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            current = self._files[(endpoint, variant)] = _OpenFile(path, path.open("a"), time.monotonic(), folder)
+        current.stream.write(line)
+
+    def _close(self, key: tuple[str, str]) -> None:
+        opened = self._files.pop(key)
+        opened.stream.close()
+        os.replace(opened.path, opened.path.with_name(opened.path.name.removesuffix(PART)))
+
+    def _seal(self, opened_before: float) -> bool:
+        """Close the files opened before `opened_before`; whether any was."""
+        due = [key for key, opened in self._files.items() if opened.opened <= opened_before]
+        for key in due:
+            self._close(key)
+        return bool(due)
+
+    def _deliver(self) -> bool:
+        """Deliver the sealed files; False when the local S3 could not take them (they stay in the spool)."""
+        try:
+            if self._client is None:
+                self._server = S3Server(self.home.s3_store)
+                self._client = s3_client(self._server.acquire(), self.region)
+            for endpoint in deliver(self.spool, self._client):
+                self._count(endpoint, "delivered_files")
+        except Exception as error:
+            log.warning("data capture delivery failed, will retry: %s", error)
+            return False
+        return True
+
+    def _write_status(self, force: bool = False) -> None:
+        """The counters for `sagegate endpoints show`, at most once a second."""
+        now = time.monotonic()
+        with self.lock:
+            if not force and (self.counts == self._written or now - self._written_at < 1):
+                return
+            counts = {name: dict(values) for name, values in self.counts.items()}
+        write_json(status_path(self.home), {"updated": time.time(), "endpoints": counts})
+        self._written, self._written_at = counts, now
+
+    def close(self) -> None:
+        """Write and deliver everything queued, then drop the S3 lease."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self._server is not None:
+            self._server.release()
+
+
+def recover(spool: Path) -> int:
+    """Seal the spool files a killed gateway left open, cut after their last whole line. Only while no
+    gateway runs: a live one still appends to its open file."""
+    sealed = 0
+    for path in spool.rglob(f"*.jsonl{PART}"):
+        data = path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]
+        if whole != data:
+            path.write_bytes(whole)
+        os.replace(path, path.with_name(path.name.removesuffix(PART)))
+        sealed += 1
+    return sealed
+
+
+def deliver(spool: Path, client: Any) -> list[str]:
+    """Upload sealed spool files to their S3 keys, remove them and their emptied folders (so the spool's
+    size follows what is undelivered, not history); the endpoints they belonged to."""
+    delivered = []
+    for path in sorted(spool.rglob("*.jsonl")):
+        bucket, key = path.relative_to(spool).as_posix().split("/", 1)
+        try:
+            client.upload_file(str(path), bucket, key)
+            path.unlink()
+        except FileNotFoundError:
+            continue  # another process delivered it first
+        delivered.append(key.split("/")[-7])  # …/{endpoint}/{variant}/yyyy/mm/dd/hh/file
+        folder = path.parent
+        while folder != spool:
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or already gone)
+            folder = folder.parent
+    return delivered
+
+
+def capture_status(home: StateHome) -> dict[str, dict[str, int]]:
+    """Captured, dropped and delivered counts per endpoint, as the gateway last wrote them."""
+    path = status_path(home)
+    document = read_json(path) if path.is_file() else {}
+    return document.get("endpoints", {}) if isinstance(document, dict) else {}

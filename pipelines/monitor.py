@@ -1,0 +1,163 @@
+"""`sagegate monitor`: the drift monitor, run locally on an endpoint's captured traffic.
+
+Runs `containers/monitor/monitor.py` (what the AWS monitoring pipeline's processing step runs) as
+a subprocess with Model Monitor's custom-container environment, reading the captures from the local
+S3 exactly as the job reads them from S3 on AWS. The baseline is the serving version's (the
+champion's `monitoring.baseline_uri`); reports go to `s3://{bucket}/monitoring/reports/{endpoint}/`
+and to the state folder (`monitoring/{endpoint}/{time}/`), where `monitor show` lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import ConfigError, ModelConfig, load_config
+from pipelines.containers import asset_folder, container_code
+from pipelines.local.capture import deliver, recover, spool_folder
+from pipelines.local.gateway import running_gateway
+from pipelines.local.s3 import LocalS3
+from pipelines.state import Project, StateHome
+from pipelines.statefiles import read_json, write_bytes, write_json
+
+REPORT_FILES = ("summary.json", "constraint_violations.json", "statistics.json", "report.html")
+
+
+class MonitorError(RuntimeError):
+    """The monitor could not check anything (no baseline, bad input); the message says why."""
+
+
+def reports_folder(home: StateHome, endpoint: str) -> Path:
+    return home.root / "monitoring" / endpoint
+
+
+def config_for_endpoint(project: Project, endpoint: str, config_path: str | None, overrides: list[str]) -> ModelConfig:
+    """The model YAML whose endpoint is `endpoint`: `--config`, else ./models, then the bundled examples."""
+    if config_path:
+        paths = [Path(config_path)]
+    else:
+        folders = dict.fromkeys([Path("models").resolve(), asset_folder("models")])
+        paths = [path for folder in folders for path in sorted(folder.glob("*.y*ml"))]
+    for path in paths:
+        try:
+            config = load_config(path, overrides)
+        except ConfigError:
+            if config_path:
+                raise
+            continue
+        if project.endpoint_name(config.name, config.deployment.type) == endpoint:
+            return config
+    where = config_path or "./models or the bundled examples"
+    raise MonitorError(f"--endpoint {endpoint}: no model YAML in {where} deploys to it (pass --config PATH)")
+
+
+def window(since: str | None, until: str | None, minutes: int) -> tuple[datetime, datetime]:
+    """[since, until): until defaults to now, since to `minutes` before until."""
+
+    def parse(flag: str, value: str) -> datetime:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise MonitorError(f"{flag} {value!r}: not an ISO 8601 time (2026-11-30T10:00:00Z)") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    end = parse("--until", until) if until else datetime.now(UTC)
+    start = parse("--since", since) if since else end - timedelta(minutes=minutes)
+    if end <= start:
+        raise MonitorError(f"--until ({end:%Y-%m-%dT%H:%M:%SZ}) is not after --since ({start:%Y-%m-%dT%H:%M:%SZ})")
+    return start, end
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_monitor(
+    home: StateHome,
+    project: Project,
+    config: ModelConfig,
+    endpoint: str,
+    start: datetime,
+    end: datetime,
+) -> dict[str, Any]:
+    """One monitoring job over [start, end); its summary, with where the report is."""
+    from pipelines.registry import VersionNotFound, find_version
+
+    registered = project.registered_model(config.name)
+    try:
+        champion = find_version(home, registered, "champion")
+    except VersionNotFound as error:
+        raise MonitorError(f"{endpoint}: no champion to compare with: {error}") from None
+    if not champion["baseline_uri"]:
+        raise MonitorError(
+            f"{registered} version {champion['version']} has no monitoring baseline (registered before it)"
+        )
+    with tempfile.TemporaryDirectory() as scratch, LocalS3(home, project.region) as s3:
+        work = Path(scratch)
+        spool = spool_folder(home)
+        if running_gateway(home) is None:
+            recover(spool)  # a killed gateway's open files; a live one delivers its own within seconds
+        if spool.is_dir():
+            deliver(spool, s3.client)
+        baseline = champion["baseline_uri"].rstrip("/")
+        for name in ("statistics.json", "constraints.json"):
+            if s3.read(f"{baseline}/{name}") is None:
+                raise MonitorError(f"the baseline's {name} is missing: {baseline}/{name}")
+            s3.download(f"{baseline}/{name}", work / "baseline" / name)
+        evaluation = s3.read(project.evaluation_uri(config.name, champion["execution_id"]))
+        if evaluation is not None:
+            (work / "evaluation.json").write_bytes(evaluation)
+        output = work / "output"
+        environment = {
+            **os.environ,
+            "dataset_source": f"{project.capture_uri}/{endpoint}",
+            "output_path": str(output),
+            "start_time": _stamp(start),
+            "end_time": _stamp(end),
+            "sagemaker_endpoint_name": endpoint,
+            "baseline_statistics": str(work / "baseline" / "statistics.json"),
+            "baseline_constraints": str(work / "baseline" / "constraints.json"),
+            "feature_importance": str(work / "evaluation.json"),
+            "publish_cloudwatch_metrics": "Disabled",  # recorded in the state folder instead
+            "retrain_on_drift": "true" if config.monitoring and config.monitoring.retrain_on_drift else "false",
+            "SAGEGATE_MONITOR_LIB": str(container_code("preprocess")),
+        }
+        result = subprocess.run(
+            [sys.executable, str(container_code("monitor", "monitor.py"))],
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines()
+            raise MonitorError(lines[-1].removeprefix("ERROR: ") if lines else f"monitor exited {result.returncode}")
+        summary = json.loads((output / "summary.json").read_text())
+        summary["baseline"] = {"version": champion["version"], "uri": baseline}
+        stamp = end.strftime("%Y%m%dT%H%M%SZ")
+        report_uri = f"{project.monitoring_reports_uri(endpoint)}/{stamp}"
+        local = reports_folder(home, endpoint) / stamp
+        summary["report"] = {"uri": report_uri, "path": str(local / "report.html")}
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+        for name in REPORT_FILES:
+            if (output / name).is_file():
+                s3.upload(output / name, f"{report_uri}/{name}")
+                write_bytes(local / name, (output / name).read_bytes())
+        write_json(local / "summary.json", summary)
+    return summary
+
+
+def list_reports(home: StateHome, endpoint: str) -> list[dict[str, Any]]:
+    """Past reports of an endpoint, oldest first."""
+    folder = reports_folder(home, endpoint)
+    reports = []
+    for path in sorted(folder.glob("*/summary.json")) if folder.is_dir() else []:
+        summary = read_json(path)
+        if isinstance(summary, dict):
+            reports.append(summary)
+    return reports
