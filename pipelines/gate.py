@@ -352,6 +352,7 @@ def build_state_machine() -> Chain:
             "endpoint_name.$": f"{TARGET}.endpoint_name",
             "execution_name.$": "$$.Execution.Name",
             "champion_artifact_uri.$": "$.resources.champion_artifact_uri",
+            "evaluation_uri.$": "$.evaluation_uri",
         },
         result_path="$.champion",
     )

@@ -94,10 +94,6 @@ def run_monitor(
         champion = find_version(home, registered, "champion")
     except VersionNotFound as error:
         raise MonitorError(f"{endpoint}: no champion to compare with: {error}") from None
-    if not champion["baseline_uri"]:
-        raise MonitorError(
-            f"{registered} version {champion['version']} has no monitoring baseline (registered before it)"
-        )
     with tempfile.TemporaryDirectory() as scratch, LocalS3(home, project.region) as s3:
         work = Path(scratch)
         spool = spool_folder(home)
@@ -105,12 +101,15 @@ def run_monitor(
             recover(spool)  # a killed gateway's open files; a live one delivers its own within seconds
         if spool.is_dir():
             deliver(spool, s3.client)
-        baseline = champion["baseline_uri"].rstrip("/")
+        baseline = project.champion_baseline_uri(config.name)  # what the gate copied when it deployed the champion
         for name in ("statistics.json", "constraints.json"):
             if s3.read(f"{baseline}/{name}") is None:
-                raise MonitorError(f"the baseline's {name} is missing: {baseline}/{name}")
+                raise MonitorError(
+                    f"{registered} version {champion['version']} (the champion) has no monitoring baseline: "
+                    f"{baseline}/{name} is missing"
+                )
             s3.download(f"{baseline}/{name}", work / "baseline" / name)
-        evaluation = s3.read(project.evaluation_uri(config.name, champion["execution_id"]))
+        evaluation = s3.read(project.champion_evaluation_uri(config.name))
         if evaluation is not None:
             (work / "evaluation.json").write_bytes(evaluation)
         output = work / "output"

@@ -85,7 +85,6 @@ def _row(version: Any, aliases: dict[str, list[str]]) -> dict[str, Any]:
         "execution_id": tags.get("sagemaker.pipeline_execution_id", ""),
         "data_sha256": tags.get("data.sha256", ""),
         "model_data_uri": tags.get("model_data_uri", ""),
-        "baseline_uri": tags.get("monitoring.baseline_uri", ""),  # the drift monitor's training baseline
         # what endpoints run it with (the register job's verified ONNX conversion, or scikit-learn) and why
         "runtime": tags.get("serving.runtime", "sklearn"),
         "runtime_reason": tags.get("serving.reason", "registered before compiled serving"),

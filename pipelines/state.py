@@ -132,6 +132,13 @@ class Project:
         """The evaluation report of one pipeline execution (the evaluate step's output)."""
         return f"s3://{self.bucket}/evaluation/{model}/{execution_id}/evaluation.json"
 
+    def champion_baseline_uri(self, model: str) -> str:
+        """The champion's monitoring baseline (statistics.json, constraints.json), copied there by the gate."""
+        return self.champion_artifact_uri(model).rsplit("/", 1)[0] + "/baseline"
+
+    def champion_evaluation_uri(self, model: str) -> str:
+        return self.champion_artifact_uri(model).rsplit("/", 1)[0] + "/evaluation.json"
+
     @property
     def capture_uri(self) -> str:
         """Where endpoints capture traffic: `{this}/{endpoint}/{variant}/yyyy/mm/dd/hh/*.jsonl`, as AWS lays it out."""

@@ -29,6 +29,15 @@ class PromotionInput(BaseModel):
     endpoint_name: str = Field(min_length=1)
     execution_name: str = Field(min_length=1)
     champion_artifact_uri: str = Field(pattern=r"^s3://[^/]+/.+")
+    evaluation_uri: str | None = Field(None, pattern=r"^s3://[^/]+/.+")
+
+
+def _copy(source: str, destination: str) -> None:
+    # no ServerSideEncryption argument: the bucket's default encryption (the project's KMS key) applies,
+    # where `aws:kms` without a key id would pick the AWS-managed key instead
+    bucket, _, key = destination.removeprefix("s3://").partition("/")
+    source_bucket, _, source_key = source.removeprefix("s3://").partition("/")
+    boto3.client("s3").copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key})
 
 
 def publish_champion_artifact(request: PromotionInput) -> str:
@@ -41,12 +50,25 @@ def publish_champion_artifact(request: PromotionInput) -> str:
         source = package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
     if not source:
         raise ValueError("container has neither ModelDataUrl nor ModelPackageName: no artifact to publish")
-    bucket, _, key = request.champion_artifact_uri.removeprefix("s3://").partition("/")
-    source_bucket, _, source_key = source.removeprefix("s3://").partition("/")
-    # no ServerSideEncryption argument: the bucket's default encryption (the project's KMS key) applies,
-    # where `aws:kms` without a key id would pick the AWS-managed key instead
-    boto3.client("s3").copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": source_bucket, "Key": source_key})
+    _copy(source, request.champion_artifact_uri)
     return request.champion_artifact_uri
+
+
+def publish_champion_monitoring(request: PromotionInput, tags: dict[str, str]) -> list[str]:
+    """Copy the champion's monitoring baseline and evaluation report beside its artifact
+    (`champion/baseline/`, `champion/evaluation.json`): what the scheduled drift monitor compares with."""
+    folder = request.champion_artifact_uri.rsplit("/", 1)[0]
+    copies = {}
+    baseline = tags.get("monitoring.baseline_uri", "").rstrip("/")
+    if baseline:
+        copies.update(
+            {f"{baseline}/{name}": f"{folder}/baseline/{name}" for name in ("statistics.json", "constraints.json")}
+        )
+    if request.evaluation_uri:
+        copies[request.evaluation_uri] = f"{folder}/evaluation.json"
+    for source, destination in copies.items():
+        _copy(source, destination)
+    return sorted(copies.values())
 
 
 @logger.inject_lambda_context(correlation_id_path="execution_name", clear_state=True)
@@ -77,11 +99,14 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             ModelPackageArn=request.model_package_arn, ModelApprovalStatus="Approved"
         )
     champion_uri = publish_champion_artifact(request)
+    tags = client.get_model_version(request.registered_model, request.version).tags or {}
+    monitoring = publish_champion_monitoring(request, tags)
     result = {
         "registered_model": request.registered_model,
         "champion": request.version,
         "previous": previous,
         "champion_artifact": champion_uri,
+        "champion_monitoring": monitoring,
     }
     logger.info("champion recorded", extra=result)
     return result

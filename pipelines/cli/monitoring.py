@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from pipelines.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, AddParser, add_names, add_overrides, project
@@ -44,7 +45,7 @@ def run_command(args: argparse.Namespace) -> int:
         start, end = window(args.since, args.until, minutes)
         summary = run_monitor(home, names, config, args.endpoint, start, end)
     except MonitorError as error:
-        print(f"error: {error}", flush=True)
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     retrain = bool(summary.get("drifted_features")) and (args.retrain or summary.get("retrain_requested"))
     if args.json:
