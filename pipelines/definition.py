@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sagemaker.inputs import TrainingInput
 from sagemaker.model import Model
@@ -444,6 +444,9 @@ def _model_registry_step(
     )
 
 
+PipelineKind = Literal["training", "inference", "monitoring"]
+
+
 @dataclass(frozen=True)
 class ExportedDefinition:
     """A definition as `upsert` would send it, and the step code it references: the objects the SDK
@@ -470,12 +473,10 @@ def _offline() -> Iterator[None]:
 
 
 def export_definition(
-    config: ModelConfig, project: Project, *, local: bool = False, inference: bool = False
+    config: ModelConfig, project: Project, *, local: bool = False, kind: PipelineKind = "training"
 ) -> ExportedDefinition:
-    """Build offline: the SDK's code uploads go to an in-process moto S3 and are returned.
-
-    `inference=True`: the daily batch-inference pipeline instead of the training pipeline.
-    """
+    """Build offline: the SDK's code uploads go to an in-process moto S3 and are returned. `kind`: the
+    training pipeline, the daily batch-inference pipeline or the drift-monitoring pipeline."""
     from pipelines.sessions import aws_session, code_prefix, local_session
 
     with _offline():
@@ -488,10 +489,14 @@ def export_definition(
         s3 = session.boto_session.client("s3")
         location = {} if project.region == "us-east-1" else {"LocationConstraint": project.region}
         s3.create_bucket(Bucket=project.bucket, **({"CreateBucketConfiguration": location} if location else {}))
-        if inference:
+        if kind == "inference":
             from pipelines.batch_definition import build_inference_pipeline
 
             pipeline = build_inference_pipeline(config, project, session)
+        elif kind == "monitoring":
+            from pipelines.monitoring_definition import build_monitoring_pipeline
+
+            pipeline = build_monitoring_pipeline(config, project, session)
         else:
             pipeline = build_pipeline(config, project, session, local=local)
         text = json.dumps(json.loads(pipeline.definition()), indent=2, sort_keys=True)
@@ -503,6 +508,8 @@ def export_definition(
     return ExportedDefinition(text, code)
 
 
-def definition_json(config: ModelConfig, project: Project, *, local: bool = False, inference: bool = False) -> str:
+def definition_json(
+    config: ModelConfig, project: Project, *, local: bool = False, kind: PipelineKind = "training"
+) -> str:
     """The JSON `upsert` would send, built offline (no credentials, no network)."""
-    return export_definition(config, project, local=local, inference=inference).json
+    return export_definition(config, project, local=local, kind=kind).json

@@ -142,14 +142,22 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
         )
     )
     for config in configs:
-        training, batch = export_definition(config, project), export_definition(config, project, inference=True)
+        training, batch = export_definition(config, project), export_definition(config, project, kind="inference")
         definition = _write(out / "pipelines" / f"{config.name}.json", training.json + "\n")
         definition_key = f"pipelines/{config.name}/definition-{_digest(definition)}.json"
         plan.uploads.append((definition, definition_key))
         inference = _write(out / "pipelines" / f"{config.name}-inference.json", batch.json + "\n")
         inference_key = f"pipelines/{config.name}/inference-{_digest(inference)}.json"
         plan.uploads.append((inference, inference_key))
-        for key, body in sorted({**training.code, **batch.code}.items()):  # the step code both reference
+        monitoring_key = ""
+        code = {**training.code, **batch.code}
+        if config.captures():  # the endpoint captures traffic: the drift monitor and its schedule
+            drift = export_definition(config, project, kind="monitoring")
+            monitoring = _write(out / "pipelines" / f"{config.name}-monitoring.json", drift.json + "\n")
+            monitoring_key = f"pipelines/{config.name}/monitoring-{_digest(monitoring)}.json"
+            plan.uploads.append((monitoring, monitoring_key))
+            code.update(drift.code)
+        for key, body in sorted(code.items()):  # the step code the definitions reference
             plan.uploads.append((_write_bytes(out / "code" / key, body), key))
         for source, key in config.data_inputs().values():  # the data the weekly run trains on
             if Path(source).is_file():
@@ -163,6 +171,8 @@ def build_plan(project: Project, out: Path, configs: list[ModelConfig], mlflow_a
                     "ModelName": config.name,
                     "PipelineDefinitionKey": definition_key,
                     "InferencePipelineDefinitionKey": inference_key,
+                    "MonitoringPipelineDefinitionKey": monitoring_key,
+                    "MonitoringSchedule": config.monitoring.schedule if config.monitoring else "rate(1 hour)",
                     "GateSettings": gate_settings(config, project),
                 },
             )

@@ -149,6 +149,7 @@ EXAMPLE_PARAMETERS: dict[str, dict[str, str]] = {
         "ModelName": "breast-cancer",
         "PipelineDefinitionKey": "pipelines/breast-cancer/definition-0123abcd.json",
         "InferencePipelineDefinitionKey": "pipelines/breast-cancer/inference-0123abcd.json",
+        "MonitoringPipelineDefinitionKey": "pipelines/breast-cancer/monitoring-0123abcd.json",
         "GateSettings": '"task": "classification", "quality_gate": {"accuracy": {"min": 0.85}}, '
         '"deployment": {"type": "serverless"}',
     },

@@ -108,7 +108,8 @@ def test_unknown_alias_or_input_is_refused(home: StateHome, tmp_path: Path) -> N
 
 def test_inference_pipeline_definition_runs_the_same_script_on_the_champion() -> None:
     printed = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "pipeline", "definition", "models/breast-cancer.yaml", "--inference"],
+        [sys.executable, "-m", "pipelines.cli", "pipeline", "definition", "models/breast-cancer.yaml",
+         "--kind", "inference"],
         capture_output=True, text=True, check=True, cwd=ROOT,
     ).stdout  # fmt: skip
     definition = json.loads(printed)

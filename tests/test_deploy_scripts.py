@@ -87,7 +87,7 @@ def test_deployed_pipeline_and_state_machine_are_exactly_the_exported_definition
     assert json.loads((out / "pipelines" / "breast-cancer.json").read_text()) == json.loads(exported)
     inference = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "pipeline", "definition", "models/breast-cancer.yaml",
-         "--env", "staging", "--region", "eu-west-1", "--inference"],
+         "--env", "staging", "--region", "eu-west-1", "--kind", "inference"],
         capture_output=True, text=True, check=True, cwd=ROOT,
     ).stdout  # fmt: skip
     assert json.loads((out / "pipelines" / "breast-cancer-inference.json").read_text()) == json.loads(inference)

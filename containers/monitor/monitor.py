@@ -3,7 +3,8 @@
 SageMaker Model Monitor is closed to new customers, so sagegate runs its own monitor as an ordinary
 processing job that follows Model Monitor's custom-container contract: the environment variables
 `dataset_source` (the endpoint's capture root: a folder, or an s3:// prefix read hour by hour),
-`output_path`, `start_time`, `end_time`, `sagemaker_endpoint_name`, `baseline_statistics`,
+`output_path`, `start_time`, `end_time` (on a schedule: `end_time` and `window_minutes`),
+`sagemaker_endpoint_name`, `baseline_statistics`,
 `baseline_constraints`, `publish_cloudwatch_metrics`; plus sagegate's `feature_importance` (the
 evaluation report, to rank drifted features) and `retrain_pipeline_name` (start it on drift).
 
@@ -387,13 +388,27 @@ def start_retraining(pipeline: str, endpoint: str, drifted: list[str]) -> str:
     return str(response["PipelineExecutionArn"])
 
 
+def window(env: dict[str, str]) -> tuple[datetime, datetime]:
+    """Model Monitor's `start_time`/`end_time`; on a schedule, `end_time` (the fire time, or now when
+    empty) and `window_minutes` before it."""
+    end = parse_time("end_time", env["end_time"]) if env.get("end_time") else datetime.now(UTC)
+    if env.get("start_time"):
+        return parse_time("start_time", env["start_time"]), end
+    minutes = env.get("window_minutes", "")
+    if not minutes.isdigit() or int(minutes) < 1:
+        raise MonitorInputError(f"start_time is not set and window_minutes={minutes!r} is not a positive whole number")
+    return end - timedelta(minutes=int(minutes)), end
+
+
 def run(env: dict[str, str]) -> dict[str, Any]:
-    for name in ("dataset_source", "output_path", "start_time", "end_time", "baseline_statistics"):
+    for name in ("dataset_source", "output_path", "baseline_statistics"):
         if not env.get(name):
             raise MonitorInputError(f"{name}: required environment variable is not set")
-    start, end = parse_time("start_time", env["start_time"]), parse_time("end_time", env["end_time"])
+    start, end = window(env)
     if end <= start:
-        raise MonitorInputError(f"end_time ({env['end_time']}) is not after start_time ({env['start_time']})")
+        raise MonitorInputError(
+            f"end_time ({end:%Y-%m-%dT%H:%M:%SZ}) is not after start_time ({start:%Y-%m-%dT%H:%M:%SZ})"
+        )
     statistics = read_json("baseline_statistics", env["baseline_statistics"])
     constraints = (
         read_json("baseline_constraints", env["baseline_constraints"]) if env.get("baseline_constraints") else {}

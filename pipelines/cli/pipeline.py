@@ -40,7 +40,12 @@ def register(add: AddParser) -> None:
     definition = pipeline_commands.add_parser("definition", help="print the pipeline definition JSON (offline)")
     add_common(definition)
     definition.add_argument("--local", action="store_true", help="the local-mode variant (no Model Registry step)")
-    definition.add_argument("--inference", action="store_true", help="the daily batch-inference pipeline instead")
+    definition.add_argument(
+        "--kind",
+        choices=("training", "inference", "monitoring"),
+        default="training",
+        help="which pipeline: training (default), the daily batch inference, or drift monitoring",
+    )
     definition.set_defaults(handler=definition_command)
 
 
@@ -202,5 +207,5 @@ def models_command(args: argparse.Namespace) -> int:
 def definition_command(args: argparse.Namespace) -> int:
     from pipelines.definition import definition_json
 
-    print(definition_json(model_config(args), project(args), local=args.local, inference=args.inference))
+    print(definition_json(model_config(args), project(args), local=args.local, kind=args.kind))
     return EXIT_OK
