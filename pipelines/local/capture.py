@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import random
 import threading
 import time
 import uuid
@@ -158,8 +159,10 @@ class CaptureWriter:
         response: tuple[bytes, str],
         inference_id: str | None = None,
     ) -> None:
-        """Queue one invocation (body and content type each way); never blocks, never raises. The line
-        is formatted by the writer thread, off the request path."""
+        """Sample one invocation (body and content type each way) at the variant's percentage and queue it;
+        never blocks, never raises. The line is formatted by the writer thread, off the request path."""
+        if random.uniform(0, 100) >= target.sampling_percentage:
+            return
         invocation = _Invocation(endpoint, variant, target, datetime.now(UTC), request, response, inference_id)
         try:
             self.queue.put_nowait(invocation)

@@ -19,7 +19,6 @@ import http.client
 import json
 import logging
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -148,7 +147,7 @@ class Gateway:
                 OriginalStatusCode=status, OriginalMessage=message,
             )  # fmt: skip
         capture = chosen.capture
-        if capture is not None and random.uniform(0, 100) < capture.sampling_percentage:
+        if capture is not None:
             response_type = response_headers.get("Content-Type", "application/json")
             self.capture_writer().offer(
                 endpoint_name,

@@ -1,0 +1,361 @@
+"""Production monitoring: data capture in SageMaker's format, the drift monitor, retrain on drift.
+
+The monitor container is run as the job runs it (a subprocess with Model Monitor's environment) on
+capture files written by the capture module itself; the end-to-end cases share one state folder
+where friedman1 (the bundled realtime example, capture on) is trained, deployed and invoked with an
+unmodified boto3 client through the gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import make_friedman1
+
+from pipelines.config import ConfigError, load_config
+from pipelines.containers import container_code
+from pipelines.gate import gate_definition, model_settings
+from pipelines.local.capture import CaptureTarget, CaptureWriter, capture_key, capture_line, spool_folder
+from pipelines.state import Project, StateHome
+from tests.conftest import MODELS, write_config
+from tests.moto_server import moto_server
+
+PROJECT = Project()
+ENDPOINT = "sagegate-development-friedman1-realtime"
+FEATURES = [f"x{i}" for i in range(8)]
+WHEN = datetime(2026, 11, 30, 9, 15, 42, 123000, tzinfo=UTC)
+
+
+def deadline_poll(condition: Any, seconds: float = 30, message: str = "condition") -> Any:
+    """Poll until `condition()` is truthy; fail (not sleep) past the deadline."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds}s waiting for {message}")
+
+
+# ---- capture format ---------------------------------------------------------------------------
+
+
+def test_capture_line_is_sagemakers_format_byte_for_byte() -> None:
+    line = capture_line(b"1.0,2.5", "text/csv", b'{"predictions": [3.1]}', "application/json", WHEN, "e-1", "i-9")
+    assert line == (
+        '{"captureData":{"endpointInput":{"observedContentType":"text/csv","mode":"INPUT","data":"1.0,2.5",'
+        '"encoding":"CSV"},"endpointOutput":{"observedContentType":"application/json","mode":"OUTPUT",'
+        '"data":"{\\"predictions\\": [3.1]}","encoding":"JSON"}},"eventMetadata":{"eventId":"e-1",'
+        '"inferenceTime":"2026-11-30T09:15:42Z","inferenceId":"i-9"},"eventVersion":"0"}\n'
+    )
+    binary = json.loads(capture_line(b"\x93NUMPY", "application/x-npy", b"1", "text/csv", WHEN))
+    assert binary["captureData"]["endpointInput"] == {
+        "observedContentType": "application/x-npy", "mode": "INPUT", "data": "k05VTVBZ", "encoding": "BASE64",
+    }  # fmt: skip
+    assert "inferenceId" not in binary["eventMetadata"]
+
+
+def test_capture_key_is_the_aws_layout() -> None:
+    key = capture_key("s3://bucket/monitoring/capture", ENDPOINT, "AllTraffic", WHEN)
+    assert key == f"bucket/monitoring/capture/{ENDPOINT}/AllTraffic/2026/11/30/09"
+
+
+def test_capture_samples_at_the_configured_percentage_and_writes_every_sampled_record(home: StateHome) -> None:
+    from pipelines.local.s3 import LocalS3
+
+    with LocalS3(home.ensure()) as s3:
+        s3.ensure_bucket("sagegate-development-training")
+    writer = CaptureWriter(home, "us-east-1")
+    target = CaptureTarget("s3://sagegate-development-training/monitoring/capture", 30)
+    for number in range(2000):
+        writer.offer(ENDPOINT, "AllTraffic", target, (f"{number}".encode(), "text/csv"), (b"1", "text/csv"))
+    never = CaptureTarget(target.destination, 0)
+    for _ in range(200):
+        writer.offer("other", "AllTraffic", never, (b"1", "text/csv"), (b"1", "text/csv"))
+    writer.close()
+    captured = writer.counts[ENDPOINT]["captured"]
+    assert 480 <= captured <= 720  # binomial(2000, 0.3): mean 600, sd 20.5; outside is 6 sd away
+    assert "other" not in writer.counts
+    with LocalS3(home) as s3:
+        listed = s3.client.list_objects_v2(Bucket="sagegate-development-training", Prefix="monitoring/capture/")
+        keys = [item["Key"] for item in listed.get("Contents", [])]
+        lines = [line for key in keys for line in s3.read(f"s3://sagegate-development-training/{key}").splitlines()]
+    assert len(lines) == captured
+    assert all(
+        re.fullmatch(
+            rf"monitoring/capture/{ENDPOINT}/AllTraffic/\d{{4}}/\d\d/\d\d/\d\d/\d\d-\d\d-\d{{3}}-[0-9a-f-]{{36}}\.jsonl",
+            k,
+        )
+        for k in keys
+    )
+    assert not list(spool_folder(home).rglob("*.jsonl*")), "delivered files leave the spool"
+
+
+# ---- config, gate and definitions ------------------------------------------------------------
+
+
+def test_capture_is_refused_on_serverless_with_the_reason(tmp_path: Path) -> None:
+    text = (MODELS / "breast-cancer.yaml").read_text() + "monitoring: {data_capture: {enabled: true}}\n"
+    with pytest.raises(ConfigError, match=r"serverless endpoints do not capture data"):
+        load_config(write_config(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("monitoring.schedule=every hour", "monitoring.schedule"),
+        ("monitoring.data_capture.sampling_percentage=101", "monitoring.data_capture.sampling_percentage"),
+        ("monitoring.window_minutes=0", "monitoring.window_minutes"),
+    ],
+)
+def test_bad_monitoring_settings_name_the_field(override: str, field: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        load_config(MODELS / "friedman1.yaml", [override])
+
+
+def test_realtime_endpoint_config_carries_the_capture_config_and_serverless_does_not() -> None:
+    states = gate_definition()["States"]
+    capture = states["CreateRealtimeEndpointConfig"]["Parameters"]["DataCaptureConfig"]
+    assert capture["EnableCapture.$"] == "$.data_capture.enabled"
+    assert capture["DestinationS3Uri.$"] == "$.data_capture.destination_s3_uri"
+    assert capture["CaptureOptions"] == [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]
+    assert "DataCaptureConfig" not in states["CreateServerlessEndpointConfig"]["Parameters"]
+    settings = model_settings(load_config(MODELS / "friedman1.yaml"), PROJECT)["data_capture"]
+    assert settings == {
+        "enabled": True, "sampling_percentage": 100,
+        "destination_s3_uri": "s3://sagegate-development-training/monitoring/capture",
+    }  # fmt: skip
+    assert model_settings(load_config(MODELS / "breast-cancer.yaml"), PROJECT)["data_capture"]["enabled"] is False
+
+
+def test_monitoring_pipeline_gives_the_job_model_monitors_environment_and_the_champions_baseline() -> None:
+    from pipelines.definition import export_definition
+
+    exported = export_definition(load_config(MODELS / "friedman1.yaml"), PROJECT, kind="monitoring")
+    definition = json.loads(exported.json)
+    assert [p["Name"] for p in definition["Parameters"]] == ["EndTime", "WindowMinutes", "ProcessingInstanceType"]
+    (step,) = definition["Steps"]
+    environment = step["Arguments"]["Environment"]
+    assert environment["dataset_source"] == f"s3://sagegate-development-training/monitoring/capture/{ENDPOINT}"
+    assert environment["end_time"] == {"Get": "Parameters.EndTime"}
+    assert environment["retrain_pipeline_name"] == "sagegate-development-friedman1-training"
+    sources = [i["S3Input"]["S3Uri"] for i in step["Arguments"]["ProcessingInputs"]]
+    assert "s3://sagegate-development-training/models/friedman1/champion/baseline" in sources
+    assert any(key.endswith("/preprocess.py") for key in exported.code), "the statistics code ships with the job"
+    with pytest.raises(ValueError, match="nothing to monitor"):
+        export_definition(load_config(MODELS / "breast-cancer.yaml"), PROJECT, kind="monitoring")
+
+
+def test_model_stack_schedules_the_monitor_only_for_models_that_capture() -> None:
+    from pipelines.templates import EXAMPLE_PARAMETERS, render
+
+    parameters = {"Environment": "staging", **EXAMPLE_PARAMETERS["model.yaml"], "MonitoringSchedule": "rate(2 hours)"}
+    on = render("model.yaml", parameters)["Resources"]
+    schedule = on["DriftMonitoring"]["Properties"]
+    assert schedule["ScheduleExpression"] == "rate(2 hours)" or schedule["ScheduleExpression"] == {
+        "Ref": "MonitoringSchedule"
+    }
+    assert "<aws.scheduler.scheduled-time>" in schedule["Target"]["Input"]["Fn::Sub"]
+    assert on["MonitoringPipeline"]["Properties"]["PipelineName"]["Fn::Sub"].endswith("-monitoring")
+    off = render("model.yaml", {**parameters, "MonitoringPipelineDefinitionKey": ""})["Resources"]
+    assert "DriftMonitoring" not in off and "MonitoringPipeline" not in off
+
+
+# ---- the monitor job ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """statistics.json + constraints.json of friedman1's training rows, by the preprocess job's code."""
+    sys.path.insert(0, str(container_code("preprocess")))
+    try:
+        from preprocess import baseline as compute
+    finally:
+        sys.path.pop(0)
+    x, _ = make_friedman1(n_samples=700, n_features=8, random_state=1)
+    statistics, constraints = compute(pd.DataFrame(x, columns=FEATURES), FEATURES)
+    folder = tmp_path_factory.mktemp("baseline")
+    (folder / "statistics.json").write_text(json.dumps(statistics))
+    (folder / "constraints.json").write_text(json.dumps(constraints))
+    importance = [
+        {"name": name, "importance_mean": float(8 - i), "importance_std": 0.0} for i, name in enumerate(FEATURES)
+    ]
+    (folder / "evaluation.json").write_text(json.dumps({"feature_importance": {"features": importance}}))
+    return folder
+
+
+def write_captures(root: Path, bodies: list[tuple[bytes, str]], when: datetime = WHEN, extra: str = "") -> Path:
+    folder = root / "AllTraffic" / when.strftime("%Y/%m/%d/%H")
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [capture_line(body, media, b"0", "text/csv", when) for body, media in bodies]
+    (folder / f"{when:%M-%S}-000-test.jsonl").write_text("".join(lines) + extra)
+    return root
+
+
+def rows_as_csv(x: np.ndarray) -> list[tuple[bytes, str]]:
+    return [(",".join(f"{v:.6f}" for v in row).encode(), "text/csv") for row in x]
+
+
+def run_job(baseline: Path, source: Path, out: Path, **extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    environment = {
+        **os.environ,
+        "dataset_source": str(source),
+        "output_path": str(out),
+        "start_time": (WHEN - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "end_time": (WHEN + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "sagemaker_endpoint_name": ENDPOINT,
+        "baseline_statistics": str(baseline / "statistics.json"),
+        "baseline_constraints": str(baseline / "constraints.json"),
+        "feature_importance": str(baseline / "evaluation.json"),
+        "SAGEGATE_MONITOR_LIB": str(container_code("preprocess")),
+        **extra,
+    }
+    job = subprocess.run(
+        [sys.executable, str(container_code("monitor", "monitor.py"))], env=environment, capture_output=True, text=True
+    )
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    return job, summary
+
+
+def violations(out: Path) -> list[tuple[str, str]]:
+    document = json.loads((out / "constraint_violations.json").read_text())
+    return [(v["feature_name"], v["constraint_check_type"]) for v in document["violations"]]
+
+
+def test_undrifted_traffic_has_no_violations(baseline: Path, tmp_path: Path) -> None:
+    x, _ = make_friedman1(n_samples=1000, n_features=8, random_state=7)
+    job, summary = run_job(baseline, write_captures(tmp_path / "capture", rows_as_csv(x)), tmp_path / "out")
+    assert job.returncode == 0, job.stderr
+    assert summary["status"] == "no_violations" and summary["rows"] == 1000
+    assert violations(tmp_path / "out") == []
+    statistics = json.loads((tmp_path / "out" / "statistics.json").read_text())
+    assert [f["name"] for f in statistics["features"]] == FEATURES
+    assert statistics["dataset"]["item_count"] == 1000
+
+
+def test_one_shifted_feature_is_exactly_that_features_drift_violation(baseline: Path, tmp_path: Path) -> None:
+    x, _ = make_friedman1(n_samples=1000, n_features=8, random_state=7)
+    x[:, 5] += 0.4
+    job, summary = run_job(baseline, write_captures(tmp_path / "capture", rows_as_csv(x)), tmp_path / "out")
+    assert job.returncode == 0, job.stderr
+    assert violations(tmp_path / "out") == [("x5", "baseline_drift_check")]
+    assert summary["drifted_features"] == ["x5"] and summary["distances"]["x5"] > 0.3
+    document = json.loads((tmp_path / "out" / "constraint_violations.json").read_text())
+    assert re.fullmatch(
+        r"Baseline drift distance: 0\.\d+ exceeds threshold: 0\.1", document["violations"][0]["description"]
+    )
+    report = (tmp_path / "out" / "report.html").read_text()
+    headings = re.findall(r"<h3>([^<]+)</h3>", report)
+    assert headings[0] == "x5 (drifted)"  # drifted first, then by importance
+    assert headings[1:] == [f for f in FEATURES if f != "x5"]
+    assert report.count("data:image/png;base64,") == 8
+
+
+def test_json_captures_records_and_instances_are_read_like_csv(baseline: Path, tmp_path: Path) -> None:
+    x, _ = make_friedman1(n_samples=600, n_features=8, random_state=3)
+    records = [(json.dumps(dict(zip(FEATURES, row, strict=True))).encode(), "application/json") for row in x[:300]]
+    instances = [(json.dumps({"instances": x[300:].tolist()}).encode(), "application/json; charset=utf-8")]
+    job, summary = run_job(baseline, write_captures(tmp_path / "capture", records + instances), tmp_path / "out")
+    assert job.returncode == 0, job.stderr
+    assert summary["rows"] == 600 and summary["records"] == 301
+    assert violations(tmp_path / "out") == []
+
+
+def test_missing_and_extra_columns_are_violations_not_crashes(baseline: Path, tmp_path: Path) -> None:
+    x, _ = make_friedman1(n_samples=400, n_features=9, random_state=5)
+    short = rows_as_csv(x[:200, :7])  # x7 missing
+    wide = [(json.dumps({**dict(zip(FEATURES, row[:8], strict=True)), "zipcode": 1}).encode(), "application/json")
+            for row in x[200:]]  # fmt: skip
+    job, _ = run_job(baseline, write_captures(tmp_path / "capture", short + wide), tmp_path / "out")
+    assert job.returncode == 0, job.stderr
+    found = violations(tmp_path / "out")
+    assert ("x7", "missing_column_check") in found and ("zipcode", "extra_column_check") in found
+    assert not [v for v in found if v[1] not in ("missing_column_check", "extra_column_check")]
+
+
+def test_corrupt_lines_and_wrong_types_are_counted_and_named(baseline: Path, tmp_path: Path) -> None:
+    x, _ = make_friedman1(n_samples=500, n_features=8, random_state=9)
+    bodies = rows_as_csv(x)
+    bodies[0] = (b"0.1,0.2,abc,0.4,0.5,0.6,0.7,0.8", "text/csv")
+    source = write_captures(tmp_path / "capture", bodies, extra='{"captureData": \n{not json\n')
+    job, summary = run_job(baseline, source, tmp_path / "out")
+    assert job.returncode == 0, job.stderr
+    assert summary["corrupt_lines"] == 2 and summary["records"] == 500
+    first, second = summary["corrupt_examples"]
+    assert re.search(r"\.jsonl:501: ", first) and re.search(r"\.jsonl:502: ", second)  # file and line named
+    assert ("x2", "data_type_check") in violations(tmp_path / "out")
+
+
+def test_an_empty_window_is_nothing_to_check(baseline: Path, tmp_path: Path) -> None:
+    x, _ = make_friedman1(n_samples=50, n_features=8, random_state=9)
+    source = write_captures(tmp_path / "capture", rows_as_csv(x), when=WHEN - timedelta(hours=3))
+    job, summary = run_job(baseline, source, tmp_path / "out")
+    assert job.returncode == 0, job.stderr
+    assert summary["status"] == "nothing_to_check" and summary["rows"] == 0
+    assert not (tmp_path / "out" / "constraint_violations.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"baseline_statistics": "/nonexistent/statistics.json"}, "baseline_statistics: /nonexistent/statistics.json"),
+        ({"end_time": "yesterday"}, "end_time='yesterday': not an ISO 8601 time"),
+        ({"dataset_source": ""}, "dataset_source: required environment variable is not set"),
+        ({"start_time": "", "window_minutes": "x"}, "window_minutes='x' is not a positive whole number"),
+    ],
+)
+def test_bad_job_input_exits_2_naming_the_variable(baseline: Path, tmp_path: Path, change: dict, message: str) -> None:
+    job, _ = run_job(baseline, tmp_path, tmp_path / "out", **change)
+    assert job.returncode == 2
+    assert message in job.stderr
+
+
+def test_on_aws_the_job_reads_s3_publishes_distances_and_starts_retraining(baseline: Path, tmp_path: Path) -> None:
+    """The AWS path against a moto server: captures read from S3 hour by hour, one CloudWatch metric per
+    feature, and the training pipeline started on drift."""
+    import boto3
+
+    with moto_server() as aws:
+        clients = {name: boto3.client(name, endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                                      aws_access_key_id="testing", aws_secret_access_key="testing")
+                   for name in ("s3", "cloudwatch", "sagemaker")}  # fmt: skip
+        check_aws_path(baseline, tmp_path, aws, clients)
+
+
+def check_aws_path(baseline: Path, tmp_path: Path, aws: dict[str, str], clients: dict[str, Any]) -> None:
+    clients["s3"].create_bucket(Bucket="captures")
+    x, _ = make_friedman1(n_samples=800, n_features=8, random_state=11)
+    x[:, 0] += 0.5
+    local = write_captures(tmp_path / "capture", rows_as_csv(x))
+    for path in local.rglob("*.jsonl"):
+        clients["s3"].upload_file(str(path), "captures", f"monitoring/capture/{ENDPOINT}/{path.relative_to(local)}")
+    clients["sagemaker"].create_pipeline(
+        PipelineName="sagegate-development-friedman1-training",
+        PipelineDefinition=json.dumps({"Version": "2020-12-01", "Steps": []}),
+        RoleArn="arn:aws:iam::123456789012:role/sagegate-development-sagemaker-training",
+    )
+    job, summary = run_job(
+        baseline, tmp_path, tmp_path / "out", **aws,
+        dataset_source=f"s3://captures/monitoring/capture/{ENDPOINT}",
+        publish_cloudwatch_metrics="Enabled", retrain_on_drift="true",
+        retrain_pipeline_name="sagegate-development-friedman1-training",
+    )  # fmt: skip
+    assert job.returncode == 0, job.stderr
+    assert summary["drifted_features"] == ["x0"] and summary["rows"] == 800
+    metrics = clients["cloudwatch"].list_metrics(Namespace="sagegate/monitoring")["Metrics"]
+    features = sorted(d["Value"] for m in metrics for d in m["Dimensions"] if d["Name"] == "Feature")
+    assert features == FEATURES
+    executions = clients["sagemaker"].list_pipeline_executions(PipelineName="sagegate-development-friedman1-training")
+    assert len(executions["PipelineExecutionSummaries"]) == 1
+    assert summary["retraining_execution"] == executions["PipelineExecutionSummaries"][0]["PipelineExecutionArn"]
