@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -359,3 +360,130 @@ def check_aws_path(baseline: Path, tmp_path: Path, aws: dict[str, str], clients:
     executions = clients["sagemaker"].list_pipeline_executions(PipelineName="sagegate-development-friedman1-training")
     assert len(executions["PipelineExecutionSummaries"]) == 1
     assert summary["retraining_execution"] == executions["PipelineExecutionSummaries"][0]["PipelineExecutionArn"]
+
+
+# ---- end to end: capture through the gateway, `sagegate monitor`, retrain on drift -----------------
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory):
+    """friedman1 trained, registered and deployed by the gate (realtime, capture on) in one state folder."""
+    from pipelines.local.gateway import stop_gateway
+    from pipelines.local_gate import run_gate
+    from pipelines.local_run import run_local
+
+    home = StateHome(tmp_path_factory.mktemp("monitoring") / "state").ensure()
+    config = load_config(MODELS / "friedman1.yaml")
+    record = run_local(config, PROJECT, home)
+    assert record.status == "Succeeded", record.failure_reason
+    execution = run_gate(config, PROJECT, home, record.registered_version)
+    assert execution.status == "SUCCEEDED", execution.error
+    yield home
+    stop_gateway(home)
+
+
+def sagegate(home: StateHome, *args: str) -> subprocess.CompletedProcess:
+    exe = os.path.join(os.path.dirname(sys.executable), "sagegate")
+    return subprocess.run(
+        [exe, *args], capture_output=True, text=True, env={**os.environ, "SAGEGATE_HOME": str(home.root)}
+    )
+
+
+def captured_lines(home: StateHome) -> list[dict[str, Any]]:
+    from pipelines.local.s3 import LocalS3
+
+    with LocalS3(home) as s3:
+        pages = s3.client.get_paginator("list_objects_v2").paginate(
+            Bucket=PROJECT.bucket, Prefix=f"monitoring/capture/{ENDPOINT}/"
+        )
+        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        return [json.loads(line) for key in keys for line in s3.read(f"s3://{PROJECT.bucket}/{key}").splitlines()]
+
+
+def invoke_rows(home: StateHome, x: np.ndarray) -> None:
+    from pipelines.local.gateway import runtime_client
+
+    client = runtime_client(home, PROJECT)
+    for row in x:
+        client.invoke_endpoint(EndpointName=ENDPOINT, ContentType="text/csv", Body=",".join(f"{v:.6f}" for v in row))
+
+
+def test_captures_survive_a_gateway_killed_outright(deployed: StateHome, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.local.gateway import running_gateway, start_gateway, stop_gateway
+
+    home = deployed
+    stop_gateway(home)
+    before = len(captured_lines(home))
+    monkeypatch.setenv("SAGEGATE_CAPTURE_FILE_SECONDS", "3600")  # this gateway never seals a file itself
+    start_gateway(home, PROJECT)
+    x, _ = make_friedman1(n_samples=40, n_features=8, random_state=21)
+    invoke_rows(home, x)
+
+    def spooled() -> int:
+        return sum(path.read_text().count("\n") for path in spool_folder(home).rglob("*.jsonl.part"))
+
+    deadline_poll(lambda: spooled() == 40, message="40 captured lines in the spool")
+    os.killpg(running_gateway(home)["pid"], signal.SIGKILL)
+    deadline_poll(lambda: running_gateway(home) is None, message="the gateway to be gone")
+    monkeypatch.delenv("SAGEGATE_CAPTURE_FILE_SECONDS")
+    start_gateway(home, PROJECT)  # the next gateway seals and delivers what the killed one left
+    lines = deadline_poll(lambda: (found := captured_lines(home)) and len(found) == before + 40 and found)
+    sent = [",".join(f"{v:.6f}" for v in row) for row in x]
+    assert sorted(line["captureData"]["endpointInput"]["data"] for line in lines[before:]) == sorted(sent)
+    output = json.loads(lines[-1]["captureData"]["endpointOutput"]["data"])
+    assert len(output["predictions"]) == 1
+    assert not list(spool_folder(home).rglob("*.jsonl*"))
+
+
+def test_monitor_run_finds_drift_in_captured_traffic_and_retrains(deployed: StateHome) -> None:
+    from pipelines.registry import find_version
+
+    home = deployed
+    since = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    already = len(captured_lines(home))
+    normal, _ = make_friedman1(n_samples=1000, n_features=8, random_state=7)
+    invoke_rows(home, normal)
+    deadline_poll(lambda: len(captured_lines(home)) >= already + 1000, message="the captures delivered")
+    clean = sagegate(home, "monitor", "run", "--endpoint", ENDPOINT, "--since", since, "--json")
+    assert clean.returncode == 0, clean.stderr
+    summary = json.loads(clean.stdout)
+    assert summary["status"] == "no_violations" and summary["rows"] >= 1000
+    assert summary["baseline"]["version"] == "1"
+
+    drifted = normal.copy()
+    drifted[:, 3] += 0.5
+    invoke_rows(home, drifted)
+    deadline_poll(lambda: len(captured_lines(home)) >= already + 2000, message="the drifted captures delivered")
+    found = sagegate(home, "monitor", "run", "--endpoint", ENDPOINT, "--since", since, "--retrain")
+    assert found.returncode == 1, found.stderr
+    assert "drifted: x3" in found.stdout
+    assert re.search(r"retrained: run \w+ Succeeded, version 2, gate SUCCEEDED", found.stdout), found.stdout
+    assert find_version(home, PROJECT.registered_model("friedman1"), "champion")["version"] == "2"
+
+    shown = sagegate(home, "monitor", "show", ENDPOINT, "--json")
+    reports = json.loads(shown.stdout)
+    assert [r["status"] for r in reports[-2:]] == ["no_violations", "violations"]
+    assert Path(reports[-1]["report"]["path"]).is_file()
+
+
+def test_monitor_run_without_data_or_with_bad_input_says_so(deployed: StateHome) -> None:
+    empty = sagegate(
+        deployed,
+        "monitor",
+        "run",
+        "--endpoint",
+        ENDPOINT,
+        "--since",
+        "2020-01-01T00:00:00Z",
+        "--until",
+        "2020-01-01T01:00:00Z",
+    )
+    assert empty.returncode == 0, empty.stderr
+    assert "nothing to check: no captured data in the window" in empty.stdout
+    unknown = sagegate(deployed, "monitor", "run", "--endpoint", "no-such-endpoint")
+    assert unknown.returncode == 2
+    assert "--endpoint no-such-endpoint: no model YAML" in unknown.stderr
+    backwards = sagegate(
+        deployed, "monitor", "run", "--endpoint", ENDPOINT, "--since", "2026-01-02", "--until", "2026-01-01"
+    )
+    assert backwards.returncode == 2 and "is not after --since" in backwards.stderr
