@@ -27,6 +27,7 @@ import json
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -75,10 +76,21 @@ def read_json(name: str, path: str) -> Any:
 
 @dataclass
 class Captures:
-    """The window's captured inputs: rows by how they were sent, and what could not be read."""
+    """One file's captured inputs, by how they were sent (dropped once read into the window)."""
 
     positional: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))  # width → CSV lines
     named: list[dict[str, Any]] = field(default_factory=list)  # JSON records
+
+
+@dataclass
+class Window:
+    """What the window's captures hold: numeric chunks (float columns) and the counts the checks need."""
+
+    features: list[str]
+    chunks: list[pd.DataFrame] = field(default_factory=list)
+    missing: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # baseline column → rows without it
+    extra: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # other column → rows with it
+    wrong: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # column → values that are not numbers
     records: int = 0
     corrupt: int = 0
     files: int = 0
@@ -88,6 +100,17 @@ class Captures:
         self.corrupt += 1
         if len(self.examples) < 5:
             self.examples.append(f"{where}: {reason}")
+
+    def add(self, captures: Captures) -> None:
+        for frame in raw_frames(captures, self.features, self.missing, self.extra):
+            numbers = pd.DataFrame(index=frame.index)
+            for name in frame.columns:
+                numbers[name], wrong = numeric(frame[name])
+                self.wrong[name] += wrong
+            self.chunks.append(numbers)
+
+    def values(self) -> pd.DataFrame:
+        return pd.concat(self.chunks, ignore_index=True) if self.chunks else pd.DataFrame(columns=self.features)
 
 
 def hours(start: datetime, end: datetime) -> list[str]:
@@ -100,9 +123,9 @@ def hours(start: datetime, end: datetime) -> list[str]:
     return folders
 
 
-def capture_files(source: str, start: datetime, end: datetime) -> list[tuple[str, bytes]]:
-    """(name, content) of every capture file in the window's hour folders, for every variant."""
-    found: list[tuple[str, bytes]] = []
+def capture_files(source: str, start: datetime, end: datetime) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of each capture file in the window's hour folders, for every variant, one at a
+    time: only one file's bytes are held, however long the window."""
     if source.startswith("s3://"):
         import boto3
 
@@ -116,16 +139,15 @@ def capture_files(source: str, start: datetime, end: datetime) -> list[tuple[str
                 for page in pages:
                     for item in page.get("Contents", []):
                         body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
-                        found.append((f"s3://{bucket}/{item['Key']}", body))
-        return found
+                        yield f"s3://{bucket}/{item['Key']}", body
+        return
     root = Path(source)
     if not root.is_dir():
         raise MonitorInputError(f"dataset_source: {source} is not a folder or an s3:// prefix")
     for variant in sorted(p for p in root.iterdir() if p.is_dir()):
         for hour in hours(start, end):
             for path in sorted((variant / hour).glob("*.jsonl")):
-                found.append((str(path), path.read_bytes()))
-    return found
+                yield str(path), path.read_bytes()
 
 
 def _payload(data: dict[str, Any]) -> tuple[str, str]:
@@ -157,10 +179,12 @@ def _add_json(captures: Captures, text: str) -> None:
             captures.positional[len(row)].append(",".join(json.dumps(value) for value in row))
 
 
-def read_captures(files: list[tuple[str, bytes]], start: datetime, end: datetime) -> Captures:
-    captures = Captures(files=len(files))
+def read_window(files: Iterator[tuple[str, bytes]], features: list[str], start: datetime, end: datetime) -> Window:
+    window = Window(features)
     low, high = start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
     for name, content in files:
+        window.files += 1
+        captures = Captures()
         for number, line in enumerate(content.split(b"\n"), start=1):
             if not line.strip():
                 continue
@@ -178,16 +202,19 @@ def read_captures(files: list[tuple[str, bytes]], start: datetime, end: datetime
                     _add_json(captures, text)
                 else:
                     raise ValueError(f"input content type {media!r} is neither text/csv nor application/json")
-                captures.records += 1
+                window.records += 1
             except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-                captures.bad(f"{name}:{number}", str(error) or type(error).__name__)
-    return captures
+                window.bad(f"{name}:{number}", str(error) or type(error).__name__)
+        window.add(captures)
+    return window
 
 
-def current_frame(captures: Captures, features: list[str]) -> tuple[pd.DataFrame, dict[str, int], dict[str, int]]:
-    """The window's rows as a frame of raw values, and per column the rows that lacked it (missing
-    baseline features) or carried it (columns the baseline does not have)."""
-    frames, missing, extra = [], defaultdict(int), defaultdict(int)
+def raw_frames(
+    captures: Captures, features: list[str], missing: dict[str, int], extra: dict[str, int]
+) -> list[pd.DataFrame]:
+    """The captured rows as frames of raw values (columns by position or by name), counting per column
+    the rows that lacked a baseline feature and the rows that carried a column the baseline lacks."""
+    frames = []
     for width, lines in sorted(captures.positional.items()):
         names = features[:width] + [f"_c{i}" for i in range(len(features), width)]
         frame = pd.read_csv(io.StringIO("\n".join(lines)), header=None, names=names, dtype=str, keep_default_na=False)
@@ -206,8 +233,7 @@ def current_frame(captures: Captures, features: list[str]) -> tuple[pd.DataFrame
             if name not in features:
                 extra[str(name)] += int(frame[name].notna().sum())
         frames.append(frame.astype(object).where(frame.notna(), None))
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=features)
-    return rows, dict(missing), dict(extra)
+    return frames
 
 
 def numeric(column: pd.Series) -> tuple[pd.Series, int]:
@@ -230,13 +256,9 @@ def distance(sketch: list[float], values: np.ndarray) -> float:
 
 
 def check(
-    rows: pd.DataFrame,
-    missing: dict[str, int],
-    extra: dict[str, int],
-    statistics: dict[str, Any],
-    constraints: dict[str, Any],
-) -> tuple[pd.DataFrame, list[dict[str, Any]], dict[str, float]]:
-    """The numeric frame, the violations and every feature's drift distance."""
+    window: Window, values: pd.DataFrame, statistics: dict[str, Any], constraints: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The violations and every feature's drift distance."""
     config = constraints.get("monitoring_config", {})
     distribution = config.get("distribution_constraints", {})
     threshold = float(distribution.get("comparison_threshold", 0.1))
@@ -245,8 +267,7 @@ def check(
     limits = {item["name"]: item for item in constraints.get("features", [])}
     violations: list[dict[str, Any]] = []
     distances: dict[str, float] = {}
-    values = pd.DataFrame(index=rows.index)
-    total = len(rows)
+    total, missing = len(values), window.missing
 
     def violation(name: str, kind: str, description: str) -> None:
         violations.append({"feature_name": name, "constraint_check_type": kind, "description": description})
@@ -255,10 +276,9 @@ def check(
         name = feature["name"]
         if missing.get(name):
             violation(name, "missing_column_check", f"Missing from {missing[name]} of {total} captured rows")
-        if name not in rows:
+        if name not in values:
             continue
-        column, wrong = numeric(rows[name])
-        values[name] = column
+        column, wrong = values[name], window.wrong.get(name, 0)
         carried = total - missing.get(name, 0)
         if not carried:
             continue
@@ -287,9 +307,9 @@ def check(
                 name, "baseline_drift_check",
                 f"Baseline drift distance: {distances[name]} exceeds threshold: {threshold}",
             )  # fmt: skip
-    for name, count in sorted(extra.items()):
+    for name, count in sorted(window.extra.items()):
         violation(name, "extra_column_check", f"Not in the baseline; present in {count} of {total} captured rows")
-    return values, violations, distances
+    return violations, distances
 
 
 def importance_ranks(path: str) -> dict[str, float]:
@@ -388,7 +408,7 @@ def start_retraining(pipeline: str, endpoint: str, drifted: list[str]) -> str:
     return str(response["PipelineExecutionArn"])
 
 
-def window(env: dict[str, str]) -> tuple[datetime, datetime]:
+def time_window(env: dict[str, str]) -> tuple[datetime, datetime]:
     """Model Monitor's `start_time`/`end_time`; on a schedule, `end_time` (the fire time, or now when
     empty) and `window_minutes` before it."""
     end = parse_time("end_time", env["end_time"]) if env.get("end_time") else datetime.now(UTC)
@@ -404,7 +424,7 @@ def run(env: dict[str, str]) -> dict[str, Any]:
     for name in ("dataset_source", "output_path", "baseline_statistics"):
         if not env.get(name):
             raise MonitorInputError(f"{name}: required environment variable is not set")
-    start, end = window(env)
+    start, end = time_window(env)
     if end <= start:
         raise MonitorInputError(
             f"end_time ({end:%Y-%m-%dT%H:%M:%SZ}) is not after start_time ({start:%Y-%m-%dT%H:%M:%SZ})"
@@ -419,22 +439,22 @@ def run(env: dict[str, str]) -> dict[str, Any]:
     output = Path(env["output_path"])
     output.mkdir(parents=True, exist_ok=True)
     features = [f["name"] for f in statistics["features"]]
-    captures = read_captures(capture_files(env["dataset_source"], start, end), start, end)
+    window = read_window(capture_files(env["dataset_source"], start, end), features, start, end)
     summary: dict[str, Any] = {
         "endpoint": endpoint,
         "start_time": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "end_time": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "files": captures.files,
-        "records": captures.records,
-        "corrupt_lines": captures.corrupt,
-        "corrupt_examples": captures.examples,
+        "files": window.files,
+        "records": window.records,
+        "corrupt_lines": window.corrupt,
+        "corrupt_examples": window.examples,
     }
-    rows, missing, extra = current_frame(captures, features)
-    if rows.empty:
+    values = window.values()
+    if values.empty:
         summary.update(status="nothing_to_check", rows=0, violations=0, drifted_features=[], distances={})
         (output / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
-    values, violations, distances = check(rows, missing, extra, statistics, constraints)
+    violations, distances = check(window, values, statistics, constraints)
     current, _ = feature_statistics(values, list(values.columns))
     (output / "statistics.json").write_text(json.dumps(current))
     (output / "constraint_violations.json").write_text(json.dumps({"violations": violations}, indent=2))
@@ -448,7 +468,7 @@ def run(env: dict[str, str]) -> dict[str, Any]:
     (output / "report.html").write_text(report)
     summary.update(
         status="violations" if violations else "no_violations",
-        rows=len(rows),
+        rows=len(values),
         violations=len(violations),
         checks=sorted({v["constraint_check_type"] for v in violations}),
         drifted_features=drifted,
