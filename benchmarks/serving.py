@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "containers" / "inference" / "serve.py"
 FEATURES = [f"f{i}" for i in range(20)]
 MODEL = "bench-forest"
+ENDPOINT = f"sagegate-development-{MODEL}-realtime"
 CONFIG = f"""
 name: {MODEL}
 task: classification
@@ -215,13 +216,14 @@ def cold_start(model_dir: Path, runs: int = 3) -> tuple[float, float]:
     return statistics.median(ours), statistics.median(floor)
 
 
-def gateway_load(url: str, body: bytes, content_type: str, concurrency: int, seconds: float) -> tuple[float, float]:
+def gateway_load(
+    url: str, body: bytes, content_type: str, concurrency: int, seconds: float, endpoint: str = ENDPOINT
+) -> tuple[float, float]:
     """The user's path: boto3 `invoke_endpoint` through the gateway, one client shared by the threads."""
     runtime = boto3.client(
         "sagemaker-runtime", endpoint_url=url, region_name="us-east-1", aws_access_key_id="local",
         aws_secret_access_key="local", config=Config(max_pool_connections=concurrency, retries={"max_attempts": 0}),
     )  # fmt: skip
-    endpoint = f"sagegate-development-{MODEL}-realtime"
 
     def make_request() -> Request:
         def request() -> None:
