@@ -180,6 +180,29 @@ def test_the_functions_and_artifacts_are_the_ones_the_plan_built(deployed) -> No
     assert context["SSEKMSKeyId"] == exports["sagegate-development-training-key-arn"]
 
 
+def test_only_models_that_capture_get_the_drift_monitor_and_its_code(deployed) -> None:
+    cloudformation, s3 = boto3.client("cloudformation"), boto3.client("s3")
+
+    def parameters(model: str) -> dict[str, str]:
+        stack = cloudformation.describe_stacks(StackName=PROJECT.stack_name(model))["Stacks"][0]
+        return {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}
+
+    assert parameters("breast-cancer")["MonitoringPipelineDefinitionKey"] == ""
+    friedman1 = parameters("friedman1")
+    assert friedman1["MonitoringSchedule"] == "rate(1 hour)"
+    key = friedman1["MonitoringPipelineDefinitionKey"]
+    assert key.startswith("pipelines/friedman1/monitoring-")
+    definition = json.loads(s3.get_object(Bucket=PROJECT.bucket, Key=key)["Body"].read())
+    (step,) = definition["Steps"]
+    assert step["Name"] == "MonitorDrift"
+    inputs = [i["S3Input"]["S3Uri"] for i in step["Arguments"]["ProcessingInputs"]]
+    for uri in inputs:  # the step's code and the statistics library are in the bucket before any run
+        if "/training-code/" in uri:
+            s3.head_object(Bucket=PROJECT.bucket, Key=uri.split(f"{PROJECT.bucket}/", 1)[1])
+    resources = render("model.yaml", friedman1)["Resources"]
+    assert {"MonitoringPipeline", "DriftMonitoring"} <= set(resources)
+
+
 def test_a_second_deploy_changes_nothing(deployed) -> None:
     output = deployed["second"].stdout
     for stack in TEMPLATES:
