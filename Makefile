@@ -18,7 +18,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml constraints.txt package.json package
 data/breast_cancer.csv data/friedman1.csv: | $(STAMP)
 	$(BIN)/python scripts/make_example_data.py
 
-demo: $(STAMP) data/breast_cancer.csv
+demo: $(STAMP) data/breast_cancer.csv data/friedman1.csv
 	$(BIN)/sagegate run models/breast-cancer.yaml
 	$(BIN)/sagegate runs
 	$(BIN)/sagegate models
@@ -26,6 +26,14 @@ demo: $(STAMP) data/breast_cancer.csv
 	mkdir -p .sagegate && sed -n '2,4p' data/breast_cancer.csv | cut -d, -f1-30 > .sagegate/demo-rows.csv
 	$(BIN)/sagegate invoke sagegate-development-breast-cancer-serverless --file .sagegate/demo-rows.csv --probabilities
 	$(BIN)/sagegate endpoints
+	# drift monitoring on the realtime example (data capture on): clean traffic, then one shifted feature
+	$(BIN)/sagegate run models/friedman1.yaml
+	since=$$(date -u +%Y-%m-%dT%H:%M:%SZ) && $(BIN)/python scripts/demo_traffic.py --rows 500 \
+	  && $(BIN)/sagegate monitor run --endpoint sagegate-development-friedman1-realtime --since $$since
+	since=$$(date -u +%Y-%m-%dT%H:%M:%SZ) && $(BIN)/python scripts/demo_traffic.py --rows 500 --seed 102 --shift x3=0.5 \
+	  && { $(BIN)/sagegate monitor run --endpoint sagegate-development-friedman1-realtime --since $$since \
+	  || test $$? -eq 1; }  # exit 1: violations found, as this traffic should
+	$(BIN)/sagegate monitor show sagegate-development-friedman1-realtime
 	$(BIN)/sagegate gateway stop
 
 lint: $(STAMP)

@@ -72,17 +72,19 @@ def test_the_image_tag_changes_with_its_content_and_only_with_it(tmp_path: Path)
     assert context_digest(copy) != before
 
 
-@pytest.mark.parametrize("inference", [False, True])
-def test_every_job_and_the_registered_model_run_on_the_runtime_image(inference: bool) -> None:
+@pytest.mark.parametrize("kind", ["training", "inference", "monitoring"])
+def test_every_job_and_the_registered_model_run_on_the_runtime_image(kind: str) -> None:
     import json
 
+    from pipelines.config import load_config
     from pipelines.containers import image_tag
     from pipelines.definition import definition_json
     from pipelines.state import Project
-    from tests.gate_fixtures import breast_cancer
+    from tests.conftest import MODELS
 
     project = Project()
-    definition = json.loads(definition_json(breast_cancer(), project, inference=inference))
+    config = load_config(MODELS / ("friedman1.yaml" if kind == "monitoring" else "breast-cancer.yaml"))
+    definition = json.loads(definition_json(config, project, kind=kind))
     images = []
 
     def collect(steps: list[dict]) -> None:
