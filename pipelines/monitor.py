@@ -20,12 +20,13 @@ from typing import Any
 
 from pipelines.config import ConfigError, ModelConfig, load_config
 from pipelines.containers import asset_folder, container_code
-from pipelines.local.capture import deliver, recover, spool_folder
+from pipelines.local.capture import await_delivery, deliver, recover, spool_folder
 from pipelines.local.gateway import running_gateway
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import read_json, write_bytes, write_json
 
+DELIVERY_WAIT_SECONDS = 15
 REPORT_FILES = ("summary.json", "constraint_violations.json", "statistics.json", "report.html")
 
 
@@ -94,12 +95,14 @@ def run_monitor(
         champion = find_version(home, registered, "champion")
     except VersionNotFound as error:
         raise MonitorError(f"{endpoint}: no champion to compare with: {error}") from None
+    undelivered = 0
+    if running_gateway(home) is not None:
+        undelivered = await_delivery(home, endpoint, DELIVERY_WAIT_SECONDS)
     with tempfile.TemporaryDirectory() as scratch, LocalS3(home, project.region) as s3:
         work = Path(scratch)
         spool = spool_folder(home)
-        if running_gateway(home) is None:
-            recover(spool)  # a killed gateway's open files; a live one delivers its own within seconds
-        if spool.is_dir():
+        if running_gateway(home) is None and spool.is_dir():  # a live gateway delivers its own (awaited above)
+            recover(spool)  # a killed gateway's open files
             deliver(spool, s3.client)
         baseline = project.champion_baseline_uri(config.name)  # what the gate copied when it deployed the champion
         for name in ("statistics.json", "constraints.json"):
@@ -138,6 +141,7 @@ def run_monitor(
             raise MonitorError(lines[-1].removeprefix("ERROR: ") if lines else f"monitor exited {result.returncode}")
         summary = json.loads((output / "summary.json").read_text())
         summary["baseline"] = {"version": champion["version"], "uri": baseline}
+        summary["undelivered_captures"] = undelivered
         stamp = end.strftime("%Y%m%dT%H%M%SZ")
         report_uri = f"{project.monitoring_reports_uri(endpoint)}/{stamp}"
         local = reports_folder(home, endpoint) / stamp

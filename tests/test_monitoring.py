@@ -235,7 +235,7 @@ def violations(out: Path) -> list[tuple[str, str]]:
 
 
 def test_undrifted_traffic_has_no_violations(baseline: Path, tmp_path: Path) -> None:
-    x, _ = make_friedman1(n_samples=1000, n_features=8, random_state=7)
+    x, _ = make_friedman1(n_samples=1000, n_features=8, random_state=17)
     job, summary = run_job(baseline, write_captures(tmp_path / "capture", rows_as_csv(x)), tmp_path / "out")
     assert job.returncode == 0, job.stderr
     assert summary["status"] == "no_violations" and summary["rows"] == 1000
@@ -246,7 +246,7 @@ def test_undrifted_traffic_has_no_violations(baseline: Path, tmp_path: Path) -> 
 
 
 def test_one_shifted_feature_is_exactly_that_features_drift_violation(baseline: Path, tmp_path: Path) -> None:
-    x, _ = make_friedman1(n_samples=1000, n_features=8, random_state=7)
+    x, _ = make_friedman1(n_samples=1000, n_features=8, random_state=17)
     x[:, 5] += 0.4
     job, summary = run_job(baseline, write_captures(tmp_path / "capture", rows_as_csv(x)), tmp_path / "out")
     assert job.returncode == 0, job.stderr
@@ -441,7 +441,7 @@ def test_monitor_run_finds_drift_in_captured_traffic_and_retrains(deployed: Stat
     home = deployed
     since = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     already = len(captured_lines(home))
-    normal, _ = make_friedman1(n_samples=1000, n_features=8, random_state=7)
+    normal, _ = make_friedman1(n_samples=1000, n_features=8, random_state=17)
     invoke_rows(home, normal)
     deadline_poll(lambda: len(captured_lines(home)) >= already + 1000, message="the captures delivered")
     clean = sagegate(home, "monitor", "run", "--endpoint", ENDPOINT, "--since", since, "--json")
@@ -452,11 +452,17 @@ def test_monitor_run_finds_drift_in_captured_traffic_and_retrains(deployed: Stat
 
     drifted = normal.copy()
     drifted[:, 3] += 0.5
-    invoke_rows(home, drifted)
-    deadline_poll(lambda: len(captured_lines(home)) >= already + 2000, message="the drifted captures delivered")
+    invoke_rows(home, drifted)  # and at once: the command waits for the gateway to deliver what it captured
     found = sagegate(home, "monitor", "run", "--endpoint", ENDPOINT, "--since", since, "--retrain")
     assert found.returncode == 1, found.stderr
+    until = re.search(r"to (\S+Z)\n", found.stdout).group(1)
+    window = [line for line in captured_lines(home) if since <= line["eventMetadata"]["inferenceTime"] < until]
+    assert len(window) >= 2000  # every request sent above (and any from the test before, in the same second)
+    assert f"{len(window)} rows from {len(window)} captured requests, 0 corrupt lines" in found.stdout
     assert "drifted: x3" in found.stdout
+    detail = json.loads(sagegate(home, "endpoints", "show", ENDPOINT).stdout)["DataCaptureConfig"]
+    assert detail["CaptureStatus"] == "Started" and detail["Dropped"] == 0
+    assert detail["Captured"] >= 2000 and detail["Delivered"] >= 2000  # counts survive restarts (and a kill lags)
     assert re.search(r"retrained: run \w+ Succeeded, version 2, gate SUCCEEDED", found.stdout), found.stdout
     assert find_version(home, PROJECT.registered_model("friedman1"), "champion")["version"] == "2"
 

@@ -28,7 +28,7 @@ from typing import IO, Any
 from pipelines.local.s3 import s3_client, split
 from pipelines.local.s3_server import S3Server
 from pipelines.state import StateHome
-from pipelines.statefiles import read_json, write_json
+from pipelines.statefiles import StateFileError, read_json, write_json
 
 FILE_SECONDS = float(os.environ.get("SAGEGATE_CAPTURE_FILE_SECONDS", "1"))  # how long one spool file stays open
 QUEUE_LIMIT = 10_000  # records waiting for the writer; beyond this, capture drops and counts
@@ -120,6 +120,7 @@ class _OpenFile:
     stream: IO[str]
     opened: float
     hour: str
+    lines: int = 0
 
 
 class CaptureWriter:
@@ -136,7 +137,9 @@ class CaptureWriter:
         previous = read_json(status_path(home)) if status_path(home).is_file() else {}
         if isinstance(previous, dict):
             self.counts = {name: dict(counts) for name, counts in previous.get("endpoints", {}).items()}
-        self._written: dict[str, dict[str, int]] = {}
+        self.pending: dict[str, int] = {}  # per endpoint: records offered by this writer, not yet in S3
+        self._own: dict[str, tuple[str, int]] = {}  # sealed files of this writer: endpoint, records
+        self._written: dict[str, Any] = {}
         self._written_at = 0.0
         self._files: dict[tuple[str, str], _OpenFile] = {}
         self._server: S3Server | None = None
@@ -145,10 +148,10 @@ class CaptureWriter:
         self._thread = threading.Thread(target=self._run, daemon=True, name="data-capture")
         self._thread.start()
 
-    def _count(self, endpoint: str, field: str) -> None:
+    def _count(self, endpoint: str, field: str, amount: int = 1) -> None:
         with self.lock:
-            counts = self.counts.setdefault(endpoint, {"captured": 0, "dropped": 0, "delivered_files": 0})
-            counts[field] = counts.get(field, 0) + 1
+            counts = self.counts.setdefault(endpoint, {"captured": 0, "dropped": 0, "delivered": 0})
+            counts[field] = counts.get(field, 0) + amount
 
     def offer(
         self,
@@ -170,6 +173,8 @@ class CaptureWriter:
             self._count(endpoint, "dropped")
         else:
             self._count(endpoint, "captured")
+            with self.lock:
+                self.pending[endpoint] = self.pending.get(endpoint, 0) + 1
 
     def _run(self) -> None:
         pending = recover(self.spool) > 0 or any(self.spool.rglob("*.jsonl"))
@@ -208,11 +213,14 @@ class CaptureWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             current = self._files[(endpoint, variant)] = _OpenFile(path, path.open("a"), time.monotonic(), folder)
         current.stream.write(line)
+        current.lines += 1
 
     def _close(self, key: tuple[str, str]) -> None:
         opened = self._files.pop(key)
         opened.stream.close()
-        os.replace(opened.path, opened.path.with_name(opened.path.name.removesuffix(PART)))
+        sealed = opened.path.with_name(opened.path.name.removesuffix(PART))
+        os.replace(opened.path, sealed)
+        self._own[str(sealed)] = (key[0], opened.lines)
 
     def _seal(self, opened_before: float) -> bool:
         """Close the files opened before `opened_before`; whether any was."""
@@ -227,22 +235,29 @@ class CaptureWriter:
             if self._client is None:
                 self._server = S3Server(self.home.s3_store)
                 self._client = s3_client(self._server.acquire(), self.region)
-            for endpoint in deliver(self.spool, self._client):
-                self._count(endpoint, "delivered_files")
+            for path, endpoint, records in deliver(self.spool, self._client):
+                self._count(endpoint, "delivered", records)
+                if str(path) in self._own:
+                    owner, lines = self._own.pop(str(path))
+                    with self.lock:
+                        self.pending[owner] -= lines
         except Exception as error:
             log.warning("data capture delivery failed, will retry: %s", error)
             return False
         return True
 
     def _write_status(self, force: bool = False) -> None:
-        """The counters for `sagegate endpoints show`, at most once a second."""
+        """The counters for `sagegate endpoints show` and `monitor run`: when they change (at most four
+        times a second), and once a second regardless (the heartbeat `await_delivery` trusts)."""
         now = time.monotonic()
         with self.lock:
-            if not force and (self.counts == self._written or now - self._written_at < 1):
-                return
-            counts = {name: dict(values) for name, values in self.counts.items()}
-        write_json(status_path(self.home), {"updated": time.time(), "endpoints": counts})
-        self._written, self._written_at = counts, now
+            state = {"endpoints": {name: dict(values) for name, values in self.counts.items()},
+                     "pending": dict(self.pending)}  # fmt: skip
+        changed = state != self._written
+        if not force and now - self._written_at < (0.25 if changed else 1.0):
+            return
+        write_json(status_path(self.home), {"updated": time.time(), **state})
+        self._written, self._written_at = state, now
 
     def close(self) -> None:
         """Write and deliver everything queued, then drop the S3 lease."""
@@ -266,18 +281,19 @@ def recover(spool: Path) -> int:
     return sealed
 
 
-def deliver(spool: Path, client: Any) -> list[str]:
+def deliver(spool: Path, client: Any) -> list[tuple[Path, str, int]]:
     """Upload sealed spool files to their S3 keys, remove them and their emptied folders (so the spool's
-    size follows what is undelivered, not history); the endpoints they belonged to."""
+    size follows what is undelivered, not history); (file, endpoint, records) of each file delivered."""
     delivered = []
     for path in sorted(spool.rglob("*.jsonl")):
         bucket, key = path.relative_to(spool).as_posix().split("/", 1)
         try:
+            records = path.read_bytes().count(b"\n")
             client.upload_file(str(path), bucket, key)
             path.unlink()
         except FileNotFoundError:
             continue  # another process delivered it first
-        delivered.append(key.split("/")[-7])  # …/{endpoint}/{variant}/yyyy/mm/dd/hh/file
+        delivered.append((path, key.split("/")[-7], records))  # …/{endpoint}/{variant}/yyyy/mm/dd/hh/file
         folder = path.parent
         while folder != spool:
             try:
@@ -289,7 +305,32 @@ def deliver(spool: Path, client: Any) -> list[str]:
 
 
 def capture_status(home: StateHome) -> dict[str, dict[str, int]]:
-    """Captured, dropped and delivered counts per endpoint, as the gateway last wrote them."""
+    """Records captured, dropped and delivered to S3 per endpoint, as the gateway last wrote them."""
+    return read_status(home).get("endpoints", {})
+
+
+def read_status(home: StateHome) -> dict[str, Any]:
     path = status_path(home)
-    document = read_json(path) if path.is_file() else {}
-    return document.get("endpoints", {}) if isinstance(document, dict) else {}
+    try:
+        document = read_json(path) if path.is_file() else {}
+    except StateFileError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def await_delivery(home: StateHome, endpoint: str, seconds: float) -> int:
+    """Wait until the gateway's capture writer has delivered every record of `endpoint` it took before
+    now (it seals a file a second after opening it), so a command sees every request made before it;
+    the records still pending at the deadline (0 normally). No live writer (no heartbeat within two
+    seconds): nothing is pending."""
+    started = time.time()
+    deadline = time.monotonic() + seconds
+    while True:
+        status = read_status(home)
+        updated = float(status.get("updated", 0))
+        if started - updated > 2.0:
+            return 0
+        pending = int(status.get("pending", {}).get(endpoint, 0))
+        if (updated >= started and pending <= 0) or time.monotonic() > deadline:
+            return max(pending, 0)
+        time.sleep(0.05)

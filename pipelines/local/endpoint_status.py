@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.local.capture import capture_status
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.model_server import serving_runtime
 from pipelines.local.serving_metrics import read_metrics
@@ -17,6 +18,26 @@ def _metrics(home: StateHome, problems: list[str]) -> dict[str, Any]:
     except StateFileError as error:
         problems.append(f"{error} (no invocation counts shown)")
         return {}
+
+
+def capture_summary(home: StateHome, name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """DescribeEndpoint's `DataCaptureConfig` summary, with the gateway's record counts."""
+    capture = config.get("DataCaptureConfig")
+    if not capture:
+        return {}
+    enabled = bool(capture.get("EnableCapture", True))
+    counts = capture_status(home).get(name, {})
+    return {
+        "DataCaptureConfig": {
+            "EnableCapture": enabled,
+            "CaptureStatus": "Started" if enabled else "Stopped",
+            "CurrentSamplingPercentage": capture.get("InitialSamplingPercentage", 100),
+            "DestinationS3Uri": capture.get("DestinationS3Uri"),
+            "Captured": counts.get("captured", 0),
+            "Dropped": counts.get("dropped", 0),
+            "Delivered": counts.get("delivered", 0),
+        }
+    }
 
 
 def endpoint_rows(home: StateHome, project: Project) -> tuple[list[dict[str, Any]], list[str]]:
@@ -64,6 +85,7 @@ def endpoint_detail(home: StateHome, project: Project, name: str) -> tuple[dict[
             n: {**c, "Runtime": runtime((c.get("Specification") or {}).get("ModelName"))} for n, c in components.items()
         },
         "Throttled": metrics.get("throttled", {}).get(name, 0),
+        **capture_summary(home, name, config),
         "ModelServers": {model: server for model, server in metrics.get("servers", {}).items() if model in models},
     }
     return detail, problems
