@@ -182,22 +182,23 @@ def _add_json(captures: Captures, text: str) -> None:
             captures.positional[len(row)].append(",".join(json.dumps(value) for value in row))
 
 
-def parse_lines(content: bytes) -> list[tuple[int, bytes, Any]]:
-    """(line number, line, parsed record or the ValueError) of each non-empty line. One `json.loads`
-    over the whole file when it is all valid (a C call instead of one Python call per line)."""
-    lines = [(number, line) for number, line in enumerate(content.split(b"\n"), start=1) if line.strip()]
-    try:
-        records = json.loads(b"[" + b",".join(line for _, line in lines) + b"]")
-        if len(records) == len(lines):
-            return [(number, line, record) for (number, line), record in zip(lines, records, strict=True)]
-    except (ValueError, UnicodeDecodeError):
-        pass
-    parsed: list[tuple[int, bytes, Any]] = []
-    for number, line in lines:
+def parse_lines(content: bytes) -> list[tuple[int, Any]]:
+    """(line number, parsed record or its ValueError) of each non-empty line. A valid file is parsed by
+    one `json.loads` (a JSON line holds no raw newline, so its lines joined by commas are one array):
+    one C call per file instead of one Python call per line."""
+    body = content.strip()
+    if body and b"\n\n" not in body:
         try:
-            parsed.append((number, line, json.loads(line)))
-        except (ValueError, UnicodeDecodeError) as error:
-            parsed.append((number, line, error))
+            return list(enumerate(json.loads(b"[" + body.replace(b"\n", b",") + b"]"), start=1))
+        except (ValueError, UnicodeDecodeError):
+            pass
+    parsed: list[tuple[int, Any]] = []
+    for number, line in enumerate(content.split(b"\n"), start=1):
+        if line.strip():
+            try:
+                parsed.append((number, json.loads(line)))
+            except (ValueError, UnicodeDecodeError) as error:
+                parsed.append((number, error))
     return parsed
 
 
@@ -207,7 +208,7 @@ def read_window(files: Iterator[tuple[str, bytes]], features: list[str], start: 
     for name, content in files:
         window.files += 1
         captures = Captures()
-        for number, _, record in parse_lines(content):
+        for number, record in parse_lines(content):
             try:
                 if isinstance(record, Exception):
                     raise record
