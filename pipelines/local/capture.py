@@ -31,6 +31,7 @@ from pipelines.state import StateHome
 from pipelines.statefiles import StateFileError, read_json, write_json
 
 FILE_SECONDS = float(os.environ.get("SAGEGATE_CAPTURE_FILE_SECONDS", "1"))  # how long one spool file stays open
+BATCH_SECONDS = 0.05  # the writer wakes this often and writes everything queued meanwhile
 QUEUE_LIMIT = 10_000  # records waiting for the writer; beyond this, capture drops and counts
 TEXT_ENCODINGS = {"text/csv": "CSV", "application/json": "JSON"}  # CaptureContentTypeHeader; else BASE64
 PART = ".part"
@@ -179,10 +180,10 @@ class CaptureWriter:
     def _run(self) -> None:
         pending = recover(self.spool) > 0 or any(self.spool.rglob("*.jsonl"))
         retry_at = 0.0
-        while not self._stop.is_set() or not self.queue.empty():
+        while True:
+            stopping = self._stop.wait(BATCH_SECONDS)  # a batch per interval: few wake-ups, one flush each
             try:
-                self._write(self.queue.get(timeout=0.1))
-                while True:  # everything already queued, then one flush
+                while True:
                     self._write(self.queue.get_nowait())
             except queue.Empty:
                 pass
@@ -190,14 +191,13 @@ class CaptureWriter:
                 log.exception("data capture failed to write a record")
             for stream in self._files.values():
                 stream.stream.flush()
-            pending = self._seal(time.monotonic() - FILE_SECONDS) or pending
-            if pending and time.monotonic() >= retry_at:
+            pending = self._seal(float("inf") if stopping else time.monotonic() - FILE_SECONDS) or pending
+            if pending and (stopping or time.monotonic() >= retry_at):
                 pending = not self._deliver()
                 retry_at = time.monotonic() + (5 if pending else 0)
-            self._write_status()
-        self._seal(float("inf"))
-        self._deliver()
-        self._write_status(force=True)
+            self._write_status(force=stopping)
+            if stopping and self.queue.empty():
+                return
 
     def _write(self, item: _Invocation) -> None:
         endpoint, variant, when = item.endpoint, item.variant, item.when
