@@ -81,6 +81,7 @@ bench: $(STAMP) data/breast_cancer.csv
 	$(BIN)/python benchmarks/tuning.py
 	$(BIN)/python benchmarks/tuning.py --rows 20000
 	$(BIN)/python benchmarks/storage.py
+	$(BIN)/python benchmarks/monitor.py
 
 clean:
 	rm -rf .sagegate
