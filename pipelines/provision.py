@@ -122,6 +122,12 @@ def template_parameters(
         "ScaleOutCooldown": str(deployment.scale_out_cooldown),
         "TargetInvocationsPerInstance": str(deployment.target_invocations_per_instance),
     }
+    if config.captures():
+        assert config.monitoring is not None
+        parameters |= {
+            "DataCaptureDestination": project.capture_uri,
+            "DataCaptureSamplingPercentage": str(config.monitoring.data_capture.sampling_percentage),
+        }
     return "endpoint-realtime.yaml", parameters
 
 

@@ -169,6 +169,7 @@ EXAMPLE_PARAMETERS: dict[str, dict[str, str]] = {
         "ModelName": "friedman1",
         "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-friedman1/1",
         "DeploymentHash": "0123abcd",
+        "DataCaptureDestination": "s3://sagegate-development-training/monitoring/capture",
     },
 }
 

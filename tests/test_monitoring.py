@@ -173,6 +173,23 @@ def test_model_stack_schedules_the_monitor_only_for_models_that_capture() -> Non
     assert "DriftMonitoring" not in off and "MonitoringPipeline" not in off
 
 
+def test_the_aws_endpoint_stack_captures_what_the_yaml_says() -> None:
+    from pipelines.provision import template_parameters
+    from pipelines.templates import render
+
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-friedman1/1"
+    config = load_config(MODELS / "friedman1.yaml", ["monitoring.data_capture.sampling_percentage=25"])
+    template, parameters = template_parameters(config, PROJECT, arn)
+    endpoint_config = render(template, parameters)["Resources"]["EndpointConfig"]["Properties"]
+    capture = endpoint_config["DataCaptureConfig"]
+    assert capture["DestinationS3Uri"] == {"Ref": "DataCaptureDestination"}
+    assert parameters["DataCaptureDestination"] == PROJECT.capture_uri
+    assert parameters["DataCaptureSamplingPercentage"] == "25"
+    assert capture["CaptureOptions"] == [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]
+    _, without = template_parameters(load_config(MODELS / "friedman1.yaml", ["monitoring=null"]), PROJECT, arn)
+    assert "DataCaptureConfig" not in render(template, without)["Resources"]["EndpointConfig"]["Properties"]
+
+
 # ---- the monitor job ------------------------------------------------------------------------
 
 
