@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +57,8 @@ def config_for_endpoint(project: Project, endpoint: str, config_path: str | None
     raise MonitorError(f"--endpoint {endpoint}: no model YAML in {where} deploys to it (pass --config PATH)")
 
 
-def window(since: str | None, until: str | None, minutes: int) -> tuple[datetime, datetime]:
-    """[since, until): until defaults to now, since to `minutes` before until."""
-
-    def parse(flag: str, value: str) -> datetime:
-        try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise MonitorError(f"{flag} {value!r}: not an ISO 8601 time (2026-11-30T10:00:00Z)") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-    end = parse("--until", until) if until else datetime.now(UTC)
-    start = parse("--since", since) if since else end - timedelta(minutes=minutes)
-    if end <= start:
-        raise MonitorError(f"--until ({end:%Y-%m-%dT%H:%M:%SZ}) is not after --since ({start:%Y-%m-%dT%H:%M:%SZ})")
-    return start, end
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+# the job's variables for the window, and the options they come from
+WINDOW_OPTIONS = {"start_time": "--since", "end_time": "--until"}
 
 
 def run_monitor(
@@ -84,10 +66,11 @@ def run_monitor(
     project: Project,
     config: ModelConfig,
     endpoint: str,
-    start: datetime,
-    end: datetime,
+    since: str | None,
+    until: str | None,
 ) -> dict[str, Any]:
-    """One monitoring job over [start, end); its summary, with where the report is."""
+    """One monitoring job over [since, until) (the job's defaults: until now, since `window_minutes`
+    before); its summary, with where the report is. The job checks the times, as on AWS."""
     from pipelines.registry import VersionNotFound, find_version
 
     registered = project.registered_model(config.name)
@@ -120,8 +103,9 @@ def run_monitor(
             **os.environ,
             "dataset_source": f"{project.capture_uri}/{endpoint}",
             "output_path": str(output),
-            "start_time": _stamp(start),
-            "end_time": _stamp(end),
+            "start_time": since or "",
+            "end_time": until or "",
+            "window_minutes": str(config.monitoring.window_minutes if config.monitoring else 60),
             "sagemaker_endpoint_name": endpoint,
             "baseline_statistics": str(work / "baseline" / "statistics.json"),
             "baseline_constraints": str(work / "baseline" / "constraints.json"),
@@ -138,11 +122,14 @@ def run_monitor(
         )
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()
-            raise MonitorError(lines[-1].removeprefix("ERROR: ") if lines else f"monitor exited {result.returncode}")
+            message = lines[-1].removeprefix("ERROR: ") if lines else f"monitor exited {result.returncode}"
+            for variable, option in WINDOW_OPTIONS.items():
+                message = message.replace(variable, option)
+            raise MonitorError(message)
         summary = json.loads((output / "summary.json").read_text())
         summary["baseline"] = {"version": champion["version"], "uri": baseline}
         summary["undelivered_captures"] = undelivered
-        stamp = end.strftime("%Y%m%dT%H%M%SZ")
+        stamp = summary["end_time"].replace("-", "").replace(":", "")
         report_uri = f"{project.monitoring_reports_uri(endpoint)}/{stamp}"
         local = reports_folder(home, endpoint) / stamp
         summary["report"] = {"uri": report_uri, "path": str(local / "report.html")}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setenv("SAGEGATE_HOME", str(tmp_path / "state"))
     return StateHome.from_env()
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 30) -> object:
+    """Poll `condition` until it is truthy and return its value; fail the test naming `what` when the
+    deadline passes (a condition with a deadline, never a sleep standing in for one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
 
 
 def write_config(tmp_path: Path, text: str, name: str = "model.yaml") -> Path:

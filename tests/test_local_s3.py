@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from pipelines.local.s3 import LocalS3
 from pipelines.local.s3_server import S3Server
 from pipelines.state import StateHome
 from pipelines.statefiles import process_alive, read_json
+from tests.conftest import wait_for
 
 SAGEGATE = str(Path(sys.executable).parent / "sagegate")
 
@@ -28,15 +27,6 @@ def server_process(home: StateHome) -> str | None:
     """The live server's process token, or None."""
     record = S3Server(home.s3_store).running()
     return record["process"] if record else None
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_objects_persist_across_restarts_and_the_server_stops_after_its_last_user(tmp_path: Path) -> None:

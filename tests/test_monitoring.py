@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,24 +28,13 @@ from pipelines.containers import container_code
 from pipelines.gate import gate_definition, model_settings
 from pipelines.local.capture import CaptureTarget, CaptureWriter, capture_key, capture_line, spool_folder
 from pipelines.state import Project, StateHome
-from tests.conftest import MODELS, write_config
+from tests.conftest import MODELS, wait_for, write_config
 from tests.moto_server import moto_server
 
 PROJECT = Project()
 ENDPOINT = "sagegate-development-friedman1-realtime"
 FEATURES = [f"x{i}" for i in range(8)]
 WHEN = datetime(2026, 11, 30, 9, 15, 42, 123000, tzinfo=UTC)
-
-
-def deadline_poll(condition: Any, seconds: float = 30, message: str = "condition") -> Any:
-    """Poll until `condition()` is truthy; fail (not sleep) past the deadline."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {seconds}s waiting for {message}")
 
 
 # ---- capture format ---------------------------------------------------------------------------
@@ -439,12 +427,12 @@ def test_captures_survive_a_gateway_killed_outright(deployed: StateHome, monkeyp
     def spooled() -> int:
         return sum(path.read_text().count("\n") for path in spool_folder(home).rglob("*.jsonl.part"))
 
-    deadline_poll(lambda: spooled() == 40, message="40 captured lines in the spool")
+    wait_for(lambda: spooled() == 40, "40 captured lines in the spool")
     os.killpg(running_gateway(home)["pid"], signal.SIGKILL)
-    deadline_poll(lambda: running_gateway(home) is None, message="the gateway to be gone")
+    wait_for(lambda: running_gateway(home) is None, "the gateway to be gone")
     monkeypatch.delenv("SAGEGATE_CAPTURE_FILE_SECONDS")
     start_gateway(home, PROJECT)  # the next gateway seals and delivers what the killed one left
-    lines = deadline_poll(lambda: (found := captured_lines(home)) and len(found) == before + 40 and found)
+    lines = wait_for(lambda: (found := captured_lines(home)) and len(found) == before + 40 and found, "the delivery")
     sent = [",".join(f"{v:.6f}" for v in row) for row in x]
     assert sorted(line["captureData"]["endpointInput"]["data"] for line in lines[before:]) == sorted(sent)
     output = json.loads(lines[-1]["captureData"]["endpointOutput"]["data"])
@@ -460,7 +448,7 @@ def test_monitor_run_finds_drift_in_captured_traffic_and_retrains(deployed: Stat
     already = len(captured_lines(home))
     normal, _ = make_friedman1(n_samples=1000, n_features=8, random_state=17)
     invoke_rows(home, normal)
-    deadline_poll(lambda: len(captured_lines(home)) >= already + 1000, message="the captures delivered")
+    wait_for(lambda: len(captured_lines(home)) >= already + 1000, "the captures delivered")
     clean = sagegate(home, "monitor", "run", "--endpoint", ENDPOINT, "--since", since, "--json")
     assert clean.returncode == 0, clean.stderr
     summary = json.loads(clean.stdout)

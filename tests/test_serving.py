@@ -36,6 +36,7 @@ from pipelines.local.serving_metrics import metrics_path
 from pipelines.provision import provision_local, with_overrides
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import process_alive, read_json
+from tests.conftest import wait_for
 from tests.gate_fixtures import ROOT, breast_cancer, trained_with
 
 PROJECT = Project()
@@ -107,15 +108,6 @@ def runtime(home: StateHome):
         aws_secret_access_key="x",
         config=Config(retries={"max_attempts": 0}, max_pool_connections=32),
     )
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """Poll `condition` until it holds; fail the test naming `what` when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.05)
 
 
 def metrics(home: StateHome, until: Callable[[dict], bool] = lambda m: True, timeout: float = 15) -> dict:

@@ -7,8 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from pipelines.local_run import list_records, record_path
 from pipelines.registry import list_versions
 from pipelines.state import StateHome
 from pipelines.statefiles import process_alive
-from tests.conftest import MODELS
+from tests.conftest import MODELS, wait_for
 from tests.processes import processes
 
 MODEL = "sagegate-development-breast-cancer"
@@ -32,17 +30,6 @@ def sagegate_command(*args: str) -> list[str]:
 
 def environment(home: StateHome) -> dict[str, str]:
     return {**os.environ, "SAGEGATE_HOME": str(home.root)}
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll until `condition()` is truthy; fail the test when the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def assert_registry_consistent(home: StateHome) -> list[str]:
@@ -113,7 +100,7 @@ def test_sigkill_at_each_step_leaves_a_consistent_state(tmp_path: Path, shared: 
                 return True
         return process.poll() is not None
 
-    wait_for(reached, 180, f"the run to reach {step}")
+    wait_for(reached, f"the run to reach {step}", 180)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -121,7 +108,7 @@ def test_sigkill_at_each_step_leaves_a_consistent_state(tmp_path: Path, shared: 
     runner = killed["owner"]
     assert not process_alive(runner)
     # no job outlives the killed run (they die with their parent), so nothing registers later
-    wait_for(lambda: not job_processes(home), 20, "the killed run's jobs to exit")
+    wait_for(lambda: not job_processes(home), "the killed run's jobs to exit", 20)
     versions = assert_registry_consistent(home)
     records, problems = list_records(home)
     assert problems == []
@@ -190,7 +177,7 @@ def test_a_record_is_on_disk_while_the_run_executes(tmp_path: Path) -> None:
     )
     try:
         path = wait_for(
-            lambda: next(iter(home.runs.glob("*.json")), None) if home.runs.is_dir() else None, 120, "a record"
+            lambda: next(iter(home.runs.glob("*.json")), None) if home.runs.is_dir() else None, "a record", 120
         )
         record = json.loads(Path(path).read_text())
         assert record["status"] == "Executing" and process_alive(record["owner"])

@@ -36,14 +36,12 @@ def register(add: AddParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from pipelines.monitor import MonitorError, config_for_endpoint, run_monitor, window
+    from pipelines.monitor import MonitorError, config_for_endpoint, run_monitor
 
     names, home = project(args), StateHome.from_env()
     try:
         config = config_for_endpoint(names, args.endpoint, args.config, args.set)
-        minutes = config.monitoring.window_minutes if config.monitoring else 60
-        start, end = window(args.since, args.until, minutes)
-        summary = run_monitor(home, names, config, args.endpoint, start, end)
+        summary = run_monitor(home, names, config, args.endpoint, args.since, args.until)
     except MonitorError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
