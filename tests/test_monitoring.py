@@ -259,13 +259,31 @@ def test_one_shifted_feature_is_exactly_that_features_drift_violation(baseline: 
     assert summary["drifted_features"] == ["x5"] and summary["distances"]["x5"] > 0.3
     document = json.loads((tmp_path / "out" / "constraint_violations.json").read_text())
     assert re.fullmatch(
-        r"Baseline drift distance: 0\.\d+ exceeds threshold: 0\.1", document["violations"][0]["description"]
+        r"Baseline drift distance: 0\.\d+ exceeds threshold: 0\.1 by more than the sampling margin 0\.0\d\d",
+        document["violations"][0]["description"],
     )
     report = (tmp_path / "out" / "report.html").read_text()
     headings = re.findall(r"<h3>([^<]+)</h3>", report)
     assert headings[0] == "x5 (drifted)"  # drifted first, then by importance
     assert headings[1:] == [f for f in FEATURES if f != "x5"]
     assert report.count("data:image/png;base64,") == 8
+
+
+def test_robust_comparison_allows_for_a_small_windows_sampling_noise(baseline: Path, tmp_path: Path) -> None:
+    """150 rows with a slight shift: beyond the threshold as measured (Simple flags it), within the 99%
+    sampling margin of 150 vs 700 rows (Robust, the baseline's method, does not)."""
+    x, _ = make_friedman1(n_samples=150, n_features=8, random_state=23)
+    x[:, 0] += 0.08
+    source = write_captures(tmp_path / "capture", rows_as_csv(x))
+    robust, summary = run_job(baseline, source, tmp_path / "robust")
+    assert robust.returncode == 0, robust.stderr
+    assert summary["distances"]["x0"] > 0.1 and violations(tmp_path / "robust") == []
+    constraints = json.loads((baseline / "constraints.json").read_text())
+    constraints["monitoring_config"]["distribution_constraints"]["comparison_method"] = "Simple"
+    (tmp_path / "simple.json").write_text(json.dumps(constraints))
+    simple, _ = run_job(baseline, source, tmp_path / "simple", baseline_constraints=str(tmp_path / "simple.json"))
+    assert simple.returncode == 0, simple.stderr
+    assert ("x0", "baseline_drift_check") in violations(tmp_path / "simple")
 
 
 def test_json_captures_records_and_instances_are_read_like_csv(baseline: Path, tmp_path: Path) -> None:
