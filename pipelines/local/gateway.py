@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from pipelines.local.aws_api import LocalApis
 from pipelines.local.capture import CaptureWriter, spool_folder
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.model_server import ModelServer, ModelServerError, reap_orphans
@@ -49,6 +50,7 @@ class Gateway:
         self.home = home
         self.project = project
         self.manager = EndpointManager(home, project)
+        self.apis = LocalApis(home, project)
         self.servers: dict[str, ModelServer] = {}
         self.servers_lock = threading.Lock()
         self.limits: dict[str, tuple[int, threading.BoundedSemaphore]] = {}
@@ -165,6 +167,14 @@ class Gateway:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         parts = path.strip("/").split("/")
+        target = environ.get("HTTP_X_AMZ_TARGET")
+        if target and path == "/" and environ.get("REQUEST_METHOD") == "POST":  # SageMaker / Step Functions APIs
+            length = min(int(environ.get("CONTENT_LENGTH") or 0), MAX_PAYLOAD)
+            status, answer = self.apis.call(target, environ["wsgi.input"].read(length) if length else b"")
+            headers = {"Content-Type": "application/x-amz-json-1.1"}
+            if status != 200:
+                headers["x-amzn-ErrorType"] = answer["__type"]
+            return self._respond(start_response, status, headers, json.dumps(answer).encode())
         try:
             if path == "/ping":
                 return self._respond(start_response, 200, {"Content-Type": "application/json"}, b"{}")

@@ -1,0 +1,242 @@
+"""The SageMaker and Step Functions read APIs users script against, answered from the local state.
+
+The gateway's URL is also a SageMaker and Step Functions endpoint for an unmodified boto3 client or
+the AWS CLI (`--endpoint-url`): both speak the JSON protocol (`POST /` with `X-Amz-Target:
+SageMaker.ListPipelines`, `AWSStepFunctions.DescribeExecution`, ...). Answers follow the APIs'
+shapes, built from the state folder's records (runs, gate executions, endpoints, the registry);
+errors use their codes (`ResourceNotFound`, `ValidationException`, `ExecutionDoesNotExist`,
+`UnknownOperationException`). Read-only: nothing here changes state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from pipelines.local.endpoints import EndpointManager, SageMakerError
+from pipelines.state import Project, StateHome
+
+Answer = tuple[int, dict[str, Any]]
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def _epoch(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+class LocalApis:
+    """One handler per operation, named as the API names it."""
+
+    def __init__(self, home: StateHome, project: Project) -> None:
+        self.home, self.project = home, project
+
+    def call(self, target: str, body: bytes) -> Answer:
+        service, _, operation = target.partition(".")
+        handler: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(self, f"{service}_{operation}", None)
+        try:
+            if service not in ("SageMaker", "AWSStepFunctions") or handler is None:
+                raise ApiError("UnknownOperationException", f"{target} is not served locally")
+            try:
+                request = json.loads(body or b"{}")
+            except ValueError:
+                raise ApiError("SerializationException", "the request body is not JSON") from None
+            if not isinstance(request, dict):
+                raise ApiError("SerializationException", "the request body is not a JSON object")
+            return 200, handler(request)
+        except ApiError as error:
+            return error.status, {"__type": error.code, "message": error.message}
+        except SageMakerError as error:
+            return 400, {"__type": error.code, "message": str(error)}
+
+    # ---- SageMaker: pipelines and their executions (local runs) -----------------------------------
+
+    def _runs(self) -> list[Any]:
+        from pipelines.local_run import list_records
+
+        return [record.settled() for record in list_records(self.home)[0] if record.platform == "local"]
+
+    def _pipeline_arn(self, pipeline: str) -> str:
+        return f"arn:aws:sagemaker:{self.project.region}:{self.project.account}:pipeline/{pipeline}"
+
+    def _execution_arn(self, record: Any) -> str:
+        return f"{self._pipeline_arn(record.pipeline)}/execution/{record.run_id}"
+
+    def _run(self, arn: str) -> Any:
+        if not isinstance(arn, str) or "/execution/" not in arn:
+            raise ApiError("ValidationException", f"PipelineExecutionArn {arn!r} is not a pipeline execution ARN")
+        for record in self._runs():
+            if self._execution_arn(record) == arn:
+                return record
+        raise ApiError("ResourceNotFound", f"Pipeline execution {arn} does not exist.")
+
+    def SageMaker_ListPipelines(self, request: dict[str, Any]) -> dict[str, Any]:
+        latest: dict[str, Any] = {}
+        for record in self._runs():
+            if record.pipeline not in latest or record.started_at > latest[record.pipeline].started_at:
+                latest[record.pipeline] = record
+        prefix = request.get("PipelineNamePrefix", "")
+        return {
+            "PipelineSummaries": [
+                {
+                    "PipelineArn": self._pipeline_arn(name),
+                    "PipelineName": name,
+                    "PipelineDisplayName": name,
+                    "LastExecutionTime": _epoch(record.started_at),
+                }
+                for name, record in sorted(latest.items())
+                if name.startswith(prefix)
+            ]
+        }
+
+    def SageMaker_ListPipelineExecutions(self, request: dict[str, Any]) -> dict[str, Any]:
+        name = request.get("PipelineName")
+        if not name:
+            raise ApiError("ValidationException", "PipelineName is required")
+        records = sorted((r for r in self._runs() if r.pipeline == name), key=lambda r: r.started_at, reverse=True)
+        return {
+            "PipelineExecutionSummaries": [
+                {
+                    "PipelineExecutionArn": self._execution_arn(record),
+                    "StartTime": _epoch(record.started_at),
+                    "PipelineExecutionStatus": record.status,
+                    "PipelineExecutionDisplayName": record.run_id,
+                    **({"PipelineExecutionFailureReason": record.failure_reason} if record.failure_reason else {}),
+                }
+                for record in records
+            ]
+        }
+
+    def SageMaker_DescribePipelineExecution(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._run(request.get("PipelineExecutionArn", ""))
+        started = _epoch(record.started_at) or 0.0
+        return {
+            "PipelineArn": self._pipeline_arn(record.pipeline),
+            "PipelineExecutionArn": self._execution_arn(record),
+            "PipelineExecutionDisplayName": record.run_id,
+            "PipelineExecutionStatus": record.status,
+            "CreationTime": started,
+            "LastModifiedTime": started + record.duration_seconds,
+            **({"FailureReason": record.failure_reason} if record.failure_reason else {}),
+        }
+
+    def SageMaker_ListPipelineExecutionSteps(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._run(request.get("PipelineExecutionArn", ""))
+        return {
+            "PipelineExecutionSteps": [
+                {
+                    "StepName": step.name,
+                    "StepStatus": step.status,
+                    **({"FailureReason": step.failure_reason} if step.failure_reason else {}),
+                }
+                for step in reversed(record.steps)  # newest first, as SageMaker lists them
+            ]
+        }
+
+    # ---- SageMaker: endpoints and model packages ----------------------------------------------------
+
+    def SageMaker_ListEndpoints(self, request: dict[str, Any]) -> dict[str, Any]:
+        manager = EndpointManager(self.home, self.project)
+        described = [
+            manager.call("describeEndpoint", {"EndpointName": n}) for n in sorted(manager.snapshot()["endpoints"])
+        ]
+        return {
+            "Endpoints": [
+                {key: endpoint[key] for key in ("EndpointName", "EndpointArn", "EndpointStatus") if key in endpoint}
+                | {
+                    "CreationTime": _epoch(endpoint.get("CreationTime")),
+                    "LastModifiedTime": _epoch(endpoint.get("LastModifiedTime")),
+                }
+                for endpoint in described
+            ]
+        }
+
+    def SageMaker_DescribeEndpoint(self, request: dict[str, Any]) -> dict[str, Any]:
+        endpoint = EndpointManager(self.home, self.project).call(
+            "describeEndpoint", {"EndpointName": request.get("EndpointName", "")}
+        )
+        return {**endpoint, "CreationTime": _epoch(endpoint.get("CreationTime")),
+                "LastModifiedTime": _epoch(endpoint.get("LastModifiedTime"))}  # fmt: skip
+
+    def SageMaker_ListModelPackages(self, request: dict[str, Any]) -> dict[str, Any]:
+        from pipelines.registry import list_versions
+
+        group = request.get("ModelPackageGroupName")
+        rows = [row for row in list_versions(self.home)[0] if group in (None, row["name"])]
+        return {
+            "ModelPackageSummaryList": [
+                {
+                    "ModelPackageGroupName": row["name"],
+                    "ModelPackageVersion": int(row["version"]),
+                    "ModelPackageArn": f"arn:aws:sagemaker:{self.project.region}:{self.project.account}:"
+                    f"model-package/{row['name']}/{row['version']}",
+                    "CreationTime": _epoch(row["created"].replace("Z", "+00:00")),
+                    "ModelPackageStatus": "Completed",
+                    "ModelApprovalStatus": row["approval_status"],
+                }
+                for row in rows
+            ]
+        }
+
+    # ---- Step Functions: the gate's executions ------------------------------------------------------
+
+    def _executions(self) -> list[Any]:
+        from pipelines.local_gate import list_executions
+
+        return list_executions(self.home)[0]
+
+    def _execution(self, arn: str) -> Any:
+        for record in self._executions():
+            if record.arn == arn:
+                return record
+        raise ApiError("ExecutionDoesNotExist", f"Execution Does Not Exist: '{arn}'")
+
+    def AWSStepFunctions_ListStateMachines(self, request: dict[str, Any]) -> dict[str, Any]:
+        machines = {record.state_machine: record.started_at for record in self._executions()}
+        return {
+            "stateMachines": [
+                {"stateMachineArn": arn, "name": arn.rsplit(":", 1)[1], "type": "STANDARD",
+                 "creationDate": _epoch(min(r.started_at for r in self._executions() if r.state_machine == arn))}
+                for arn in sorted(machines)
+            ]
+        }  # fmt: skip
+
+    def AWSStepFunctions_ListExecutions(self, request: dict[str, Any]) -> dict[str, Any]:
+        machine = request.get("stateMachineArn")
+        status = request.get("statusFilter")
+        records = [r for r in self._executions() if r.state_machine == machine and status in (None, r.status)]
+        return {
+            "executions": [
+                {"executionArn": r.arn, "stateMachineArn": r.state_machine, "name": r.name, "status": r.status,
+                 "startDate": _epoch(r.started_at), **({"stopDate": _epoch(r.stopped_at)} if r.stopped_at else {})}
+                for r in sorted(records, key=lambda r: r.started_at, reverse=True)
+            ]
+        }  # fmt: skip
+
+    def AWSStepFunctions_DescribeExecution(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._execution(request.get("executionArn", ""))
+        described = {
+            "executionArn": record.arn, "stateMachineArn": record.state_machine, "name": record.name,
+            "status": record.status, "startDate": _epoch(record.started_at), "input": json.dumps(record.input),
+        }  # fmt: skip
+        if record.stopped_at:
+            described["stopDate"] = _epoch(record.stopped_at)
+        if record.output is not None:
+            described["output"] = json.dumps(record.output)
+        if record.error:
+            described |= {"error": record.error, "cause": record.cause or ""}
+        return described
+
+    def AWSStepFunctions_GetExecutionHistory(self, request: dict[str, Any]) -> dict[str, Any]:
+        record = self._execution(request.get("executionArn", ""))
+        events = [dict(event) for event in record.events]
+        for event in events:
+            if isinstance(event.get("timestamp"), str):
+                event["timestamp"] = _epoch(event["timestamp"])
+        return {"events": list(reversed(events)) if request.get("reverseOrder") else events}

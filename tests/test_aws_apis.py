@@ -1,0 +1,119 @@
+"""The gateway's URL as a SageMaker and Step Functions endpoint: unmodified boto3 clients and the AWS
+CLI read the local pipeline executions, endpoints, model packages and gate executions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pipelines.config import load_config
+from pipelines.local.gateway import start_gateway, stop_gateway
+from pipelines.local_gate import run_gate
+from pipelines.local_run import run_local
+from pipelines.state import Project, StateHome
+from tests.conftest import MODELS
+
+PROJECT = Project()
+PIPELINE = "sagegate-development-breast-cancer-training"
+GATE = f"arn:aws:states:us-east-1:{PROJECT.account}:stateMachine:sagegate-development-deployment-gate"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    home = StateHome(tmp_path_factory.mktemp("apis") / "state").ensure()
+    config = load_config(MODELS / "breast-cancer.yaml")
+    record = run_local(config, PROJECT, home)
+    execution = run_gate(config, PROJECT, home, record.registered_version)
+    url = start_gateway(home, PROJECT)["url"]
+    yield home, url, record, execution
+    stop_gateway(home)
+
+
+def client(service: str, url: str):
+    return boto3.client(
+        service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="local", aws_secret_access_key="local"
+    )
+
+
+def test_pipeline_executions_and_their_steps_read_as_sagemaker_answers(world) -> None:
+    _, url, record, _ = world
+    sagemaker = client("sagemaker", url)
+    assert [p["PipelineName"] for p in sagemaker.list_pipelines()["PipelineSummaries"]] == [PIPELINE]
+    (summary,) = sagemaker.list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
+    assert summary["PipelineExecutionStatus"] == "Succeeded"
+    arn = summary["PipelineExecutionArn"]
+    assert arn.endswith(f"pipeline/{PIPELINE}/execution/{record.run_id}")
+    described = sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)
+    assert (
+        described["PipelineExecutionStatus"] == "Succeeded"
+        and described["LastModifiedTime"] >= described["CreationTime"]
+    )
+    steps = sagemaker.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]
+    assert [s["StepName"] for s in steps] == [s.name for s in reversed(record.steps)]
+    assert {s["StepStatus"] for s in steps} == {"Succeeded"}
+
+
+def test_endpoints_and_model_packages_read_as_sagemaker_answers(world) -> None:
+    _, url, record, execution = world
+    sagemaker = client("sagemaker", url)
+    names = [e["EndpointName"] for e in sagemaker.list_endpoints()["Endpoints"]]
+    assert names == [execution.endpoint]
+    assert sagemaker.describe_endpoint(EndpointName=execution.endpoint)["EndpointStatus"] == "InService"
+    packages = sagemaker.list_model_packages(ModelPackageGroupName=record.registered_model)["ModelPackageSummaryList"]
+    assert [(p["ModelPackageVersion"], p["ModelApprovalStatus"]) for p in packages] == [(1, "Approved")]
+
+
+def test_gate_executions_read_as_step_functions_answers(world) -> None:
+    _, url, _, execution = world
+    states = client("stepfunctions", url)
+    assert [m["stateMachineArn"] for m in states.list_state_machines()["stateMachines"]] == [GATE]
+    (listed,) = states.list_executions(stateMachineArn=GATE)["executions"]
+    assert (listed["name"], listed["status"]) == (execution.name, "SUCCEEDED")
+    described = states.describe_execution(executionArn=execution.arn)
+    assert json.loads(described["input"])["version"] == "1" and described["stopDate"] >= described["startDate"]
+    events = states.get_execution_history(executionArn=execution.arn)["events"]
+    assert events[0]["type"] == "ExecutionStarted" and events[-1]["type"] == "ExecutionSucceeded"
+    assert states.list_executions(stateMachineArn=GATE, statusFilter="FAILED")["executions"] == []
+
+
+def test_errors_use_the_apis_codes(world) -> None:
+    _, url, _, _ = world
+    sagemaker, states = client("sagemaker", url), client("stepfunctions", url)
+    missing = f"arn:aws:sagemaker:us-east-1:{PROJECT.account}:pipeline/{PIPELINE}/execution/nope"
+    with pytest.raises(sagemaker.exceptions.ResourceNotFound):
+        sagemaker.describe_pipeline_execution(PipelineExecutionArn=missing)
+    with pytest.raises(states.exceptions.ExecutionDoesNotExist):
+        states.describe_execution(executionArn=f"{GATE.replace('stateMachine', 'execution')}:nope")
+    with pytest.raises(sagemaker.exceptions.ClientError, match="ValidationException"):
+        sagemaker.describe_endpoint(EndpointName="no-such-endpoint")
+    with pytest.raises(sagemaker.exceptions.ClientError, match="UnknownOperationException"):
+        sagemaker.list_training_jobs()
+
+
+def test_the_aws_cli_reads_them_with_endpoint_url(world) -> None:
+    _, url, _, execution = world
+    aws = str(Path(sys.executable).parent / "aws")
+    environment = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def cli(*args: str) -> dict:
+        done = subprocess.run(
+            [aws, *args, "--endpoint-url", url, "--output", "json"], capture_output=True, text=True, env=environment
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    executions = cli("sagemaker", "list-pipeline-executions", "--pipeline-name", PIPELINE)
+    assert executions["PipelineExecutionSummaries"][0]["PipelineExecutionStatus"] == "Succeeded"
+    described = cli("stepfunctions", "describe-execution", "--execution-arn", execution.arn)
+    assert described["status"] == "SUCCEEDED"
