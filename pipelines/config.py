@@ -411,6 +411,11 @@ def _resolve_source(config: ModelConfig, path: Path) -> ModelConfig:
 
 def find_model_config(model: str, overrides: list[str] | None = None) -> ModelConfig:
     """The config whose `name` is `model`: from the project's `./models`, then the bundled examples."""
+    return load_config(find_model_config_path(model, overrides), overrides)
+
+
+def find_model_config_path(model: str, overrides: list[str] | None = None) -> Path:
+    """Where the YAML whose `name` is `model` is: the project's `./models`, then the bundled examples."""
     # once each, when the project's folder is the bundled one (a checkout)
     folders = list(dict.fromkeys([Path("models").resolve(), asset_folder("models")]))
     for folder in folders:
@@ -420,6 +425,6 @@ def find_model_config(model: str, overrides: list[str] | None = None) -> ModelCo
             except ConfigError:
                 continue
             if config.name == model:
-                return config
+                return path
     searched = " or ".join(str(folder) for folder in folders)
     raise ConfigError(f"--model {model}: no model YAML named {model!r} in {searched} (or pass --config PATH)")

@@ -177,10 +177,12 @@ def run_local(
     parameters: dict[str, Any] | None = None,
     progress: Progress | None = None,
     store: PreparedStore | None = None,
+    attempt: str | None = None,
 ) -> RunRecord:
+    """`attempt`: the record's id, when the caller must know it before the run starts (StartPipelineExecution)."""
     home.ensure()
     started = time.monotonic()
-    attempt = uuid.uuid4().hex[:12]
+    attempt = attempt or uuid.uuid4().hex[:12]
     logs = home.runs / "logs" / attempt
     scratch = home.jobs / attempt  # this run's job containers; concurrent runs have their own
     record = RunRecord.starting(

@@ -17,7 +17,7 @@ from pipelines.local.gateway import start_gateway, stop_gateway
 from pipelines.local_gate import run_gate
 from pipelines.local_run import run_local
 from pipelines.state import Project, StateHome
-from tests.conftest import MODELS
+from tests.conftest import MODELS, wait_for
 
 PROJECT = Project()
 PIPELINE = "sagegate-development-breast-cancer-training"
@@ -48,7 +48,8 @@ def test_pipeline_executions_and_their_steps_read_as_sagemaker_answers(world) ->
     (summary,) = sagemaker.list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
     assert summary["PipelineExecutionStatus"] == "Succeeded"
     arn = summary["PipelineExecutionArn"]
-    assert arn.endswith(f"pipeline/{PIPELINE}/execution/{record.run_id}")
+    assert arn.endswith(f"pipeline/{PIPELINE}/execution/{record.attempt}")
+    assert summary["PipelineExecutionDisplayName"] == record.run_id
     described = sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)
     assert (
         described["PipelineExecutionStatus"] == "Succeeded"
@@ -94,6 +95,40 @@ def test_errors_use_the_apis_codes(world) -> None:
         sagemaker.describe_endpoint(EndpointName="no-such-endpoint")
     with pytest.raises(sagemaker.exceptions.ClientError, match="UnknownOperationException"):
         sagemaker.list_training_jobs()
+
+
+def test_start_pipeline_execution_needs_the_local_token_and_runs_the_pipeline_and_gate(world) -> None:
+    from pipelines.local.api_token import local_token, token_path
+
+    home, url, _, _ = world
+    with pytest.raises(client("sagemaker", url).exceptions.ClientError, match="AccessDeniedException"):
+        client("sagemaker", url).start_pipeline_execution(PipelineName=PIPELINE)
+    wrong = boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1", aws_access_key_id="local",
+                         aws_secret_access_key="local", aws_session_token="not-the-token")  # fmt: skip
+    with pytest.raises(wrong.exceptions.ClientError, match="AccessDeniedException"):
+        wrong.start_pipeline_execution(PipelineName=PIPELINE)
+    assert token_path(home).stat().st_mode & 0o777 == 0o600
+    sagemaker = boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1", aws_access_key_id="local",
+                             aws_secret_access_key="local", aws_session_token=local_token(home))  # fmt: skip
+    with pytest.raises(sagemaker.exceptions.ResourceNotFound):
+        sagemaker.start_pipeline_execution(PipelineName="sagegate-development-nothing-training")
+    arn = sagemaker.start_pipeline_execution(PipelineName=PIPELINE)["PipelineExecutionArn"]
+    assert sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)["PipelineExecutionStatus"] == "Executing"
+
+    def finished() -> str | None:
+        status = sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)["PipelineExecutionStatus"]
+        return None if status == "Executing" else status
+
+    assert wait_for(finished, "the started execution to finish", 240) == "Succeeded"
+    packages = sagemaker.list_model_packages(ModelPackageGroupName="sagegate-development-breast-cancer")
+    assert [p["ModelPackageVersion"] for p in packages["ModelPackageSummaryList"]] == [1, 2]
+    states = client("stepfunctions", url)
+
+    def gated() -> list[str] | None:  # as on AWS, the gate follows the registration, after the pipeline
+        statuses = [e["status"] for e in states.list_executions(stateMachineArn=GATE)["executions"]]
+        return statuses if len(statuses) == 2 and "RUNNING" not in statuses else None
+
+    assert wait_for(gated, "the gate's execution on version 2", 120) == ["SUCCEEDED", "SUCCEEDED"]
 
 
 def test_the_aws_cli_reads_them_with_endpoint_url(world) -> None:

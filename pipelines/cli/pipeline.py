@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import threading
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ def register(add: AddParser) -> None:
     )
     run.add_argument("--no-wait", action="store_true", help="sagemaker: print the execution ARN and return")
     run.add_argument("--json", action="store_true", help="print the run record as JSON")
+    run.add_argument("--attempt", type=attempt_id, help=argparse.SUPPRESS)  # set by StartPipelineExecution
     run.set_defaults(handler=run_command)
 
     runs = add("runs", help="list past local runs")
@@ -49,6 +51,12 @@ def register(add: AddParser) -> None:
     definition.set_defaults(handler=definition_command)
 
 
+def attempt_id(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{12}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: twelve lowercase hex digits")
+    return text
+
+
 def run_command(args: argparse.Namespace) -> int:
     config = load_config(args.config, [*args.set, *([f"training.platform={args.platform}"] if args.platform else [])])
     names = project(args)
@@ -69,7 +77,8 @@ def run_command(args: argparse.Namespace) -> int:
         # the gate's modules (moto, the Step Functions SDK) load while the run's jobs execute
         gate_import = threading.Thread(target=importlib.import_module, args=("pipelines.local_gate",), daemon=True)
         gate_import.start()
-        record = run_local(config, names, home, progress=None if args.json else print_progress, store=store)
+        progress = None if args.json else print_progress
+        record = run_local(config, names, home, progress=progress, store=store, attempt=args.attempt)
         if not args.json:
             print_run(record, config, home)
         execution = None

@@ -183,6 +183,7 @@ def provision_llm(args: argparse.Namespace, config: Any, names: Any) -> int:
 
 
 def gateway_command(args: argparse.Namespace) -> int:
+    from pipelines.local.api_token import local_token, token_path
     from pipelines.local.gateway import running_gateway, serve, start_gateway, stop_gateway
 
     home = StateHome.from_env().ensure()
@@ -191,8 +192,11 @@ def gateway_command(args: argparse.Namespace) -> int:
             serve(args.port or 8080)
             return EXIT_OK
         info = start_gateway(home, project(args), args.port)
+        local_token(home)
         print(f"local sagemaker-runtime at {info['url']} (pid {info['pid']})")
         print(f"  boto3.client('sagemaker-runtime', endpoint_url='{info['url']}')")
+        print("  also the SageMaker and Step Functions APIs (boto3.client('sagemaker', endpoint_url=...));")
+        print(f"  StartPipelineExecution needs aws_session_token = the contents of {token_path(home)}")
     elif args.gateway_command == "stop":
         print("stopped" if stop_gateway(home) else "no gateway running")
     else:

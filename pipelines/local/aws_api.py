@@ -5,20 +5,32 @@ the AWS CLI (`--endpoint-url`): both speak the JSON protocol (`POST /` with `X-A
 SageMaker.ListPipelines`, `AWSStepFunctions.DescribeExecution`, ...). Answers follow the APIs'
 shapes, built from the state folder's records (runs, gate executions, endpoints, the registry);
 errors use their codes (`ResourceNotFound`, `ValidationException`, `ExecutionDoesNotExist`,
-`UnknownOperationException`). Read-only: nothing here changes state.
+`UnknownOperationException`, `AccessDeniedException`). The one call that changes state,
+`StartPipelineExecution`, needs the local token (`api_token`) and runs `sagegate run` on the
+pipeline's model YAML as its own process, exactly as the command line would.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from pipelines.config import ConfigError, find_model_config_path
+from pipelines.local.api_token import authorized
 from pipelines.local.endpoints import EndpointManager, SageMakerError
 from pipelines.state import Project, StateHome
 
 Answer = tuple[int, dict[str, Any]]
+STATE_CHANGING = {"SageMaker.StartPipelineExecution"}
+START_TIMEOUT_SECONDS = 60  # for the started run's record to appear
 
 
 class ApiError(Exception):
@@ -37,12 +49,19 @@ class LocalApis:
     def __init__(self, home: StateHome, project: Project) -> None:
         self.home, self.project = home, project
 
-    def call(self, target: str, body: bytes) -> Answer:
+    def call(self, target: str, body: bytes, token: str | None = None) -> Answer:
         service, _, operation = target.partition(".")
         handler: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(self, f"{service}_{operation}", None)
         try:
             if service not in ("SageMaker", "AWSStepFunctions") or handler is None:
                 raise ApiError("UnknownOperationException", f"{target} is not served locally")
+            if target in STATE_CHANGING and not authorized(self.home, token):
+                raise ApiError(
+                    "AccessDeniedException",
+                    f"{operation} changes state: pass the local token ({self.home.root / 'api-token'}) as the "
+                    "session token (boto3 aws_session_token, AWS_SESSION_TOKEN)",
+                    status=403,
+                )
             try:
                 request = json.loads(body or b"{}")
             except ValueError:
@@ -66,7 +85,9 @@ class LocalApis:
         return f"arn:aws:sagemaker:{self.project.region}:{self.project.account}:pipeline/{pipeline}"
 
     def _execution_arn(self, record: Any) -> str:
-        return f"{self._pipeline_arn(record.pipeline)}/execution/{record.run_id}"
+        """By the record's attempt id: known before the run starts (StartPipelineExecution's answer), stable
+        after (the run id becomes the pipeline execution's once the SDK starts it)."""
+        return f"{self._pipeline_arn(record.pipeline)}/execution/{record.attempt or record.run_id}"
 
     def _run(self, arn: str) -> Any:
         if not isinstance(arn, str) or "/execution/" not in arn:
@@ -75,6 +96,40 @@ class LocalApis:
             if self._execution_arn(record) == arn:
                 return record
         raise ApiError("ResourceNotFound", f"Pipeline execution {arn} does not exist.")
+
+    def SageMaker_StartPipelineExecution(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`sagegate run` on the pipeline's model YAML, as its own process; answers once its record exists."""
+        name = str(request.get("PipelineName", ""))
+        prefix, suffix = self.project.name(""), "-training"
+        model = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+        if request.get("PipelineParameters"):
+            raise ApiError("ValidationException", "PipelineParameters: a local run takes its data from the model YAML")
+        try:
+            config_path = find_model_config_path(model) if model else None
+        except ConfigError:
+            config_path = None
+        if config_path is None:
+            raise ApiError("ResourceNotFound", f"Pipeline {name} does not exist (no model YAML for it).")
+        attempt = uuid.uuid4().hex[:12]
+        log = self.home.runs / "logs" / attempt / "start.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pipelines.cli", "run", str(config_path), "--attempt", attempt]
+        names = {"--project": self.project.prefix, "--env": self.project.environment, "--region": self.project.region}
+        command += [part for option, value in names.items() for part in (option, value)]
+        with log.open("ab") as output:
+            process = subprocess.Popen(
+                command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, "SAGEGATE_HOME": str(self.home.root)},
+            )  # fmt: skip
+        threading.Thread(target=process.wait, daemon=True).start()  # reaped when it ends
+        record = self.home.runs / f"{attempt}.json"
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not record.is_file():
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise ApiError("InternalFailure", f"the run did not start: {tail[0]} (see {log})", status=500)
+            time.sleep(0.05)
+        return {"PipelineExecutionArn": f"{self._pipeline_arn(name)}/execution/{attempt}"}
 
     def SageMaker_ListPipelines(self, request: dict[str, Any]) -> dict[str, Any]:
         latest: dict[str, Any] = {}

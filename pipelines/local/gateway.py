@@ -170,7 +170,8 @@ class Gateway:
         target = environ.get("HTTP_X_AMZ_TARGET")
         if target and path == "/" and environ.get("REQUEST_METHOD") == "POST":  # SageMaker / Step Functions APIs
             length = min(int(environ.get("CONTENT_LENGTH") or 0), MAX_PAYLOAD)
-            status, answer = self.apis.call(target, environ["wsgi.input"].read(length) if length else b"")
+            body = environ["wsgi.input"].read(length) if length else b""
+            status, answer = self.apis.call(target, body, environ.get("HTTP_X_AMZ_SECURITY_TOKEN"))
             headers = {"Content-Type": "application/x-amz-json-1.1"}
             if status != 200:
                 headers["x-amzn-ErrorType"] = answer["__type"]
