@@ -152,3 +152,26 @@ def test_the_aws_cli_reads_them_with_endpoint_url(world) -> None:
     assert executions["PipelineExecutionSummaries"][0]["PipelineExecutionStatus"] == "Succeeded"
     described = cli("stepfunctions", "describe-execution", "--execution-arn", execution.arn)
     assert described["status"] == "SUCCEEDED"
+
+
+def test_the_training_schedule_fires_through_start_pipeline_execution(world) -> None:
+    from datetime import UTC, datetime
+
+    from pipelines.schedules import LocalFire, model_schedules
+
+    home, url, _, _ = world
+    sagemaker = client("sagemaker", url)
+    before = len(sagemaker.list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"])
+    (training, *_) = model_schedules(load_config(MODELS / "breast-cancer.yaml"), PROJECT)
+    lines: list[str] = []
+    LocalFire(home, PROJECT, lines.append)(training, datetime.now(UTC))
+    assert "sagegate-development-breast-cancer-weekly-training: started arn:aws:sagemaker:" in lines[0]
+    arn = lines[0].rsplit(" ", 1)[1]
+    listed = sagemaker.list_pipeline_executions(PipelineName=PIPELINE)["PipelineExecutionSummaries"]
+    assert len(listed) == before + 1 and listed[0]["PipelineExecutionArn"] == arn
+
+    def finished() -> str | None:
+        status = sagemaker.describe_pipeline_execution(PipelineExecutionArn=arn)["PipelineExecutionStatus"]
+        return None if status == "Executing" else status
+
+    assert wait_for(finished, "the scheduled run to finish", 240) == "Succeeded"

@@ -516,3 +516,21 @@ def test_monitor_run_without_data_or_with_bad_input_says_so(deployed: StateHome)
         deployed, "monitor", "run", "--endpoint", ENDPOINT, "--since", "2026-01-02", "--until", "2026-01-01"
     )
     assert backwards.returncode == 2 and "is not after --since" in backwards.stderr
+
+
+def test_the_monitoring_schedule_fires_the_monitor_on_the_window_ending_at_its_time(deployed: StateHome) -> None:
+    from pipelines.monitor import list_reports
+    from pipelines.schedules import LocalFire, model_schedules
+
+    home = deployed
+    (*_, monitoring) = model_schedules(load_config(MODELS / "friedman1.yaml"), PROJECT, str(MODELS / "friedman1.yaml"))
+    assert monitoring.kind == "monitoring"
+    before = len(list_reports(home, ENDPOINT))
+    at = datetime.now(UTC).replace(microsecond=0)
+    lines: list[str] = []
+    LocalFire(home, PROJECT, lines.append)(monitoring, at)
+    assert re.search(r"drift-monitoring: exit [01]: ", lines[0]), lines
+    reports = list_reports(home, ENDPOINT)
+    assert len(reports) == before + 1
+    assert reports[-1]["end_time"] == at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert reports[-1]["start_time"] == (at - timedelta(minutes=60)).strftime("%Y-%m-%dT%H:%M:%SZ")

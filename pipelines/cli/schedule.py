@@ -1,0 +1,97 @@
+"""`sagegate schedule list|run`: the model stack's schedules (training, inference, monitoring), fired locally."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipelines.cli.common import EXIT_OK, AddParser, add_names, project
+from pipelines.config import ConfigError, load_config
+from pipelines.containers import asset_folder
+from pipelines.state import Project, StateHome
+
+
+def register(add: AddParser) -> None:
+    schedule = add("schedule", help="the model stack's schedules, fired locally")
+    commands = schedule.add_subparsers(dest="schedule_command", required=True)
+    listing = commands.add_parser("list", help="each schedule's expression and next fire time (UTC)")
+    listing.add_argument("configs", nargs="*", help="model YAMLs (default: ./models, then the bundled examples)")
+    listing.add_argument("--json", action="store_true")
+    add_names(listing)
+    listing.set_defaults(handler=list_command)
+    run = commands.add_parser("run", help="fire them as they come due (foreground, or --background)")
+    run.add_argument("configs", nargs="*", help="model YAMLs (default: ./models, then the bundled examples)")
+    run.add_argument("--background", action="store_true", help="detach; the log is schedules/runner.log")
+    add_names(run)
+    run.set_defaults(handler=run_command)
+
+
+def configured(project: Project, paths: list[str]) -> list:
+    """Every schedule of the given YAMLs, or of ./models then the bundled examples (first of each name)."""
+    from pipelines.schedules import model_schedules
+
+    named = bool(paths)
+    if not named:
+        folders = dict.fromkeys([Path("models").resolve(), asset_folder("models")])
+        paths = [str(path) for folder in folders for path in sorted(folder.glob("*.y*ml"))]
+    seen, schedules = set(), []
+    for path in paths:
+        try:
+            config = load_config(path)
+        except ConfigError:
+            if named:  # asked for by name: its error is the answer (exit 2)
+                raise
+            continue
+        if config.name not in seen:
+            seen.add(config.name)
+            schedules += model_schedules(config, project, str(Path(path).resolve()))
+    return schedules
+
+
+def list_command(args: argparse.Namespace) -> int:
+    from pipelines.schedules import next_fire
+
+    now = datetime.now(UTC)
+    rows = [
+        {"name": s.name, "kind": s.kind, "expression": s.expression,
+         "next_fire": next_fire(s.expression, now, now).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        for s in configured(project(args), args.configs)
+    ]  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'schedule':<58} {'expression':<22} next fire (UTC)")
+    for row in rows:
+        print(f"{row['name']:<58} {row['expression']:<22} {row['next_fire']}")
+    return EXIT_OK
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from pipelines.schedules import LocalFire, Runner
+
+    home, names = StateHome.from_env().ensure(), project(args)
+    folder = home.root / "schedules"
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.background:
+        command = [a for a in sys.argv if a != "--background"]
+        with (folder / "runner.log").open("ab") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=os.environ.copy()
+            )
+        print(f"schedule runner started (pid {process.pid}); log {folder / 'runner.log'}")
+        return EXIT_OK
+    schedules = configured(names, args.configs)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    runner = Runner(schedules, LocalFire(home, names, log))
+    for schedule, at in sorted(runner.pending.items(), key=lambda item: item[1]):
+        log(f"{schedule.name} ({schedule.expression}): next {at:%Y-%m-%dT%H:%M:%SZ}")
+    while True:
+        runner.step()
