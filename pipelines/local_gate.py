@@ -357,9 +357,11 @@ def load_execution(home: StateHome, name: str) -> ExecutionRecord:
     return _parse(path, read_json(path))
 
 
-def run_gate(config: ModelConfig, project: Project, home: StateHome, version: str | None = None) -> ExecutionRecord:
-    """The gate for one registered version (default: the newest)."""
+def run_gate(
+    config: ModelConfig, project: Project, home: StateHome, version: str | None = None, name: str | None = None
+) -> ExecutionRecord:
+    """The gate for one registered version (default: the newest); `name`: the execution's (StartExecution's)."""
     execution_input = gate_input(config, project, home, version)
-    name = f"{config.name}-v{execution_input['version']}-{uuid.uuid4().hex[:6]}"
+    name = name or f"{config.name}-v{execution_input['version']}-{uuid.uuid4().hex[:6]}"
     with LocalGate(project, home) as gate:
         return gate.execute(execution_input, name=name)

@@ -175,3 +175,33 @@ def test_the_training_schedule_fires_through_start_pipeline_execution(world) -> 
         return None if status == "Executing" else status
 
     assert wait_for(finished, "the scheduled run to finish", 240) == "Succeeded"
+
+
+def test_start_execution_runs_the_gate_with_the_local_token(world) -> None:
+    from pipelines.local.api_token import local_token
+
+    home, url, _, _ = world
+    plain = client("stepfunctions", url)
+    request = {
+        "stateMachineArn": GATE,
+        "name": "api-started",
+        "input": json.dumps({"model": "breast-cancer", "version": "1"}),
+    }
+    with pytest.raises(plain.exceptions.ClientError, match="AccessDeniedException"):
+        plain.start_execution(**request)
+    states = boto3.client("stepfunctions", endpoint_url=url, region_name="us-east-1", aws_access_key_id="local",
+                          aws_secret_access_key="local", aws_session_token=local_token(home))  # fmt: skip
+    started = states.start_execution(**request)
+    assert started["executionArn"].endswith(":execution:sagegate-development-deployment-gate:api-started")
+    described = states.describe_execution(executionArn=started["executionArn"])
+    assert described["status"] == "SUCCEEDED" and json.loads(described["input"])["version"] == "1"
+    with pytest.raises(states.exceptions.ExecutionAlreadyExists):
+        states.start_execution(**request)
+    with pytest.raises(states.exceptions.StateMachineDoesNotExist):
+        states.start_execution(**{**request, "stateMachineArn": GATE + "-other", "name": "x"})
+    with pytest.raises(states.exceptions.InvalidExecutionInput, match="version"):
+        states.start_execution(stateMachineArn=GATE, name="y", input=json.dumps({"model": "breast-cancer"}))
+    with pytest.raises(states.exceptions.InvalidExecutionInput, match="no version or alias '9'"):
+        states.start_execution(
+            stateMachineArn=GATE, name="z", input=json.dumps({"model": "breast-cancer", "version": "9"})
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ def register(add: AddParser) -> None:
     add_model_choice(run)
     run.add_argument("--version", help="registered version (default: the newest)")
     run.add_argument("--json", action="store_true")
+    run.add_argument("--name", type=execution_name, help=argparse.SUPPRESS)  # set by StartExecution
     add_common(run, config=False)
     run.set_defaults(handler=run_command)
 
@@ -65,10 +67,17 @@ def definition_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def execution_name(text: str) -> str:
+    """Step Functions' rule for execution names."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,80}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: 1-80 letters, digits, - and _")
+    return text
+
+
 def run_command(args: argparse.Namespace) -> int:
     from pipelines.local_gate import run_gate
 
-    execution = run_gate(chosen_model_config(args), project(args), StateHome.from_env(), args.version)
+    execution = run_gate(chosen_model_config(args), project(args), StateHome.from_env(), args.version, args.name)
     if args.json:
         print(json.dumps(execution.to_json(), indent=2))
     else:

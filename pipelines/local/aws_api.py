@@ -5,9 +5,9 @@ the AWS CLI (`--endpoint-url`): both speak the JSON protocol (`POST /` with `X-A
 SageMaker.ListPipelines`, `AWSStepFunctions.DescribeExecution`, ...). Answers follow the APIs'
 shapes, built from the state folder's records (runs, gate executions, endpoints, the registry);
 errors use their codes (`ResourceNotFound`, `ValidationException`, `ExecutionDoesNotExist`,
-`UnknownOperationException`, `AccessDeniedException`). The one call that changes state,
-`StartPipelineExecution`, needs the local token (`api_token`) and runs `sagegate run` on the
-pipeline's model YAML as its own process, exactly as the command line would.
+`UnknownOperationException`, `AccessDeniedException`). The calls that change state,
+`StartPipelineExecution` and `StartExecution`, need the local token (`api_token`) and run `sagegate
+run` / `sagegate gate run` as their own processes, exactly as the command line would.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pipelines.local.endpoints import EndpointManager, SageMakerError
 from pipelines.state import Project, StateHome
 
 Answer = tuple[int, dict[str, Any]]
-STATE_CHANGING = {"SageMaker.StartPipelineExecution"}
+STATE_CHANGING = {"SageMaker.StartPipelineExecution", "AWSStepFunctions.StartExecution"}
+GATE_TIMEOUT_SECONDS = 600  # StartExecution answers once the local gate has finished
 START_TIMEOUT_SECONDS = 60  # for the started run's record to appear
 
 
@@ -251,6 +252,47 @@ class LocalApis:
             if record.arn == arn:
                 return record
         raise ApiError("ExecutionDoesNotExist", f"Execution Does Not Exist: '{arn}'")
+
+    def AWSStepFunctions_StartExecution(self, request: dict[str, Any]) -> dict[str, Any]:
+        """`sagegate gate run` for the input's model and version, as its own process. The local gate takes
+        seconds, so this answers once it has finished: the execution is then described and listed whole."""
+        machine = self.project.state_machine_name
+        arn = f"arn:aws:states:{self.project.region}:{self.project.account}:stateMachine:{machine}"
+        if request.get("stateMachineArn") != arn:
+            raise ApiError(
+                "StateMachineDoesNotExist", f"State Machine Does Not Exist: '{request.get('stateMachineArn')}'"
+            )
+        try:
+            execution_input = json.loads(request.get("input") or "{}")
+        except ValueError:
+            raise ApiError("InvalidExecutionInput", "input is not JSON") from None
+        model, version = execution_input.get("model"), str(execution_input.get("version") or "")
+        if not isinstance(model, str) or not version.isdigit():
+            raise ApiError(
+                "InvalidExecutionInput", "input needs the gate's `model` and `version` (as the registration rule sends)"
+            )
+        name = str(request.get("name") or f"{model}-v{version}-{uuid.uuid4().hex[:6]}")
+        if any(record.name == name for record in self._executions()):
+            raise ApiError("ExecutionAlreadyExists", f"Execution Already Exists: '{name}'")
+        try:
+            config_path = find_model_config_path(model)
+        except ConfigError as error:
+            raise ApiError("InvalidExecutionInput", str(error)) from None
+        command = [sys.executable, "-m", "pipelines.cli", "gate", "run", "--model", model, "--config", str(config_path),
+                   "--version", version, "--name", name, "--project", self.project.prefix,
+                   "--env", self.project.environment, "--region", self.project.region]  # fmt: skip
+        environment = {**os.environ, "SAGEGATE_HOME": str(self.home.root)}
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, env=environment, timeout=GATE_TIMEOUT_SECONDS
+            )
+        except subprocess.TimeoutExpired:
+            raise ApiError("InternalFailure", f"the gate did not finish within {GATE_TIMEOUT_SECONDS} s", 500) from None
+        for record in self._executions():
+            if record.name == name:
+                return {"executionArn": record.arn, "startDate": _epoch(record.started_at)}
+        message = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise ApiError("InvalidExecutionInput", message[0].removeprefix("error: "))
 
     def AWSStepFunctions_ListStateMachines(self, request: dict[str, Any]) -> dict[str, Any]:
         machines = {record.state_machine: record.started_at for record in self._executions()}
