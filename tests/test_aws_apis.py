@@ -205,3 +205,61 @@ def test_start_execution_runs_the_gate_with_the_local_token(world) -> None:
         states.start_execution(
             stateMachineArn=GATE, name="z", input=json.dumps({"model": "breast-cancer", "version": "9"})
         )
+
+
+@pytest.mark.parametrize(
+    "hostile", ["../../etc/passwd", "..%2F..%2Fetc", "a/b", "x" * 10_000, "name with spaces", "\x00"]
+)
+def test_hostile_names_are_refused_and_never_reach_a_path(world, hostile: str) -> None:
+    from pipelines.local.api_token import local_token
+
+    home, url, _, _ = world
+    token = local_token(home)
+    kwargs = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "local",
+              "aws_secret_access_key": "local", "aws_session_token": token}  # fmt: skip
+    states, sagemaker = boto3.client("stepfunctions", **kwargs), boto3.client("sagemaker", **kwargs)
+    with pytest.raises(states.exceptions.ClientError, match=r"InvalidName|ValidationException"):
+        states.start_execution(
+            stateMachineArn=GATE, name=hostile, input=json.dumps({"model": "breast-cancer", "version": "1"})
+        )
+    with pytest.raises(states.exceptions.ClientError, match=r"InvalidExecutionInput|ValidationException"):
+        states.start_execution(stateMachineArn=GATE, name="ok", input=json.dumps({"model": hostile, "version": "1"}))
+    with pytest.raises(states.exceptions.ClientError, match=r"ExecutionDoesNotExist|ValidationException"):
+        states.describe_execution(executionArn=f"{GATE.replace('stateMachine', 'execution')}:{hostile}")
+    with pytest.raises(sagemaker.exceptions.ClientError, match=r"ResourceNotFound|ValidationException"):
+        sagemaker.start_pipeline_execution(PipelineName=f"sagegate-development-{hostile}-training")
+    with pytest.raises(sagemaker.exceptions.ClientError, match=r"ResourceNotFound|ValidationException"):
+        sagemaker.describe_pipeline_execution(
+            PipelineExecutionArn=f"arn:aws:sagemaker:us-east-1:1:pipeline/x/execution/{hostile}"
+        )
+    assert not (home.root / "etc").exists() and not any(home.root.parent.glob("*passwd*"))
+
+
+def test_mlflow_ui_serves_the_state_folders_store(world, tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    home, _, record, _ = world
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exe = Path(sys.executable).parent / "sagegate"
+    log = (tmp_path / "ui.log").open("wb")
+    server = subprocess.Popen([str(exe), "mlflow", "ui", "--port", str(port)], stdout=log, stderr=log,
+                              env={**os.environ, "SAGEGATE_HOME": str(home.root)}, start_new_session=True)  # fmt: skip
+    try:
+
+        def answers() -> bytes | None:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/search", method="GET"
+                )
+                return urllib.request.urlopen(request, timeout=2).read()
+            except OSError:
+                return None
+
+        body = wait_for(answers, "the MLflow UI to answer", 90)
+        assert record.registered_model in body.decode()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
+import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.cli.common import EXIT_FAILED, EXIT_OK, AddParser, add_common, model_config, project, report_skipped
@@ -36,6 +39,12 @@ def register(add: AddParser) -> None:
     models = add("models", help="list registered model versions with their metrics")
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=models_command)
+
+    mlflow = add("mlflow", help="MLflow on the state folder's store")
+    mlflow_commands = mlflow.add_subparsers(dest="mlflow_command", required=True)
+    ui = mlflow_commands.add_parser("ui", help="the MLflow UI on this state folder's tracking store and registry")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=mlflow_ui_command)
 
     pipeline = add("pipeline", help="pipeline definition commands")
     pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
@@ -166,6 +175,17 @@ def print_run(record: RunRecord, config: ModelConfig, home: StateHome) -> None:
         print("Nothing was registered.")
     for name, location in record.artifacts.items():
         print(f"  {name:<13} {location}")
+
+
+def mlflow_ui_command(args: argparse.Namespace) -> int:
+    """`mlflow ui` on the store every run writes to, 127.0.0.1 only (replaces this process)."""
+    home = StateHome.from_env().ensure()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow, "ui", "--backend-store-uri", home.mlflow_tracking_uri, "--default-artifact-root",
+               str(home.mlflow_artifacts), "--host", "127.0.0.1", "--port", str(args.port)]  # fmt: skip
+    print(f"MLflow UI on {home.mlflow_tracking_uri}: http://127.0.0.1:{args.port}", flush=True)
+    os.execv(mlflow, command)
+    return EXIT_OK  # not reached
 
 
 def runs_command(args: argparse.Namespace) -> int:

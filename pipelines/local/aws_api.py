@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -30,6 +31,8 @@ from pipelines.state import Project, StateHome
 
 Answer = tuple[int, dict[str, Any]]
 STATE_CHANGING = {"SageMaker.StartPipelineExecution", "AWSStepFunctions.StartExecution"}
+EXECUTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")  # Step Functions' rule; names never reach a path unchecked
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 GATE_TIMEOUT_SECONDS = 600  # StartExecution answers once the local gate has finished
 START_TIMEOUT_SECONDS = 60  # for the started run's record to appear
 
@@ -272,6 +275,10 @@ class LocalApis:
                 "InvalidExecutionInput", "input needs the gate's `model` and `version` (as the registration rule sends)"
             )
         name = str(request.get("name") or f"{model}-v{version}-{uuid.uuid4().hex[:6]}")
+        if not EXECUTION_NAME.fullmatch(name):
+            raise ApiError("InvalidName", f"Invalid Name: '{name[:100]}' (1-80 letters, digits, - and _)")
+        if not MODEL_NAME.fullmatch(model):
+            raise ApiError("InvalidExecutionInput", f"model {model[:100]!r} is not a model name")
         if any(record.name == name for record in self._executions()):
             raise ApiError("ExecutionAlreadyExists", f"Execution Already Exists: '{name}'")
         try:
