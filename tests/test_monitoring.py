@@ -55,6 +55,20 @@ def test_capture_line_is_sagemakers_format_byte_for_byte() -> None:
     assert "inferenceId" not in binary["eventMetadata"]
 
 
+def test_capture_follows_the_endpoint_configs_modes_and_content_types() -> None:
+    from pipelines.local.capture import capture_target
+
+    config = {"DataCaptureConfig": {"EnableCapture": True, "DestinationS3Uri": "s3://b/p/",
+                                    "CaptureOptions": [{"CaptureMode": "Input"}]}}  # fmt: skip
+    target = capture_target(config)
+    assert target is not None and target.destination == "s3://b/p" and target.sampling_percentage == 100
+    line = json.loads(capture_line(b"1,2", "text/csv", b"3", "text/csv", WHEN, target=target))
+    assert list(line["captureData"]) == ["endpointInput"]  # Input only
+    assert line["captureData"]["endpointInput"]["encoding"] == "BASE64"  # no CaptureContentTypeHeader: base64
+    assert capture_target({"DataCaptureConfig": {**config["DataCaptureConfig"], "EnableCapture": False}}) is None
+    assert capture_target({}) is None
+
+
 def test_capture_key_is_the_aws_layout() -> None:
     key = capture_key("s3://bucket/monitoring/capture", ENDPOINT, "AllTraffic", WHEN)
     assert key == f"bucket/monitoring/capture/{ENDPOINT}/AllTraffic/2026/11/30/09"

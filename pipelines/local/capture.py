@@ -33,7 +33,8 @@ from pipelines.statefiles import StateFileError, read_json, write_json
 FILE_SECONDS = float(os.environ.get("SAGEGATE_CAPTURE_FILE_SECONDS", "1"))  # how long one spool file stays open
 BATCH_SECONDS = 0.05  # the writer wakes this often and writes everything queued meanwhile
 QUEUE_LIMIT = 10_000  # records waiting for the writer; beyond this, capture drops and counts
-TEXT_ENCODINGS = {"text/csv": "CSV", "application/json": "JSON"}  # CaptureContentTypeHeader; else BASE64
+# what the gate's CaptureContentTypeHeader says; a content type it does not list is captured as BASE64
+TEXT_TYPES = {"CSV": ("text/csv",), "JSON": ("application/json",)}
 PART = ".part"
 
 log = logging.getLogger(__name__)
@@ -49,24 +50,33 @@ def status_path(home: StateHome) -> Path:
 
 @dataclass(frozen=True)
 class CaptureTarget:
-    """Where one endpoint's variant captures to, and how much of its traffic (its DataCaptureConfig)."""
+    """Where one endpoint's variant captures to, how much of its traffic and what of it (DataCaptureConfig)."""
 
     destination: str  # s3://bucket/prefix
     sampling_percentage: int
+    modes: tuple[str, ...] = ("Input", "Output")
+    text_types: tuple[tuple[str, tuple[str, ...]], ...] = tuple(TEXT_TYPES.items())  # encoding → content types
 
 
 def capture_target(endpoint_config: dict[str, Any]) -> CaptureTarget | None:
     """The endpoint config's DataCaptureConfig, when it captures requests and responses."""
     config = endpoint_config.get("DataCaptureConfig") or {}
-    modes = {option.get("CaptureMode") for option in config.get("CaptureOptions", [])}
+    modes = tuple(sorted({str(option.get("CaptureMode")) for option in config.get("CaptureOptions", [])}))
     if not config.get("EnableCapture", True) or not config.get("DestinationS3Uri") or not modes:
         return None
-    return CaptureTarget(config["DestinationS3Uri"].rstrip("/"), int(config.get("InitialSamplingPercentage", 100)))
+    header = config.get("CaptureContentTypeHeader") or {}
+    text_types = (
+        ("CSV", tuple(header.get("CsvContentTypes", ()))),
+        ("JSON", tuple(header.get("JsonContentTypes", ()))),
+    )
+    return CaptureTarget(
+        config["DestinationS3Uri"].rstrip("/"), int(config.get("InitialSamplingPercentage", 100)), modes, text_types
+    )
 
 
-def _payload(body: bytes, content_type: str, mode: str) -> dict[str, str]:
+def _payload(body: bytes, content_type: str, mode: str, text_types: Any) -> dict[str, str]:
     media = content_type.split(";")[0].strip().lower()
-    encoding = TEXT_ENCODINGS.get(media, "BASE64")
+    encoding = next((name for name, types in text_types if media in types), "BASE64")
     try:
         data = body.decode("utf-8") if encoding != "BASE64" else base64.b64encode(body).decode()
     except UnicodeDecodeError:
@@ -82,15 +92,21 @@ def capture_line(
     when: datetime,
     event_id: str | None = None,
     inference_id: str | None = None,
+    target: CaptureTarget | None = None,
 ) -> str:
-    """One captured invocation in SageMaker's format (the key order and shape of AWS's files)."""
+    """One captured invocation in SageMaker's format (the key order and shape of AWS's files); `target`:
+    which sides are captured and which content types as text (default: both; CSV and JSON)."""
+    modes = target.modes if target else ("Input", "Output")
+    text_types = target.text_types if target else tuple(TEXT_TYPES.items())
     metadata = {"eventId": event_id or str(uuid.uuid4()), "inferenceTime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}
     if inference_id:
         metadata["inferenceId"] = inference_id
     record = {
         "captureData": {
-            "endpointInput": _payload(request, request_type, "INPUT"),
-            "endpointOutput": _payload(response, response_type, "OUTPUT"),
+            **({"endpointInput": _payload(request, request_type, "INPUT", text_types)} if "Input" in modes else {}),
+            **(
+                {"endpointOutput": _payload(response, response_type, "OUTPUT", text_types)} if "Output" in modes else {}
+            ),
         },
         "eventMetadata": metadata,
         "eventVersion": "0",
@@ -201,7 +217,7 @@ class CaptureWriter:
 
     def _write(self, item: _Invocation) -> None:
         endpoint, variant, when = item.endpoint, item.variant, item.when
-        line = capture_line(*item.request, *item.response, when, inference_id=item.inference_id)
+        line = capture_line(*item.request, *item.response, when, inference_id=item.inference_id, target=item.target)
         folder = capture_key(item.target.destination, endpoint, variant, when)
         current = self._files.get((endpoint, variant))
         if current is not None and current.hour != folder:
