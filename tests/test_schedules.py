@@ -147,3 +147,26 @@ def test_schedule_list_prints_the_next_fire_times(tmp_path: Path) -> None:
         env={**os.environ, "SAGEGATE_HOME": str(tmp_path)},
     )  # fmt: skip
     assert bad.returncode == 2 and "missing.yaml" in bad.stderr
+
+
+def test_one_background_runner_per_state_folder_and_stop_ends_it(tmp_path: Path) -> None:
+    from pipelines.statefiles import process_alive
+
+    exe = str(Path(sys.executable).parent / "sagegate")
+    environment = {**os.environ, "SAGEGATE_HOME": str(tmp_path / "state")}
+
+    def sagegate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([exe, *args], capture_output=True, text=True, env=environment)
+
+    config = str(MODELS / "friedman1.yaml")
+    started = sagegate("schedule", "run", config, "--background")
+    assert started.returncode == 0, started.stderr
+    record = json.loads((tmp_path / "state" / "schedules" / "runner.json").read_text())
+    assert process_alive(record["process"])
+    second = sagegate("schedule", "run", config, "--background")
+    assert second.returncode == 1 and "already runs" in second.stderr
+    assert "drift-monitoring (rate(1 hour)): next" in (tmp_path / "state" / "schedules" / "runner.log").read_text()
+    stopped = sagegate("schedule", "stop")
+    assert stopped.returncode == 0 and f"pid {record['pid']}" in stopped.stdout
+    assert not process_alive(record["process"])
+    assert sagegate("schedule", "stop").stdout.strip() == "no schedule runner running"
