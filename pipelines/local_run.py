@@ -183,7 +183,7 @@ def run_local(
     home.ensure()
     started = time.monotonic()
     attempt = attempt or uuid.uuid4().hex[:12]
-    logs = home.runs / "logs" / attempt
+    logs = attempt_logs(home, attempt)
     scratch = home.jobs / attempt  # this run's job containers; concurrent runs have their own
     record = RunRecord.starting(
         config,
@@ -345,7 +345,17 @@ def _read_json(s3: LocalS3, uri: str) -> dict[str, Any] | None:
 
 
 def record_path(home: StateHome, record: RunRecord) -> Path:
-    return home.runs / f"{record.attempt or record.run_id}.json"
+    return attempt_path(home, record.attempt or record.run_id)
+
+
+def attempt_path(home: StateHome, attempt: str) -> Path:
+    """The record of the run with this attempt id (its file name)."""
+    return home.runs / f"{attempt}.json"
+
+
+def attempt_logs(home: StateHome, attempt: str) -> Path:
+    """The folder of a run's job logs (and of the start log of a run started through the API)."""
+    return home.runs / "logs" / attempt
 
 
 def save_record(home: StateHome, record: RunRecord) -> Path:

@@ -114,8 +114,10 @@ class LocalApis:
             config_path = None
         if config_path is None:
             raise ApiError("ResourceNotFound", f"Pipeline {name} does not exist (no model YAML for it).")
+        from pipelines.local_run import attempt_logs, attempt_path
+
         attempt = uuid.uuid4().hex[:12]
-        log = self.home.runs / "logs" / attempt / "start.log"
+        log = attempt_logs(self.home, attempt) / "start.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "pipelines.cli", "run", str(config_path), "--attempt", attempt]
         names = {"--project": self.project.prefix, "--env": self.project.environment, "--region": self.project.region}
@@ -126,7 +128,7 @@ class LocalApis:
                 env={**os.environ, "SAGEGATE_HOME": str(self.home.root)},
             )  # fmt: skip
         threading.Thread(target=process.wait, daemon=True).start()  # reaped when it ends
-        record = self.home.runs / f"{attempt}.json"
+        record = attempt_path(self.home, attempt)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not record.is_file():
             if process.poll() is not None or time.monotonic() > deadline:
