@@ -7,6 +7,7 @@ people who read these messages are editing that file right now.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -416,15 +417,25 @@ def find_model_config(model: str, overrides: list[str] | None = None) -> ModelCo
 
 def find_model_config_path(model: str, overrides: list[str] | None = None) -> Path:
     """Where the YAML whose `name` is `model` is: the project's `./models`, then the bundled examples."""
-    # once each, when the project's folder is the bundled one (a checkout)
-    folders = list(dict.fromkeys([Path("models").resolve(), asset_folder("models")]))
-    for folder in folders:
+    for path, config in discovered_configs(overrides):
+        if config.name == model:
+            return path
+    searched = " or ".join(str(folder) for folder in model_config_folders())
+    raise ConfigError(f"--model {model}: no model YAML named {model!r} in {searched} (or pass --config PATH)")
+
+
+def model_config_folders() -> list[Path]:
+    """The project's `./models`, then the bundled examples (once, when the project's folder is the bundled one)."""
+    return list(dict.fromkeys([Path("models").resolve(), asset_folder("models")]))
+
+
+def discovered_configs(overrides: list[str] | None = None) -> Iterator[tuple[Path, ModelConfig]]:
+    """Every valid model YAML of `model_config_folders`, in order, with its path (invalid ones skipped:
+    a command that names a file gets its error from `load_config` instead)."""
+    for folder in model_config_folders():
         for path in sorted(folder.glob("*.y*ml")):
             try:
                 config = load_config(path, overrides)
             except ConfigError:
                 continue
-            if config.name == model:
-                return path
-    searched = " or ".join(str(folder) for folder in folders)
-    raise ConfigError(f"--model {model}: no model YAML named {model!r} in {searched} (or pass --config PATH)")
+            yield path, config

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, ModelConfig, load_config
-from pipelines.containers import asset_folder, container_code
+from pipelines.config import ModelConfig, discovered_configs, load_config
+from pipelines.containers import container_code
 from pipelines.local.capture import await_delivery, deliver, recover, spool_folder
 from pipelines.local.gateway import running_gateway
 from pipelines.local.s3 import LocalS3
@@ -40,17 +40,10 @@ def reports_folder(home: StateHome, endpoint: str) -> Path:
 def config_for_endpoint(project: Project, endpoint: str, config_path: str | None, overrides: list[str]) -> ModelConfig:
     """The model YAML whose endpoint is `endpoint`: `--config`, else ./models, then the bundled examples."""
     if config_path:
-        paths = [Path(config_path)]
+        candidates = [(Path(config_path), load_config(config_path, overrides))]
     else:
-        folders = dict.fromkeys([Path("models").resolve(), asset_folder("models")])
-        paths = [path for folder in folders for path in sorted(folder.glob("*.y*ml"))]
-    for path in paths:
-        try:
-            config = load_config(path, overrides)
-        except ConfigError:
-            if config_path:
-                raise
-            continue
+        candidates = list(discovered_configs(overrides))
+    for _, config in candidates:
         if project.endpoint_name(config.name, config.deployment.type) == endpoint:
             return config
     where = config_path or "./models or the bundled examples"

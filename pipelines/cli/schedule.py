@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.cli.common import EXIT_FAILED, EXIT_OK, AddParser, add_names, project
-from pipelines.config import ConfigError, load_config
-from pipelines.containers import asset_folder
+from pipelines.config import discovered_configs, load_config
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, locked, process_alive, process_token, read_json, write_json
 
@@ -37,24 +36,16 @@ def register(add: AddParser) -> None:
 
 
 def configured(project: Project, paths: list[str]) -> list:
-    """Every schedule of the given YAMLs, or of ./models then the bundled examples (first of each name)."""
+    """Every schedule of the given YAMLs (an invalid one is the command's error), or of ./models then the
+    bundled examples (first of each name)."""
     from pipelines.schedules import model_schedules
 
-    named = bool(paths)
-    if not named:
-        folders = dict.fromkeys([Path("models").resolve(), asset_folder("models")])
-        paths = [str(path) for folder in folders for path in sorted(folder.glob("*.y*ml"))]
+    found = [(Path(path), load_config(path)) for path in paths] if paths else discovered_configs()
     seen, schedules = set(), []
-    for path in paths:
-        try:
-            config = load_config(path)
-        except ConfigError:
-            if named:  # asked for by name: its error is the answer (exit 2)
-                raise
-            continue
+    for path, config in found:
         if config.name not in seen:
             seen.add(config.name)
-            schedules += model_schedules(config, project, str(Path(path).resolve()))
+            schedules += model_schedules(config, project, str(path.resolve()))
     return schedules
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from pipelines.config import ConfigError, find_model_config_path
+from pipelines.config import ConfigError, discovered_configs, find_model_config_path
 from pipelines.local.api_token import authorized
 from pipelines.local.endpoints import EndpointManager, SageMakerError
 from pipelines.state import Project, StateHome
@@ -104,14 +104,11 @@ class LocalApis:
     def SageMaker_StartPipelineExecution(self, request: dict[str, Any]) -> dict[str, Any]:
         """`sagegate run` on the pipeline's model YAML, as its own process; answers once its record exists."""
         name = str(request.get("PipelineName", ""))
-        prefix, suffix = self.project.name(""), "-training"
-        model = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
         if request.get("PipelineParameters"):
             raise ApiError("ValidationException", "PipelineParameters: a local run takes its data from the model YAML")
-        try:
-            config_path = find_model_config_path(model) if model else None
-        except ConfigError:
-            config_path = None
+        config_path = next(
+            (path for path, config in discovered_configs() if self.project.pipeline_name(config.name) == name), None
+        )
         if config_path is None:
             raise ApiError("ResourceNotFound", f"Pipeline {name} does not exist (no model YAML for it).")
         from pipelines.local_run import attempt_logs, attempt_path
