@@ -137,7 +137,6 @@ class _OpenFile:
     stream: IO[str]
     opened: float
     hour: str
-    lines: int = 0
 
 
 class CaptureWriter:
@@ -151,11 +150,9 @@ class CaptureWriter:
         self.queue: queue.Queue[_Invocation] = queue.Queue(QUEUE_LIMIT)
         self.lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
-        previous = read_json(status_path(home)) if status_path(home).is_file() else {}
-        if isinstance(previous, dict):
-            self.counts = {name: dict(counts) for name, counts in previous.get("endpoints", {}).items()}
+        self.counts = {name: dict(counts) for name, counts in capture_status(home).items()}  # survive restarts
         self.pending: dict[str, int] = {}  # per endpoint: records offered by this writer, not yet in S3
-        self._own: dict[str, tuple[str, int]] = {}  # sealed files of this writer: endpoint, records
+        self._own: set[Path] = set()  # sealed files of this writer (what it delivers counts against `pending`)
         self._written: dict[str, Any] = {}
         self._written_at = 0.0
         self._files: dict[tuple[str, str], _OpenFile] = {}
@@ -229,14 +226,13 @@ class CaptureWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             current = self._files[(endpoint, variant)] = _OpenFile(path, path.open("a"), time.monotonic(), folder)
         current.stream.write(line)
-        current.lines += 1
 
     def _close(self, key: tuple[str, str]) -> None:
         opened = self._files.pop(key)
         opened.stream.close()
         sealed = opened.path.with_name(opened.path.name.removesuffix(PART))
         os.replace(opened.path, sealed)
-        self._own[str(sealed)] = (key[0], opened.lines)
+        self._own.add(sealed)
 
     def _seal(self, opened_before: float) -> bool:
         """Close the files opened before `opened_before`; whether any was."""
@@ -253,10 +249,10 @@ class CaptureWriter:
                 self._client = s3_client(self._server.acquire(), self.region)
             for path, endpoint, records in deliver(self.spool, self._client):
                 self._count(endpoint, "delivered", records)
-                if str(path) in self._own:
-                    owner, lines = self._own.pop(str(path))
+                if path in self._own:  # not a file a killed gateway left
+                    self._own.discard(path)
                     with self.lock:
-                        self.pending[owner] -= lines
+                        self.pending[endpoint] -= records
         except Exception as error:
             log.warning("data capture delivery failed, will retry: %s", error)
             return False
@@ -288,11 +284,12 @@ def recover(spool: Path) -> int:
     gateway runs: a live one still appends to its open file."""
     sealed = 0
     for path in spool.rglob(f"*.jsonl{PART}"):
-        data = path.read_bytes()
-        whole = data[: data.rfind(b"\n") + 1]
-        if whole != data:
-            path.write_bytes(whole)
-        os.replace(path, path.with_name(path.name.removesuffix(PART)))
+        try:
+            data = path.read_bytes()
+            os.truncate(path, data.rfind(b"\n") + 1)  # in place: a kill meanwhile leaves whole lines either way
+            os.replace(path, path.with_name(path.name.removesuffix(PART)))
+        except FileNotFoundError:
+            continue  # another command sealed it first
         sealed += 1
     return sealed
 
