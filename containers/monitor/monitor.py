@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-for _lib in (os.environ.get("SAGEGATE_MONITOR_LIB", "/opt/ml/processing/input/lib"),):
-    if os.path.isdir(_lib):
-        sys.path.insert(0, _lib)
+LIBRARY = os.environ.get("SAGEGATE_MONITOR_LIB", "/opt/ml/processing/input/lib")  # preprocess.py's folder
+if os.path.isdir(LIBRARY):
+    sys.path.insert(0, LIBRARY)
 from preprocess import baseline as feature_statistics  # noqa: E402  (the baseline job's own statistics)
 
 NAMESPACE = "sagegate/monitoring"
@@ -221,12 +221,8 @@ def read_window(files: Iterator[tuple[str, bytes]], features: list[str], start: 
                     continue
                 media, text = _payload(record["captureData"]["endpointInput"])
                 if media == "text/csv":
-                    if "\n" in text.strip():
-                        for row in text.strip().splitlines():
-                            if row.strip():
-                                captures.positional[row.count(",") + 1].append(row)
-                    else:
-                        captures.positional[text.count(",") + 1].append(text.strip())
+                    for row in filter(None, (line.strip() for line in text.splitlines())):
+                        captures.positional[row.count(",") + 1].append(row)
                 elif media == "application/json":
                     _add_json(captures, text)
                 else:
