@@ -204,6 +204,22 @@ class MonitoringConfig(_Strict):
     window_minutes: int = Field(60, ge=1, le=7 * 24 * 60)  # how far back each run looks
     retrain_on_drift: bool = False
 
+    @field_validator("schedule")
+    @classmethod
+    def _fires(cls, expression: str) -> str:
+        """One the schedule runner can fire (and so EventBridge too): a cron with 99 minutes fails here,
+        not at deploy time."""
+        from datetime import UTC, datetime
+
+        from pipelines.schedules import ScheduleError, next_fire
+
+        now = datetime.now(UTC)
+        try:
+            next_fire(expression, now, now)
+        except ScheduleError as error:
+            raise ValueError(str(error)) from None
+        return expression
+
 
 class QualityGate(_Strict):
     metrics: dict[str, Threshold] = Field(min_length=1)

@@ -118,6 +118,7 @@ def test_capture_is_refused_on_serverless_with_the_reason(tmp_path: Path) -> Non
     ("override", "field"),
     [
         ("monitoring.schedule=every hour", "monitoring.schedule"),
+        ("monitoring.schedule=cron(99 2 * * ? *)", "monitoring.schedule"),
         ("monitoring.data_capture.sampling_percentage=101", "monitoring.data_capture.sampling_percentage"),
         ("monitoring.window_minutes=0", "monitoring.window_minutes"),
     ],
