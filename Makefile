@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint validate scan bench clean install
+.PHONY: demo test lint validate scan bench clean install browser
 
 install: $(STAMP)
 
@@ -70,7 +70,11 @@ validate: $(STAMP)
 	node_modules/.bin/asl-validator --json-path build/gate.asl.json
 	$(BIN)/statelint build/gate.asl.json
 
-test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint validate scan
+# Debian's Chromium for the console's browser tests (tests/test_console.py)
+browser:
+	@test -x /usr/bin/chromium || scripts/install_browser.sh
+
+test: $(STAMP) data/breast_cancer.csv data/friedman1.csv lint validate scan browser
 	$(BIN)/pytest
 
 # Ratios within one sweep (never timed assertions in tests): ~17 min on 2 cores.

@@ -7,6 +7,9 @@ ASSETS = ("containers", "lambdas", "cloudformation", "models")
 setup(
     packages=[*find_packages(include=["pipelines", "pipelines.*"]), *(f"pipelines.assets.{f}" for f in ASSETS)],
     package_dir={f"pipelines.assets.{folder}": folder for folder in ASSETS},  # wheels: pipelines/assets/...
-    package_data={f"pipelines.assets.{folder}": ["**/*"] for folder in ASSETS},
+    package_data={
+        **{f"pipelines.assets.{folder}": ["**/*"] for folder in ASSETS},
+        "pipelines.console": ["templates/*.html", "static/*"],
+    },
     exclude_package_data={"": ["__pycache__/*", "*.pyc"]},
 )

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipelines.local_gate import ExecutionRecord, _json_or_text
+from pipelines.local_gate import ExecutionRecord, json_or_text
 
 
 def state_rows(record: ExecutionRecord) -> list[dict[str, Any]]:
@@ -28,7 +28,7 @@ def state_rows(record: ExecutionRecord) -> list[dict[str, Any]]:
                 "state": entered["name"],
                 "type": kind.removesuffix("StateEntered"),
                 "status": "Succeeded",
-                "input": _json_or_text(entered.get("input")),
+                "input": json_or_text(entered.get("input")),
                 "output": None,
                 "error": None,
                 "cause": None,
@@ -40,7 +40,7 @@ def state_rows(record: ExecutionRecord) -> list[dict[str, Any]]:
             current.update(status="Caught" if kind == "TaskFailed" else "Failed", error=failure.get("error"))
             current["cause"] = failure.get("cause")
         elif current and exited:
-            current["output"] = _json_or_text(exited.get("output"))
+            current["output"] = json_or_text(exited.get("output"))
             current["duration_seconds"] = _seconds(current["started"], event["timestamp"])
         elif kind == "ExecutionFailed" and rows:
             rows[-1].update(status="Failed", error=failure.get("error"), cause=failure.get("cause"))
@@ -52,7 +52,7 @@ def _seconds(start: str, end: str) -> float:
     return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds(), 3)
 
 
-def _edges(definition: dict[str, Any]) -> list[tuple[str, str]]:
+def state_edges(definition: dict[str, Any]) -> list[tuple[str, str]]:
     edges = []
     for name, state in definition["States"].items():
         targets = [state.get("Next"), state.get("Default")]
@@ -66,7 +66,7 @@ def _layers(definition: dict[str, Any]) -> dict[str, int]:
     """Longest-path depth from StartAt, ignoring back edges (the polling loops)."""
     depth = {definition["StartAt"]: 0}
     order = [definition["StartAt"]]
-    edges = _edges(definition)
+    edges = state_edges(definition)
     for node in order:
         for source, target in edges:
             if source == node and target not in depth:
@@ -96,7 +96,7 @@ def render_graph(record: ExecutionRecord, path: Path) -> Path:
             position[name] = (index - (len(names) - 1) / 2, -level)
     width = max(len(names) for names in by_layer.values())
     figure, axes = plt.subplots(figsize=(max(8, 3.2 * width), 0.9 * (len(by_layer) + 1)))
-    for source, target in _edges(definition):
+    for source, target in state_edges(definition):
         if source not in position or target not in position:
             continue
         (x1, y1), (x2, y2) = position[source], position[target]

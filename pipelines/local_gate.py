@@ -271,7 +271,8 @@ class LocalGate:
         return record
 
 
-def _json_or_text(value: str | None) -> Any:
+def json_or_text(value: str | None) -> Any:
+    """A JSON text as its value; anything else (an error message) as it is."""
     if value is None:
         return None
     try:
@@ -302,8 +303,8 @@ def _execution_record(
         started_at=started.isoformat(),
         stopped_at=stopped.isoformat() if stopped else None,
         duration_seconds=round((stopped - started).total_seconds(), 3) if stopped else 0.0,
-        input=_json_or_text(input_text),
-        output=_json_or_text(description.get("output")),
+        input=json_or_text(input_text),
+        output=json_or_text(description.get("output")),
         error=description.get("error"),
         cause=description.get("cause"),
         events=[_plain(event) for event in events],
@@ -312,12 +313,12 @@ def _execution_record(
     for event in events:
         exited = event.get("stateExitedEventDetails")
         if exited and exited["name"] in ("EvaluateModel", "ChooseDeployment") and record.decision is None:
-            evaluation = (_json_or_text(exited.get("output")) or {}).get("evaluation") or {}
+            evaluation = (json_or_text(exited.get("output")) or {}).get("evaluation") or {}
             record.decision = evaluation.get("decision")
             record.reasons = evaluation.get("reasons") or []
             record.endpoint = (evaluation.get("target") or {}).get("endpoint_name")
     if record.decision is None and record.cause:  # EvaluationFailed: the handler's error message
-        cause = _json_or_text(record.cause)
+        cause = json_or_text(record.cause)
         record.reasons = [cause.get("errorMessage", record.cause) if isinstance(cause, dict) else str(cause)]
     return record
 
@@ -347,8 +348,11 @@ def list_executions(home: StateHome) -> tuple[list[ExecutionRecord], list[str]]:
     return sorted(records, key=lambda r: r.started_at), problems
 
 
-def load_execution(home: StateHome, name: str) -> ExecutionRecord:
+def load_execution(home: StateHome, name: str, exact: bool = False) -> ExecutionRecord:
+    """By name, or (unless `exact`) by a unique prefix of a name or by ARN."""
     path = home.executions / f"{name}.json"
+    if not path.is_file() and exact:
+        raise GateError(f"no execution named {name!r} (see `sagegate executions`)")
     if not path.is_file():
         matches = [r for r in list_executions(home)[0] if r.name.startswith(name) or r.arn == name]
         if len(matches) != 1:

@@ -27,6 +27,7 @@ from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
 from pipelines.local.container import CODE_CACHE_VARIABLE
 from pipelines.local.s3 import LocalS3
+from pipelines.local.sdk_patch import GRAPH_MESSAGE
 from pipelines.local.tuning import logger as tuning_progress
 from pipelines.local.tuning import trials_table
 from pipelines.registry import PreparedStore
@@ -35,6 +36,7 @@ from pipelines.statefiles import (
     StateFileError,
     process_alive,
     process_token,
+    read_json,
     read_records,
     write_json,
 )
@@ -78,6 +80,8 @@ class RunRecord:
     execution_arn: str | None = None  # SageMaker's pipeline execution (remote runs)
     # with a `tuning` block: the tuning job, its objective and every trial (pipelines.local.tuning.trials_table)
     tuning: dict[str, Any] | None = None
+    # the execution's step graph as the SDK's executor built it: {"steps": [{name, type}], "edges": [[from, to]]}
+    graph: dict[str, Any] | None = None
 
     @classmethod
     def starting(cls, config: ModelConfig, project: Project, run_id: str, **fields: Any) -> RunRecord:
@@ -117,16 +121,18 @@ class RunRecord:
 class _StepProgress(logging.Handler):
     """Turns the SDK executor's step log lines into progress callbacks as steps start and finish."""
 
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress, on_graph: Callable[[dict[str, Any]], None]) -> None:
         super().__init__(logging.INFO)
-        self.progress = progress
+        self.progress, self.on_graph = progress, on_graph
         self.started: dict[str, float] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         if not isinstance(record.msg, str) or not record.args:
             return
         step = str(record.args[0])
-        if record.name == tuning_progress.name:  # "trial 3/12 Completed: ..." while the TuneModel step runs
+        if record.msg == GRAPH_MESSAGE:
+            self.on_graph(json.loads(step))
+        elif record.name == tuning_progress.name:  # "trial 3/12 Completed: ..." while the TuneModel step runs
             self.progress(record.getMessage(), "Trial", None)
         elif record.msg.startswith("Starting pipeline step"):
             self.started[step] = time.monotonic()
@@ -153,6 +159,10 @@ class _RecordProgress:
         save_record(self.home, self.record)
         if self.progress:
             self.progress(step, status, seconds)
+
+    def graph(self, graph: dict[str, Any]) -> None:
+        self.record.graph = graph
+        save_record(self.home, self.record)
 
 
 def _stage_data(config: ModelConfig, project: Project, s3: LocalS3) -> dict[str, str]:
@@ -207,7 +217,8 @@ def run_local(
     )
     if config.training.checkpoints:  # one prefix per model: the next run of the same data and settings resumes
         job_environment.set({CHECKPOINTS_VARIABLE: f"s3://{project.bucket}/checkpoints/{config.name}/local"})
-    handler = _StepProgress(_RecordProgress(home, record, progress))
+    recorder = _RecordProgress(home, record, progress)
+    handler = _StepProgress(recorder, recorder.graph)
     sdk_logger = logging.getLogger("sagemaker.local.entities")
     saved = (sdk_logger.level, sdk_logger.propagate)
     sdk_logger.addHandler(handler)
@@ -362,6 +373,18 @@ def save_record(home: StateHome, record: RunRecord) -> Path:
     path = record_path(home, record)
     write_json(path, record.to_json())
     return path
+
+
+def load_record(home: StateHome, attempt: str) -> RunRecord:
+    """One run by its attempt id (settled as `list_records` settles it); FileNotFoundError if none."""
+    path = attempt_path(home, attempt)
+    data = read_json(path) if path.is_file() else None
+    if data is None:
+        raise FileNotFoundError(f"no run record {path}")
+    try:
+        return RunRecord.from_json(data).settled()
+    except (TypeError, ValueError, AttributeError) as error:
+        raise StateFileError(f"{path}: not a run record: {error}") from None
 
 
 def list_records(home: StateHome) -> tuple[list[RunRecord], list[str]]:

@@ -136,11 +136,11 @@ def run_monitor(
 
 
 def list_reports(home: StateHome, endpoint: str) -> list[dict[str, Any]]:
-    """Past reports of an endpoint, oldest first."""
+    """Past reports of an endpoint, oldest first, each with the name of its folder (`folder`)."""
     folder = reports_folder(home, endpoint)
     reports = []
     for path in sorted(folder.glob("*/summary.json")) if folder.is_dir() else []:
         summary = read_json(path)
         if isinstance(summary, dict):
-            reports.append(summary)
+            reports.append({**summary, "folder": path.parent.name})
     return reports

@@ -92,6 +92,8 @@ def test_the_wheel_carries_the_code_that_runs_outside_the_package(installed) -> 
         "pipelines/assets/lambdas/evaluator/app.py",
         "pipelines/assets/cloudformation/training-bucket.yaml",
         "pipelines/assets/models/breast-cancer.yaml",
+        "pipelines/console/templates/run.html",
+        "pipelines/console/static/console.js",
     ):
         assert expected in names, expected
     assert not any("__pycache__" in name or name.startswith("tests/") for name in names)

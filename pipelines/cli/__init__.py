@@ -1,7 +1,7 @@
 """`sagegate` command line: run the pipeline locally, inspect runs and models, serve, print definitions.
 
 One module per command group (`pipeline`, `gate`, `serving`, `predict`, `storage`, `tuning`,
-`monitoring`, `schedule`); each registers its
+`monitoring`, `schedule`, `console`); each registers its
 parsers and prints results, and the work lives in the modules they call.
 """
 
@@ -12,7 +12,7 @@ import gc
 import sys
 from pathlib import Path
 
-from pipelines.cli import gate, monitoring, pipeline, predict, schedule, serving, storage, tuning
+from pipelines.cli import console, gate, monitoring, pipeline, predict, schedule, serving, storage, tuning
 from pipelines.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_common, model_config, project
 from pipelines.config import ConfigError
 from pipelines.logs import quiet_sdk_logs
@@ -23,7 +23,7 @@ __all__ = ["build_parser", "get_pipeline_definition", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sagegate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (pipeline, gate, serving, predict, storage, tuning, monitoring, schedule):
+    for group in (pipeline, gate, serving, predict, storage, tuning, monitoring, schedule, console):
         group.register(commands.add_parser)
     return parser
 

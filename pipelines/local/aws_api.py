@@ -13,12 +13,8 @@ run` / `sagegate gate run` as their own processes, exactly as the command line w
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -27,6 +23,7 @@ from typing import Any
 from pipelines.config import ConfigError, discovered_configs, find_model_config_path
 from pipelines.local.api_token import authorized
 from pipelines.local.endpoints import EndpointManager, SageMakerError
+from pipelines.local.launch import LaunchError, gate_command, run_gate_process, start_run
 from pipelines.state import Project, StateHome
 
 Answer = tuple[int, dict[str, Any]]
@@ -34,7 +31,6 @@ STATE_CHANGING = {"SageMaker.StartPipelineExecution", "AWSStepFunctions.StartExe
 EXECUTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")  # Step Functions' rule; names never reach a path unchecked
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
 GATE_TIMEOUT_SECONDS = 600  # StartExecution answers once the local gate has finished
-START_TIMEOUT_SECONDS = 60  # for the started run's record to appear
 
 
 class ApiError(Exception):
@@ -111,27 +107,10 @@ class LocalApis:
         )
         if config_path is None:
             raise ApiError("ResourceNotFound", f"Pipeline {name} does not exist (no model YAML for it).")
-        from pipelines.local_run import attempt_logs, attempt_path
-
-        attempt = uuid.uuid4().hex[:12]
-        log = attempt_logs(self.home, attempt) / "start.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pipelines.cli", "run", str(config_path), "--attempt", attempt]
-        names = {"--project": self.project.prefix, "--env": self.project.environment, "--region": self.project.region}
-        command += [part for option, value in names.items() for part in (option, value)]
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, "SAGEGATE_HOME": str(self.home.root)},
-            )  # fmt: skip
-        threading.Thread(target=process.wait, daemon=True).start()  # reaped when it ends
-        record = attempt_path(self.home, attempt)
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not record.is_file():
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-                raise ApiError("InternalFailure", f"the run did not start: {tail[0]} (see {log})", status=500)
-            time.sleep(0.05)
+        try:
+            attempt = start_run(self.home, self.project, config_path)
+        except LaunchError as error:
+            raise ApiError("InternalFailure", str(error), status=500) from None
         return {"PipelineExecutionArn": f"{self._pipeline_arn(name)}/execution/{attempt}"}
 
     def SageMaker_ListPipelines(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -284,14 +263,9 @@ class LocalApis:
             config_path = find_model_config_path(model)
         except ConfigError as error:
             raise ApiError("InvalidExecutionInput", str(error)) from None
-        command = [sys.executable, "-m", "pipelines.cli", "gate", "run", "--model", model, "--config", str(config_path),
-                   "--version", version, "--name", name, "--project", self.project.prefix,
-                   "--env", self.project.environment, "--region", self.project.region]  # fmt: skip
-        environment = {**os.environ, "SAGEGATE_HOME": str(self.home.root)}
+        command = gate_command(self.project, model, config_path, version, name)
         try:
-            done = subprocess.run(
-                command, capture_output=True, text=True, env=environment, timeout=GATE_TIMEOUT_SECONDS
-            )
+            done = run_gate_process(self.home, command, GATE_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
             raise ApiError("InternalFailure", f"the gate did not finish within {GATE_TIMEOUT_SECONDS} s", 500) from None
         for record in self._executions():

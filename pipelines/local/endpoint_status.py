@@ -71,6 +71,8 @@ def endpoint_detail(home: StateHome, project: Project, name: str) -> tuple[dict[
         (c.get("Specification") or {}).get("ModelName") for c in components.values()
     }
     counts = metrics.get("invocations", {}).get(name, {})
+    errors = metrics.get("errors", {}).get(name, {})
+    latency = metrics.get("latency", {}).get(name, {})
 
     def runtime(model: str | None) -> dict[str, str]:
         return serving_runtime(manager.model_archive(model)) if model in state["models"] else {}
@@ -78,7 +80,13 @@ def endpoint_detail(home: StateHome, project: Project, name: str) -> tuple[dict[
     detail = {
         **described,
         "ProductionVariants": [
-            {**v, "Invocations": counts.get(v["VariantName"], 0), "Runtime": runtime(v.get("ModelName"))}
+            {
+                **v,
+                "Invocations": counts.get(v["VariantName"], 0),
+                "ModelErrors": errors.get(v["VariantName"], 0),
+                "ModelLatency": latency.get(v["VariantName"], {}),
+                "Runtime": runtime(v.get("ModelName")),
+            }
             for v in variants
         ],
         "InferenceComponents": {

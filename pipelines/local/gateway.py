@@ -122,6 +122,7 @@ class Gateway:
         limit = self._concurrency_slot(endpoint_name, chosen.max_concurrency) if chosen.max_concurrency else None
         server = self._server(chosen.model, chosen.workers, chosen.cooldown)
         server.enter()
+        started = time.perf_counter()
         try:
             forwarded = {
                 "Content-Type": headers.get("content-type", "application/json"),
@@ -137,7 +138,7 @@ class Gateway:
             server.leave()
             if limit is not None:
                 limit.release()
-        self.metrics.count(endpoint_name, chosen.variant)
+        self.metrics.count(endpoint_name, chosen.variant, time.perf_counter() - started, failed=status != 200)
         if status != 200:
             message = payload.decode(errors="replace")
             try:

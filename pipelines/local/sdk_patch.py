@@ -35,6 +35,7 @@ from pipelines.local.pins import PINNED, require
 from pipelines.local.tuning import LocalTuningJob
 
 RUNNER_MODULE = "pipelines.local.container"
+GRAPH_MESSAGE = "Pipeline graph %s"  # logged on the SDK's executor logger as an execution starts
 
 # (module, name) -> parameters the SDK calls it with (checked at install time)
 _EXPECTED_SIGNATURES = {
@@ -173,13 +174,20 @@ def _step_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _initialize_step_execution(self: Any, steps: Any) -> None:
-    """The SDK's check refuses any step type outside its list: tuning steps are registered here."""
+    """The SDK's check refuses any step type outside its list: tuning steps are registered here. The
+    execution's step graph (the SDK's own, from the definition) is logged for whoever records the run."""
     tuning = [step for step in steps if getattr(step, "step_type", None) == StepTypeEnum.TUNING]
     _original_initialize(self, [step for step in steps if step not in tuning])
     for step in tuning:
         self.step_execution[step.name] = entities._LocalPipelineExecutionStep(
             step.name, step.step_type, step.description, step.display_name
         )
+    graph = self.pipeline_dag
+    steps_and_edges = {
+        "steps": [{"name": name, "type": step.step_type.value} for name, step in graph.step_map.items()],
+        "edges": sorted([source, target] for source, targets in graph.adjacency_list.items() for target in targets),
+    }
+    entities.logger.info(GRAPH_MESSAGE, json.dumps(steps_and_edges))
 
 
 def install() -> None:

@@ -1,4 +1,5 @@
-"""The gateway's counters: invocations per endpoint and variant, throttles, model-server status.
+"""The gateway's counters: invocations, model errors and model latency (p50/p99 of the last
+LATENCY_WINDOW requests) per endpoint and variant, throttles, model-server status.
 
 They live in the gateway process (request threads count under one lock) and are written
 atomically to `serving/metrics.json` for `sagegate endpoints`; they survive gateway restarts.
@@ -10,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from typing import Any
 from pipelines.local.model_server import ModelServer
 from pipelines.state import StateHome
 from pipelines.statefiles import StateFileError, read_json, write_json
+
+LATENCY_WINDOW = 1000
 
 
 def metrics_path(home: StateHome) -> Path:
@@ -41,17 +45,28 @@ class ServingMetrics:
         self.lock = threading.Lock()
         self.invocations: dict[str, dict[str, int]] = {}
         self.throttled: dict[str, int] = {}
+        self.errors: dict[str, dict[str, int]] = {}
+        self.latencies: dict[tuple[str, str], deque[float]] = {}
         try:
             previous = read_metrics(home)
             self.invocations = dict(previous.get("invocations", {}))
             self.throttled = dict(previous.get("throttled", {}))
+            self.errors = dict(previous.get("errors", {}))
         except (StateFileError, TypeError, ValueError) as error:
             logging.getLogger(__name__).warning("starting counters from zero: %s", error)
 
-    def count(self, endpoint: str, variant: str) -> None:
+    def count(self, endpoint: str, variant: str, seconds: float, failed: bool = False) -> None:
+        """One invocation the model answered (`failed`: with an error), taking `seconds` (ModelLatency)."""
         with self.lock:
             counts = self.invocations.setdefault(endpoint, {})
             counts[variant] = counts.get(variant, 0) + 1
+            if failed:
+                errors = self.errors.setdefault(endpoint, {})
+                errors[variant] = errors.get(variant, 0) + 1
+            window = self.latencies.get((endpoint, variant))
+            if window is None:
+                window = self.latencies[(endpoint, variant)] = deque(maxlen=LATENCY_WINDOW)
+            window.append(seconds)
 
     def throttle(self, endpoint: str) -> None:
         with self.lock:
@@ -61,12 +76,23 @@ class ServingMetrics:
         with self.lock:  # a consistent copy: request threads keep counting meanwhile
             invocations = {endpoint: dict(counts) for endpoint, counts in self.invocations.items()}
             throttled = dict(self.throttled)
+            errors = {endpoint: dict(counts) for endpoint, counts in self.errors.items()}
+            windows = {key: sorted(window) for key, window in self.latencies.items()}
+        latency: dict[str, dict[str, dict[str, float]]] = {}
+        for (endpoint, variant), window in windows.items():
+            latency.setdefault(endpoint, {})[variant] = {
+                "p50_ms": round(1000 * window[len(window) // 2], 2),
+                "p99_ms": round(1000 * window[min(len(window) - 1, int(len(window) * 0.99))], 2),
+                "samples": len(window),
+            }
         now = time.monotonic()
         snapshot = {
             "updated": time.time(),
             "pid": os.getpid(),
             "invocations": invocations,
             "throttled": throttled,
+            "errors": errors,
+            "latency": latency,  # of the requests since the gateway started
             "servers": {
                 server.model_name: {
                     "running": server.running,

@@ -1,0 +1,1 @@
+"""`sagegate console`: a web console over the local state (runs, gate executions, models, endpoints)."""
