@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +63,26 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = 30) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running_console(home: Any) -> Iterator[tuple[str, str]]:
+    """`sagegate console --port 0` on a state folder, as its own process: (base URL, token)."""
+    log = home.root / "console.log"
+    with log.open("w") as output:
+        console = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "console", "--port", "0"],
+            stdout=output, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            env={**os.environ, "SAGEGATE_HOME": str(home.root)},
+        )  # fmt: skip
+    try:
+        url = re.compile(r"(http://127\.0\.0\.1:\d+)/\?token=(\S+)")
+        match = wait_for(lambda: url.search(log.read_text()) or console.poll() is not None, "the console's URL")
+        assert isinstance(match, re.Match), f"the console ended: {log.read_text()}"
+        yield match.group(1), match.group(2)
+    finally:
+        os.killpg(console.pid, signal.SIGTERM)
+        console.wait(timeout=30)
 
 
 def write_config(tmp_path: Path, text: str, name: str = "model.yaml") -> Path:

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,7 +19,7 @@ from pipelines.local.gateway import start_gateway, stop_gateway
 from pipelines.local_gate import list_executions, run_gate
 from pipelines.local_run import list_records, run_local
 from pipelines.state import Project, StateHome
-from tests.conftest import MODELS, ROOT, wait_for
+from tests.conftest import MODELS, ROOT, running_console, wait_for
 
 PROJECT = Project()
 CHROMIUM = os.environ.get("SAGEGATE_CHROMIUM", "/usr/bin/chromium")
@@ -53,21 +50,9 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         runtime.invoke_endpoint(EndpointName=deployed.endpoint, ContentType="text/csv", Body=row)
     with pytest.raises(ClientError, match="ModelError"):
         runtime.invoke_endpoint(EndpointName=deployed.endpoint, ContentType="text/csv", Body="1,2,not-a-number")
-    environment = {**os.environ, "SAGEGATE_HOME": str(home.root)}
-    log = home.root / "console.log"
-    with log.open("w") as output:
-        console = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "console", "--port", "0"],
-            stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=ROOT, start_new_session=True,
-        )  # fmt: skip
-    url = re.compile(r"(http://127\.0\.0\.1:\d+)/\?token=(\S+)")
-    match = wait_for(lambda: url.search(log.read_text()) or console.poll() is not None, "the console's URL")
-    assert isinstance(match, re.Match), f"the console ended: {log.read_text()}"
-    base, token = match.groups()
-    yield {"home": home, "base": base, "token": token, "good": good, "failed": failed,
-           "deployed": deployed, "rejected": rejected}  # fmt: skip
-    os.killpg(console.pid, signal.SIGTERM)
-    console.wait(timeout=30)
+    with running_console(home) as (base, token):
+        yield {"home": home, "base": base, "token": token, "good": good, "failed": failed,
+               "deployed": deployed, "rejected": rejected}  # fmt: skip
     stop_gateway(home)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from sklearn.datasets import make_friedman1
 
 from pipelines.config import ConfigError, load_config
@@ -28,7 +29,7 @@ from pipelines.containers import container_code
 from pipelines.gate import gate_definition, model_settings
 from pipelines.local.capture import CaptureTarget, CaptureWriter, capture_key, capture_line, spool_folder
 from pipelines.state import Project, StateHome
-from tests.conftest import MODELS, wait_for, write_config
+from tests.conftest import MODELS, running_console, wait_for, write_config
 from tests.moto_server import moto_server
 
 PROJECT = Project()
@@ -508,6 +509,22 @@ def test_monitor_run_finds_drift_in_captured_traffic_and_retrains(deployed: Stat
     reports = json.loads(shown.stdout)
     assert [r["status"] for r in reports[-2:]] == ["no_violations", "violations"]
     assert Path(reports[-1]["report"]["path"]).is_file()
+
+
+def test_the_console_lists_the_reports_and_serves_them_under_their_own_policy(deployed: StateHome) -> None:
+    from pipelines.monitor import list_reports
+
+    reports = list_reports(deployed, ENDPOINT)
+    assert reports, "the test before leaves reports"
+    with running_console(deployed) as (base, _):
+        page = requests.get(f"{base}/endpoints/{ENDPOINT}", timeout=30)
+        assert page.status_code == 200
+        for report in reports:
+            assert f'href="/endpoints/{ENDPOINT}/reports/{report["folder"]}"' in page.text
+        served = requests.get(f"{base}/endpoints/{ENDPOINT}/reports/{reports[-1]['folder']}", timeout=30)
+        assert served.status_code == 200 and served.text == Path(reports[-1]["report"]["path"]).read_text()
+        policy = served.headers["content-security-policy"]
+        assert "sandbox" in policy and "script-src" not in policy  # the monitor's HTML runs no script
 
 
 def test_monitor_run_without_data_or_with_bad_input_says_so(deployed: StateHome) -> None:
