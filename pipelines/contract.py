@@ -89,6 +89,56 @@ class DataCapture(_Strict):
     destination_s3_uri: str = Field("", pattern=r"^(s3://[^/]+/.+)?$")
 
 
+class RollbackAlarms(_Strict):
+    """The alarms a rollout watches on the new version's traffic; either one in alarm rolls it back."""
+
+    error_rate: float = Field(0.01, gt=0, le=1)  # (4XX + 5XX) / invocations
+    p99_latency_ms: float = Field(500, gt=0)
+
+
+class Rollout(_Strict):
+    """How a new version replaces the serving one on a realtime endpoint: SageMaker's rolling update of
+    the inference component (the model lives there), in batches of capacity, each baked `wait_seconds`
+    while the rollback alarms watch it; an alarm rolls every batch back to the serving version.
+    `canary` moves `canary_percent` per batch (5-50%, the API's bounds), `linear` `linear_step_percent`
+    (10-50%); `all_at_once` moves everything when the new version is InService."""
+
+    type: Literal["all_at_once", "canary", "linear"] = "all_at_once"
+    canary_percent: int = Field(10, ge=5, le=50)
+    linear_step_percent: int = Field(25, ge=10, le=50)
+    wait_seconds: int = Field(300, ge=0, le=3600)  # WaitIntervalInSeconds
+    max_execution_seconds: int = Field(3600, ge=600, le=28800)  # MaximumExecutionTimeoutInSeconds
+    rollback_on: RollbackAlarms = RollbackAlarms()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_termination_wait(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "termination_wait_seconds" in data:
+            raise ValueError(
+                "termination_wait_seconds: an inference component's rolling update terminates the old copies "
+                "batch by batch, so there is no termination wait to set (remove it)"
+            )
+        return data
+
+    @property
+    def batch_percent(self) -> int:
+        return self.canary_percent if self.type == "canary" else self.linear_step_percent
+
+    @property
+    def batches(self) -> int:
+        return 1 if self.type == "all_at_once" else math.ceil(100 / self.batch_percent)
+
+    @model_validator(mode="after")
+    def _time_for_every_batch(self) -> Rollout:
+        baking = self.batches * self.wait_seconds
+        if self.type != "all_at_once" and baking >= self.max_execution_seconds:
+            raise ValueError(
+                f"max_execution_seconds ({self.max_execution_seconds}) must exceed the bake time of all "
+                f"{self.batches} batches ({self.batches} × wait_seconds {self.wait_seconds} = {baking} s)"
+            )
+        return self
+
+
 class DeploymentConfig(_Strict):
     """Where and how a model is served: the YAML's `deployment`, the gate's and the endpoints'."""
 
@@ -102,12 +152,22 @@ class DeploymentConfig(_Strict):
     memory_size_mb: Literal[1024, 2048, 3072, 4096, 5120, 6144] = 2048
     max_concurrency: int = Field(5, ge=1, le=200)
     champion_tolerance: float = Field(0.01, ge=0)
+    rollout: Rollout = Rollout()
     llm: LlmDeployment | None = None
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> DeploymentConfig:
         if self.min_instances > self.max_instances:
             raise ValueError(f"min_instances ({self.min_instances}) > max_instances ({self.max_instances})")
+        return self
+
+    @model_validator(mode="after")
+    def _rollout_is_realtime(self) -> DeploymentConfig:
+        if self.rollout.type != "all_at_once" and self.type != "realtime":
+            raise ValueError(
+                f"rollout.type {self.rollout.type} needs type: realtime (a serverless endpoint supports neither "
+                "rolling updates nor traffic shifting: SageMaker replaces it all at once)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ from typing import Any
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
-from stepfunctions.steps import Catch, Chain, Choice, ChoiceRule, Fail, Retry, Succeed, Task, Wait
+from stepfunctions.steps import Catch, Chain, Choice, ChoiceRule, Fail, Pass, Retry, Succeed, Task, Wait
 from stepfunctions.steps.states import Graph
 
 from pipelines.config import ModelConfig
@@ -306,8 +306,13 @@ def _inference_component_steps(ends: _Ends) -> Task:
         {**component, "EndpointName.$": f"{TARGET}.endpoint_name", "VariantName": "AllTraffic"},
     )
     update = _service_task("UpdateInferenceComponent", f"{SAGEMAKER_SDK}updateInferenceComponent", component)
+    rolling = _service_task(
+        "UpdateInferenceComponentRolling",
+        f"{SAGEMAKER_SDK}updateInferenceComponent",
+        {**component, "DeploymentConfig": _rolling_update_config()},
+    )
     find.add_catch(Catch(error_equals=["States.TaskFailed"], next_step=create, result_path=None))
-    for task in (create, update):
+    for task in (create, update, rolling):
         task.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
     done = ChoiceRule.And(
         [
@@ -326,9 +331,104 @@ def _inference_component_steps(ends: _Ends) -> Task:
         _scale_to_zero_steps(ends),
         ends,
     )
-    Chain([find, update, poll])
+    rolling.next(poll)
+    find.next(_rollout_steps(update, rolling, ends))
+    update.next(poll)
     create.next(poll)
     return find
+
+
+def _rolling_update_config() -> dict[str, Any]:
+    """The inference component's DeploymentConfig: batches of `$.rolloutBatch.percent` of its capacity,
+    each baked `wait_seconds` under the two rollback alarms, then rolled back whole if one fires."""
+    prefix = f"{TARGET}.scaling_policy_prefix"
+    return {
+        "RollingUpdatePolicy": {
+            "MaximumBatchSize": {"Type": "CAPACITY_PERCENT", "Value.$": "$.rolloutBatch.percent"},
+            "WaitIntervalInSeconds.$": "$.deployment.rollout.wait_seconds",
+            "MaximumExecutionTimeoutInSeconds.$": "$.deployment.rollout.max_execution_seconds",
+            "RollbackMaximumBatchSize": {"Type": "CAPACITY_PERCENT", "Value": 100},
+        },
+        "AutoRollbackConfiguration": {
+            "Alarms": [
+                {"AlarmName.$": f"States.Format('{{}}-rollback-errors', {prefix})"},
+                {"AlarmName.$": f"States.Format('{{}}-rollback-latency', {prefix})"},
+            ]
+        },
+    }
+
+
+def _rollout_alarm(kind: str, metrics: list[dict[str, Any]], threshold: str) -> Task:
+    """A rollback alarm on the inference component's metrics (metric math; the last query is the value)."""
+    return _service_task(
+        f"PutRollback{kind.capitalize()}Alarm",
+        f"{CLOUDWATCH_SDK}putMetricAlarm",
+        {
+            "AlarmName.$": f"States.Format('{{}}-rollback-{kind}', {TARGET}.scaling_policy_prefix)",
+            "Metrics": metrics,
+            "Threshold.$": threshold,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "EvaluationPeriods": 1,
+            "TreatMissingData": "notBreaching",
+        },
+    )
+
+
+def _component_metric(query: str, name: str, stat: str) -> dict[str, Any]:
+    return {
+        "Id": query,
+        "ReturnData": False,
+        "MetricStat": {
+            "Metric": {
+                "Namespace": "AWS/SageMaker",
+                "MetricName": name,
+                "Dimensions": [{"Name": "InferenceComponentName", "Value.$": f"{TARGET}.inference_component_name"}],
+            },
+            "Period": 60,
+            "Stat": stat,
+        },
+    }
+
+
+def _rollout_steps(update: Task, rolling: Task, ends: _Ends) -> Choice:
+    """all_at_once → the plain update; canary/linear → the batch size, the rollback alarms, the rolling update."""
+    choose = Choice("ChooseRollout")
+    choose.add_choice(ChoiceRule.StringEquals(variable="$.deployment.rollout.type", value="all_at_once"), update)
+    alarms = [
+        _rollout_alarm(
+            "errors",
+            [
+                _component_metric("client", "Invocation4XXErrors", "Sum"),
+                _component_metric("server", "Invocation5XXErrors", "Sum"),
+                _component_metric("invocations", "Invocations", "Sum"),
+                {"Id": "rate", "Expression": "(client + server) / invocations", "ReturnData": True},
+            ],
+            "$.deployment.rollout.rollback_on.error_rate",
+        ),
+        _rollout_alarm(
+            "latency",
+            [
+                _component_metric("latency", "ModelLatency", "p99"),
+                {"Id": "milliseconds", "Expression": "latency / 1000", "ReturnData": True},  # ModelLatency is in µs
+            ],
+            "$.deployment.rollout.rollback_on.p99_latency_ms",
+        ),
+    ]
+    for alarm in alarms:
+        alarm.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
+    for kind in ("canary", "linear"):
+        batch = Pass(
+            f"{kind.capitalize()}Batch",
+            parameters={
+                "percent.$": f"$.deployment.rollout.{'canary_percent' if kind == 'canary' else 'linear_step_percent'}"
+            },
+            result_path="$.rolloutBatch",
+        )
+        choose.add_choice(ChoiceRule.StringEquals(variable="$.deployment.rollout.type", value=kind), batch)
+        batch.next(alarms[0])
+    choose.default_choice(ends.failed)
+    Chain([*alarms, rolling])
+    return choose
 
 
 def build_state_machine() -> Chain:

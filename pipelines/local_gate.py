@@ -39,6 +39,9 @@ from pipelines.statefiles import StateFileError, read_json, read_records, write_
 POLL_TIMEOUT_SECONDS = 900
 
 
+ROLLOUT_POLL_SECONDS = 1
+
+
 class GateError(RuntimeError):
     """The gate could not be started (unknown model version, missing registration...)."""
 
@@ -131,7 +134,8 @@ def gate_input(
         "evaluation_uri": project.evaluation_uri(config.name, execution_id),
         "container": serving_container(project, chosen["model_data_uri"]),
         **model_settings(config, project),
-        "poll_seconds": 0,
+        # a rolling update advances as the gate describes it: once a second, so every batch's alarms are read
+        "poll_seconds": 0 if config.deployment.rollout.type == "all_at_once" else ROLLOUT_POLL_SECONDS,
     }
 
 

@@ -122,6 +122,15 @@ def template_parameters(
         "ScaleOutCooldown": str(deployment.scale_out_cooldown),
         "TargetInvocationsPerInstance": str(deployment.target_invocations_per_instance),
     }
+    rollout = deployment.rollout
+    if rollout.type != "all_at_once":
+        parameters |= {
+            "RolloutBatchPercent": str(rollout.batch_percent),
+            "RolloutWaitSeconds": str(rollout.wait_seconds),
+            "RolloutMaxExecutionSeconds": str(rollout.max_execution_seconds),
+            "RollbackErrorRate": str(rollout.rollback_on.error_rate),
+            "RollbackP99LatencyMs": str(rollout.rollback_on.p99_latency_ms),
+        }
     if config.captures():
         assert config.monitoring is not None
         parameters |= {

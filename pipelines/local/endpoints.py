@@ -12,13 +12,16 @@ gateway may touch it at once), and every write is atomic.
 from __future__ import annotations
 
 import tarfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from pipelines.local import rollout
 from pipelines.local.s3 import fetch
+from pipelines.local.serving_metrics import read_metrics
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, locked, read_json, write_json
 
@@ -173,11 +176,31 @@ class EndpointManager:
         self._create("inference_components", InferenceComponentName, record, "inference component")
         return {"InferenceComponentArn": self._arn("inference_components", InferenceComponentName)}
 
-    def update_inference_component(self, InferenceComponentName: str, Specification: dict, **extra: Any) -> dict:
+    def update_inference_component(
+        self, InferenceComponentName: str, Specification: dict, DeploymentConfig: dict | None = None, **extra: Any
+    ) -> dict:
+        """With a DeploymentConfig, a serving component changes model as a rolling update (`rollout`)."""
         state = self._load()
         component = self._get(state, "inference_components", InferenceComponentName, "inference component")
         self._get(state, "models", Specification["ModelName"], "model")
+        if (component.get("Rollout") or {}).get("Status") == "InProgress":
+            raise SageMakerError(
+                "ValidationException", f"Inference component {InferenceComponentName} is being updated; retry later."
+            )
+        serving = (component.get("Specification") or {}).get("ModelName")
         component.update(PendingSpecification=Specification, InferenceComponentStatus="Updating", FailureReason=None)
+        component.pop("Rollout", None)
+        problem = self._model_problem(state, Specification["ModelName"])
+        if DeploymentConfig and serving and serving != Specification["ModelName"] and problem is None:
+            try:
+                counts = read_metrics(self.home).get("models", {}).get(Specification["ModelName"], {})
+            except StateFileError:
+                counts = {}
+            try:
+                component["Rollout"] = rollout.start(serving, Specification["ModelName"], DeploymentConfig, counts,
+                                                     time.time())  # fmt: skip
+            except ValueError as error:
+                raise SageMakerError("ValidationException", str(error)) from None
         component.update(extra)
         self._save(state)
         return {"InferenceComponentArn": component["Arn"]}
@@ -186,7 +209,10 @@ class EndpointManager:
         state = self._load()
         component = self._get(state, "inference_components", InferenceComponentName, "inference component")
         pending = component.get("PendingSpecification")
-        if pending:
+        if pending and (component.get("Rollout") or {}).get("Status") == "InProgress":
+            self._advance_rollout(state, component)
+            pending = component.get("PendingSpecification")
+        elif pending:
             reason = self._model_problem(state, pending["ModelName"])
             if reason is None:
                 component.update(Specification=pending, InferenceComponentStatus="InService")
@@ -203,7 +229,24 @@ class EndpointManager:
             "Specification": component["Specification"] or pending,
             "InferenceComponentStatus": component["InferenceComponentStatus"],
             **({"FailureReason": component["FailureReason"]} if component.get("FailureReason") else {}),
+            **({"Rollout": _rollout_view(component["Rollout"])} if component.get("Rollout") else {}),  # local only
         }
+
+    def _advance_rollout(self, state: dict[str, dict[str, Any]], component: dict[str, Any]) -> None:
+        """One evaluation of a rolling update: alarms on the new version's traffic, then the next batch."""
+        update = component["Rollout"]
+        try:
+            counts = read_metrics(self.home).get("models", {}).get(update["To"], {})
+        except StateFileError:
+            counts = {}  # the gateway's counters unreadable: no data, as CloudWatch's missing data
+        status = rollout.advance(update, state["alarms"], counts, time.time())
+        if status == "Completed":
+            component.update(Specification=component["PendingSpecification"], InferenceComponentStatus="InService")
+            component["PendingSpecification"] = None
+        elif status == "RolledBack":
+            component.update(InferenceComponentStatus="InService", FailureReason=update["Reason"])
+            component["PendingSpecification"] = None
+        self._save(state)
 
     # -- scaling (Application Auto Scaling and CloudWatch calls of the realtime branch) --------
     def register_scalable_target(self, ResourceId: str, MinCapacity: int, MaxCapacity: int, **extra: Any) -> dict:
@@ -291,3 +334,9 @@ class EndpointManager:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """The whole state as last written (atomic writes: no lock needed to read a consistent copy)."""
         return self._load()
+
+
+def _rollout_view(update: dict[str, Any]) -> dict[str, Any]:
+    """A rollout as `endpoints show` and the gate's history show it (batches: share, start, alarm state)."""
+    batches = [{key: batch[key] for key in ("Share", "StartedAt", "Alarms")} for batch in update["Batches"]]
+    return {key: update[key] for key in ("From", "To", "Status", "Reason") if update.get(key)} | {"Batches": batches}

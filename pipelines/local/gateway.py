@@ -138,7 +138,9 @@ class Gateway:
             server.leave()
             if limit is not None:
                 limit.release()
-        self.metrics.count(endpoint_name, chosen.variant, time.perf_counter() - started, failed=status != 200)
+        self.metrics.count(
+            endpoint_name, chosen.variant, chosen.model, time.perf_counter() - started, failed=status != 200
+        )
         if status != 200:
             message = payload.decode(errors="replace")
             try:

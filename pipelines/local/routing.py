@@ -1,7 +1,8 @@
 """Which model serves a request, decided the way SageMaker does from the endpoint's records.
 
 Production variants by weight (or `TargetVariant`), inference components (or
-`InferenceComponentName`); serverless variants carry their `MaxConcurrency`, realtime ones
+`InferenceComponentName`; during a rolling update, the share of its current batch goes to the new
+version); serverless variants carry their `MaxConcurrency`, realtime ones
 their instance count (the model server's workers) and the scale-in cooldown of their
 target-tracking policy. Errors are sagemaker-runtime's (`InvocationError`).
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.local.capture import CaptureTarget, capture_target
+from pipelines.local.rollout import current_share
 
 DEFAULT_SCALE_IN_COOLDOWN = 300.0
 
@@ -59,7 +61,7 @@ def route(
             raise InvocationError(400, "ValidationError", f"Inference component {component} not found.")
         chosen = components[component]
         variant = next((v for v in variants if v["VariantName"] == chosen["VariantName"]), variants[0])
-        model_name = chosen["Specification"]["ModelName"]
+        model_name = _component_model(chosen)
     else:
         weights = [float(v.get("InitialVariantWeight", 1.0)) for v in variants]
         variant = random.choices(variants, weights=weights)[0] if len(variants) > 1 else variants[0]
@@ -70,7 +72,7 @@ def route(
                 raise InvocationError(
                     400, "ValidationError", f"Endpoint {endpoint_name} has no inference component to invoke."
                 )
-            model_name = hosted[0]["Specification"]["ModelName"]
+            model_name = _component_model(hosted[0])
     serverless = variant.get("ServerlessConfig")
     scaling = variant.get("ManagedInstanceScaling", {})
     return Route(
@@ -81,6 +83,14 @@ def route(
         cooldown=scale_in_cooldown(state, endpoint_name),
         capture=capture_target(config),
     )
+
+
+def _component_model(component: dict[str, Any]) -> str:
+    """The component's model; during a rolling update, the new version for its batch's share of requests."""
+    update = component.get("Rollout")
+    if update and random.random() < current_share(update):
+        return update["To"]
+    return component["Specification"]["ModelName"]
 
 
 def scale_in_cooldown(state: dict[str, Any], endpoint_name: str) -> float:

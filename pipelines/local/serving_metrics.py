@@ -47,17 +47,29 @@ class ServingMetrics:
         self.throttled: dict[str, int] = {}
         self.errors: dict[str, dict[str, int]] = {}
         self.latencies: dict[tuple[str, str], deque[float]] = {}
+        # per model (a version: rollouts judge the new one on its own traffic)
+        self.models: dict[str, dict[str, int]] = {}
+        self.model_latencies: dict[str, deque[float]] = {}
         try:
             previous = read_metrics(home)
             self.invocations = dict(previous.get("invocations", {}))
             self.throttled = dict(previous.get("throttled", {}))
             self.errors = dict(previous.get("errors", {}))
+            self.models = {model: {"invocations": c["invocations"], "errors": c["errors"]}
+                           for model, c in previous.get("models", {}).items()}  # fmt: skip
         except (StateFileError, TypeError, ValueError) as error:
             logging.getLogger(__name__).warning("starting counters from zero: %s", error)
 
-    def count(self, endpoint: str, variant: str, seconds: float, failed: bool = False) -> None:
+    def count(self, endpoint: str, variant: str, model: str, seconds: float, failed: bool = False) -> None:
         """One invocation the model answered (`failed`: with an error), taking `seconds` (ModelLatency)."""
         with self.lock:
+            totals = self.models.setdefault(model, {"invocations": 0, "errors": 0})
+            totals["invocations"] += 1
+            totals["errors"] += int(failed)
+            recent = self.model_latencies.get(model)
+            if recent is None:
+                recent = self.model_latencies[model] = deque(maxlen=LATENCY_WINDOW)
+            recent.append(seconds)
             counts = self.invocations.setdefault(endpoint, {})
             counts[variant] = counts.get(variant, 0) + 1
             if failed:
@@ -78,13 +90,11 @@ class ServingMetrics:
             throttled = dict(self.throttled)
             errors = {endpoint: dict(counts) for endpoint, counts in self.errors.items()}
             windows = {key: sorted(window) for key, window in self.latencies.items()}
+            models = {model: {**totals, **_percentiles(sorted(self.model_latencies.get(model, ())))}
+                      for model, totals in self.models.items()}  # fmt: skip
         latency: dict[str, dict[str, dict[str, float]]] = {}
         for (endpoint, variant), window in windows.items():
-            latency.setdefault(endpoint, {})[variant] = {
-                "p50_ms": round(1000 * window[len(window) // 2], 2),
-                "p99_ms": round(1000 * window[min(len(window) - 1, int(len(window) * 0.99))], 2),
-                "samples": len(window),
-            }
+            latency.setdefault(endpoint, {})[variant] = _percentiles(window)
         now = time.monotonic()
         snapshot = {
             "updated": time.time(),
@@ -93,6 +103,7 @@ class ServingMetrics:
             "throttled": throttled,
             "errors": errors,
             "latency": latency,  # of the requests since the gateway started
+            "models": models,
             "servers": {
                 server.model_name: {
                     "running": server.running,
@@ -106,3 +117,14 @@ class ServingMetrics:
             },
         }
         write_json(self.path, snapshot)
+
+
+def _percentiles(window: list[float]) -> dict[str, float]:
+    """p50/p99 in milliseconds of sorted latencies in seconds (empty: none)."""
+    if not window:
+        return {}
+    return {
+        "p50_ms": round(1000 * window[len(window) // 2], 2),
+        "p99_ms": round(1000 * window[min(len(window) - 1, int(len(window) * 0.99))], 2),
+        "samples": len(window),
+    }
