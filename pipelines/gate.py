@@ -43,6 +43,7 @@ SAGEMAKER_SDK = "arn:aws:states:::aws-sdk:sagemaker:"
 AUTOSCALING_SDK = "arn:aws:states:::aws-sdk:applicationautoscaling:"
 CLOUDWATCH_SDK = "arn:aws:states:::aws-sdk:cloudwatch:"
 TARGET = "$.evaluation.target"
+DESCRIBED = "$.described"  # the last describe of what a deploy branch waits for
 
 
 def model_settings(config: ModelConfig, project: Project) -> dict[str, Any]:
@@ -131,19 +132,36 @@ def _endpoint_config_parameters(kind: str) -> dict[str, Any]:
 def _poll(
     name: str, resource: str, parameters: dict[str, Any], status: str, done: ChoiceRule, next_state: Any, ends: _Ends
 ) -> Wait:
-    """Wait → describe → Choice: done → next_state; Failed, or InService on the old version
-    (the update was rolled back) → DeploymentRolledBack; anything else → wait again."""
-    result = f"$.{name[0].lower()}{name[1:]}"
+    """Wait → describe (into `$.described`) → Choice: done → next_state; Failed, or InService on the
+    old version (the update was rolled back) → DeploymentRolledBack, its cause the describe's
+    FailureReason (which names the alarm); anything else → wait again."""
     wait = Wait(f"WaitFor{name}", seconds_path="$.poll_seconds")
-    describe = _service_task(f"Describe{name}", resource, parameters, result_path=result)
+    describe = _service_task(f"Describe{name}", resource, parameters, result_path=DESCRIBED)
     describe.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
     check = Choice(f"Check{name}")
     check.add_choice(done, next_state)
     for value in ("Failed", "InService"):
-        check.add_choice(ChoiceRule.StringEquals(variable=f"{result}.{status}", value=value), ends.rolled_back)
+        check.add_choice(ChoiceRule.StringEquals(variable=f"{DESCRIBED}.{status}", value=value), ends.rolled_back)
     check.default_choice(wait)
     Chain([wait, describe, check])
     return wait
+
+
+def _rolled_back() -> Choice:
+    """DeploymentRolledBack, with the reason SageMaker gave (an alarm, a model that cannot serve) as its cause."""
+    rolled_back = _fail("DeploymentRolledBack", "Sagegate.DeploymentRolledBack", "$.rollback.Cause")
+    explain = Choice("ExplainRollback")
+    with_reason = Pass("RollbackReason", parameters={"Cause.$": f"{DESCRIBED}.FailureReason"}, result_path="$.rollback")
+    without = Pass(
+        "RollbackWithoutReason",
+        result={"Cause": "The new version did not reach InService; the previously deployed version keeps serving."},
+        result_path="$.rollback",
+    )
+    explain.add_choice(ChoiceRule.IsPresent(variable=f"{DESCRIBED}.FailureReason", value=True), with_reason)
+    explain.default_choice(without)
+    with_reason.next(rolled_back)
+    without.next(rolled_back)
+    return explain
 
 
 @dataclass(frozen=True)
@@ -152,7 +170,7 @@ class _Ends:
 
     record: Task
     failed: Fail
-    rolled_back: Fail
+    rolled_back: Choice
 
 
 def _deploy_branch(kind: str, ends: _Ends) -> Task:
@@ -161,9 +179,9 @@ def _deploy_branch(kind: str, ends: _Ends) -> Task:
     endpoint_key = f"{title}Endpoint"
     endpoint_done = ChoiceRule.And(
         [
-            ChoiceRule.StringEquals(variable=f"$.{kind}Endpoint.EndpointStatus", value="InService"),
+            ChoiceRule.StringEquals(variable=f"{DESCRIBED}.EndpointStatus", value="InService"),
             ChoiceRule.StringEqualsPath(
-                variable=f"$.{kind}Endpoint.EndpointConfigName", value=f"{TARGET}.endpoint_config_name"
+                variable=f"{DESCRIBED}.EndpointConfigName", value=f"{TARGET}.endpoint_config_name"
             ),
         ]
     )
@@ -316,10 +334,8 @@ def _inference_component_steps(ends: _Ends) -> Task:
         task.add_catch(Catch(error_equals=["States.ALL"], next_step=ends.failed, result_path="$.error"))
     done = ChoiceRule.And(
         [
-            ChoiceRule.StringEquals(variable="$.inferenceComponent.InferenceComponentStatus", value="InService"),
-            ChoiceRule.StringEqualsPath(
-                variable="$.inferenceComponent.Specification.ModelName", value=f"{TARGET}.model_name"
-            ),
+            ChoiceRule.StringEquals(variable=f"{DESCRIBED}.InferenceComponentStatus", value="InService"),
+            ChoiceRule.StringEqualsPath(variable=f"{DESCRIBED}.Specification.ModelName", value=f"{TARGET}.model_name"),
         ]
     )
     poll = _poll(
@@ -434,11 +450,7 @@ def _rollout_steps(update: Task, rolling: Task, ends: _Ends) -> Choice:
 def build_state_machine() -> Chain:
     """The gate's states, wired; the same for every model (the model config arrives as input)."""
     failed = _fail("DeploymentFailed", "Sagegate.DeploymentFailed", "$.error.Cause")
-    rolled_back = Fail(
-        "DeploymentRolledBack",
-        error="Sagegate.DeploymentFailed",
-        cause="The new version did not reach InService; the previously deployed version keeps serving.",
-    )
+    rolled_back = _rolled_back()
     deployed = Succeed("Deployed")
     record = _lambda_task(
         "RecordChampion",

@@ -178,8 +178,9 @@ def test_failed_update_rolls_back_to_the_serving_version(home: StateHome) -> Non
     with LocalGate(PROJECT, home) as gate:
         before = endpoint(gate, "sagegate-development-breast-cancer-serverless")
         record = gate.execute(gate_input(config, PROJECT, home, version))
-        assert (record.status, record.error) == ("FAILED", "Sagegate.DeploymentFailed")
+        assert (record.status, record.error) == ("FAILED", "Sagegate.DeploymentRolledBack")
         assert [r["state"] for r in state_rows(record)][-1] == "DeploymentRolledBack"
+        assert "does not exist" in record.cause  # SageMaker's reason, as the failure's cause
         after = endpoint(gate, "sagegate-development-breast-cancer-serverless")
         assert after["EndpointStatus"] == "InService"
         assert after["EndpointConfigName"] == before["EndpointConfigName"]

@@ -142,10 +142,11 @@ def test_a_failing_canary_rolls_back_with_failures_only_in_its_share(serving: St
     assert record.status == "Succeeded", record.failure_reason
     with traffic(home) as counts:
         execution = run_gate(bad, PROJECT, home, record.registered_version)
-    assert execution.status == "FAILED"
+    assert (execution.status, execution.error) == ("FAILED", "Sagegate.DeploymentRolledBack")
     assert [e for e in execution.events if e["type"] == "FailStateEntered"][-1]["stateEnteredEventDetails"][
         "name"
     ] == "DeploymentRolledBack"
+    assert "alarm" in execution.cause and "rollback-errors" in execution.cause  # the alarm, as the cause
     rollout = rollout_of(execution)
     assert rollout["Status"] == "RolledBack" and "rollback-errors" in rollout["Reason"]
     assert [batch["Share"] for batch in rollout["Batches"]] == [10]
