@@ -4,12 +4,14 @@ traffic. Real pipeline runs, the real gate in moto's interpreter, boto3 clients 
 
 from __future__ import annotations
 
+import html
 import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 from sklearn.datasets import make_friedman1
 
@@ -21,7 +23,7 @@ from pipelines.local.serving_metrics import read_metrics
 from pipelines.local_gate import run_gate
 from pipelines.local_run import run_local
 from pipelines.state import Project, StateHome
-from tests.conftest import MODELS, wait_for
+from tests.conftest import MODELS, running_console, wait_for
 
 PROJECT = Project()
 ENDPOINT = "sagegate-development-friedman1-realtime"
@@ -156,6 +158,9 @@ def test_a_failing_canary_rolls_back_with_failures_only_in_its_share(serving: St
     with traffic(home, clients=4) as after:
         wait_for(lambda: after["ok"] + after["failed"] >= 200, "200 requests after the rollback")
     assert after["failed"] == 0
+    with running_console(home) as (base, _):  # the console shows the rollout, batch by batch
+        page = requests.get(f"{base}/endpoints/{ENDPOINT}", timeout=30).text
+    assert "status-RolledBack" in page and rollout["Reason"] in html.unescape(page)
 
 
 @pytest.mark.parametrize(
