@@ -139,6 +139,13 @@ class Rollout(_Strict):
         return self
 
 
+class Variant(_Strict):
+    """One side of an A/B endpoint: a registered version and its share of the traffic (by weight)."""
+
+    version: int = Field(ge=1)
+    weight: float = Field(gt=0)
+
+
 class DeploymentConfig(_Strict):
     """Where and how a model is served: the YAML's `deployment`, the gate's and the endpoints'."""
 
@@ -153,12 +160,28 @@ class DeploymentConfig(_Strict):
     max_concurrency: int = Field(5, ge=1, le=200)
     champion_tolerance: float = Field(0.01, ge=0)
     rollout: Rollout = Rollout()
+    # an A/B endpoint (`provision endpoint`): two versions, one production variant each; the gate deploys one
+    variants: list[Variant] | None = None
     llm: LlmDeployment | None = None
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> DeploymentConfig:
         if self.min_instances > self.max_instances:
             raise ValueError(f"min_instances ({self.min_instances}) > max_instances ({self.max_instances})")
+        return self
+
+    @model_validator(mode="after")
+    def _two_distinct_variants(self) -> DeploymentConfig:
+        if self.variants is None:
+            return self
+        versions = [variant.version for variant in self.variants]
+        if len(versions) != 2 or len(set(versions)) != 2:
+            raise ValueError(f"variants: an A/B endpoint has two different versions (got {versions})")
+        if self.rollout.type != "all_at_once":
+            raise ValueError(
+                "variants: a rolling update moves one inference component's model; an A/B endpoint's variants "
+                "are replaced all at once (rollout.type: all_at_once)"
+            )
         return self
 
     @model_validator(mode="after")

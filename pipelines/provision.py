@@ -140,11 +140,44 @@ def template_parameters(
     return "endpoint-realtime.yaml", parameters
 
 
+def ab_template_parameters(
+    config: ModelConfig, project: Project, weights: dict[str, float]
+) -> tuple[str, dict[str, str]]:
+    """The A/B endpoint stack: two registered versions (their Model Registry packages) and weights."""
+    if len(weights) != 2 or not all(version.isdigit() for version in weights):
+        raise ProvisionError(f"an A/B endpoint on AWS serves two version numbers (got {', '.join(weights)})")
+    deployment = config.deployment
+    (a, a_weight), (b, b_weight) = weights.items()
+    return "endpoint-ab.yaml", {
+        "Project": project.prefix,
+        "Environment": project.environment,
+        "ModelName": config.name,
+        "DeploymentHash": _hash(weights, deployment.model_dump()),
+        "DeploymentType": deployment.type,
+        "VariantAVersion": a,
+        "VariantAPackageArn": project.model_package_arn(project.registered_model(config.name), a),
+        "VariantAWeight": str(a_weight),
+        "VariantBVersion": b,
+        "VariantBPackageArn": project.model_package_arn(project.registered_model(config.name), b),
+        "VariantBWeight": str(b_weight),
+        **(
+            {"MemorySizeInMB": str(deployment.memory_size_mb), "MaxConcurrency": str(deployment.max_concurrency)}
+            if deployment.type == "serverless"
+            else {"InstanceType": deployment.instance_type}
+        ),
+    }
+
+
+def variant_weights(config: ModelConfig) -> dict[str, float] | None:
+    """The YAML's `deployment.variants` as {version: weight} (what `--ab` gives), or None."""
+    variants = config.deployment.variants
+    return {str(variant.version): variant.weight for variant in variants} if variants else None
+
+
 def aws_deploy_command(
-    config: ModelConfig, project: Project, model_package_arn: str | None, template_file: str | None = None
+    config: ModelConfig, project: Project, template: str, parameters: dict[str, str], template_file: str | None = None
 ) -> list[str]:
     """`template_file`: a specialised template (llm_template) instead of cloudformation/{template}."""
-    template, parameters = template_parameters(config, project, model_package_arn)
     return [
         "aws", "cloudformation", "deploy",
         "--region", project.region,

@@ -78,6 +78,10 @@ class Project:
 
     model_package_group = registered_model
 
+    def model_package_arn(self, group: str, version: str | int) -> str:
+        """A registered version in the Model Registry (`group`: the registered model's name)."""
+        return f"arn:aws:sagemaker:{self.region}:{self.account}:model-package/{group}/{version}"
+
     def endpoint_name(self, model: str, deployment_type: str) -> str:
         return self.name(model, deployment_type)
 

@@ -165,6 +165,17 @@ EXAMPLE_PARAMETERS: dict[str, dict[str, str]] = {
         "ContainerImage": "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.4.0-tgi2.4.0-gpu-py311-cu124-ubuntu22.04",  # noqa: E501
         "HfTokenSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:sagegate/hf-token-AbCdEf",
     },
+    "endpoint-ab.yaml": {
+        "ModelName": "friedman1",
+        "DeploymentHash": "0123abcd",
+        "DeploymentType": "realtime",
+        "VariantAVersion": "3",
+        "VariantAPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-friedman1/3",
+        "VariantAWeight": "0.8",
+        "VariantBVersion": "4",
+        "VariantBPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-friedman1/4",
+        "VariantBWeight": "0.2",
+    },
     "endpoint-realtime.yaml": {
         "ModelName": "friedman1",
         "ModelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/sagegate-development-friedman1/1",

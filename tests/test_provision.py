@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.config import ConfigError, load_config
 from pipelines.local.endpoints import EndpointManager
 from pipelines.provision import ProvisionError, provision_local, template_parameters, with_overrides
 from pipelines.state import Project, StateHome
 from pipelines.templates import render
+from tests.conftest import MODELS
 from tests.gate_fixtures import ROOT, breast_cancer, register_version
 
 PROJECT = Project()
@@ -117,6 +119,50 @@ def test_aws_parameters_carry_the_overrides_and_render() -> None:
     assert parameters["InstanceType"] == "ml.c5.large"
     rendered = render(template, parameters)
     assert rendered["Parameters"]["MaxInstances"]["Default"] == "4"
+
+
+def test_ab_on_aws_is_the_two_variant_stack_from_the_yaml_or_ab(tmp_path: Path) -> None:
+    variants = "deployment.variants=[{version: 3, weight: 0.8}, {version: 4, weight: 0.2}]"
+    result = sagegate(
+        "provision", "endpoint", "--model", "friedman1", "--target", "aws", "--set", variants,
+        "--dry-run", "--render", str(tmp_path / "ab.json"), home=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--template-file cloudformation/endpoint-ab.yaml" in result.stdout
+    package = f"arn:aws:sagemaker:us-east-1:{PROJECT.account}:model-package/sagegate-development-friedman1"
+    assert f"VariantAPackageArn={package}/3" in result.stdout and f"VariantBPackageArn={package}/4" in result.stdout
+    rendered = json.loads((tmp_path / "ab.json").read_text())
+    config = rendered["Resources"]["EndpointConfig"]["Properties"]
+    weights = [(v["VariantName"]["Fn::Sub"], v["InitialVariantWeight"]["Ref"]) for v in config["ProductionVariants"]]
+    assert weights == [("v${VariantAVersion}", "VariantAWeight"), ("v${VariantBVersion}", "VariantBWeight")]
+    assert rendered["Parameters"]["VariantAWeight"]["Default"] == "0.8" and "KmsKeyId" in config  # instances: encrypted
+    assert "ServerlessConfig" not in config["ProductionVariants"][0]
+    serverless = sagegate(
+        "provision", "endpoint", "--model", "breast-cancer", "--target", "aws", "--ab", "5=0.5,6=0.5",
+        "--dry-run", "--render", str(tmp_path / "sl.json"), home=tmp_path,
+    )  # fmt: skip
+    assert serverless.returncode == 0, serverless.stderr
+    config = json.loads((tmp_path / "sl.json").read_text())["Resources"]["EndpointConfig"]["Properties"]
+    assert "KmsKeyId" not in config and config["ProductionVariants"][1]["ServerlessConfig"]["MaxConcurrency"]
+    three = sagegate("provision", "endpoint", "--model", "friedman1", "--target", "aws", "--ab", "3=0.5,4=0.3,5=0.2",
+                     "--dry-run", home=tmp_path)  # fmt: skip
+    assert three.returncode == 1 and "two version numbers (got 3, 4, 5)" in three.stderr  # the stack has two variants
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ("[{version: 3, weight: 1}]", "two different versions"),
+        ("[{version: 3, weight: 1}, {version: 3, weight: 1}]", "two different versions"),
+        ("[{version: 3, weight: 0}, {version: 4, weight: 1}]", "weight"),
+    ],
+)
+def test_bad_variants_are_refused_naming_the_rule(variants: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(MODELS / "friedman1.yaml", [f"deployment.variants={variants}"])
+    with pytest.raises(ConfigError, match="replaced all at once"):
+        two = "deployment.variants=[{version: 3, weight: 1}, {version: 4, weight: 1}]"
+        load_config(MODELS / "friedman1.yaml", [two, "deployment.rollout.type=linear"])
 
 
 def sagegate(*args: str, home: Path) -> subprocess.CompletedProcess:

@@ -387,6 +387,19 @@ def test_ab_variants_split_traffic_and_target_variant_forces_one(served) -> None
         capture_output=True, text=True, cwd=ROOT, env=environment,
     )  # fmt: skip
     assert bad.returncode == 2 and "at least two versions" in bad.stderr
+    # the YAML's deployment.variants, when no --ab is given: the same endpoint, re-split
+    variants = f"deployment.variants=[{{version: {first}, weight: 0.9}}, {{version: {second}, weight: 0.1}}]"
+    resplit = subprocess.run(
+        [str(exe), "provision", "endpoint", "--model", "breast-cancer", "--project", "abtest", "--set", variants],
+        capture_output=True, text=True, cwd=ROOT, env=environment,
+    )  # fmt: skip
+    assert resplit.returncode == 0, resplit.stderr
+    shown = subprocess.run(
+        [str(exe), "endpoints", "--project", "abtest", "show", endpoint],
+        capture_output=True, text=True, env=environment, check=True,
+    )  # fmt: skip
+    split = {v["VariantName"]: v["InitialVariantWeight"] for v in json.loads(shown.stdout)["ProductionVariants"]}
+    assert split == {first_variant: 0.9, second_variant: 0.1}
 
 
 def test_endpoints_survive_a_gateway_restart(served) -> None:

@@ -47,7 +47,8 @@ def register(add: AddParser) -> None:
         "--ab",
         metavar="V=W,V=W",
         type=ab_weights,
-        help="A/B: one production variant per registered version, traffic split by weight",
+        help="A/B: one production variant per registered version, traffic split by weight (default: the YAML's "
+        "deployment.variants)",
     )
     endpoint.add_argument("--target", choices=("local", "aws"), help="default: training.deployment_target")
     endpoint.add_argument("--model-package-arn", help="AWS: the Model Registry version to serve")
@@ -113,7 +114,14 @@ def ab_weights(text: str) -> dict[str, float]:
 
 def provision_command(args: argparse.Namespace) -> int:
     from pipelines.cross_region import arn_region, replicate_model_package
-    from pipelines.provision import aws_deploy_command, provision_local, template_parameters, with_overrides
+    from pipelines.provision import (
+        ab_template_parameters,
+        aws_deploy_command,
+        provision_local,
+        template_parameters,
+        variant_weights,
+        with_overrides,
+    )
     from pipelines.templates import load
 
     config = with_overrides(chosen_model_config(args), vars(args))
@@ -127,7 +135,8 @@ def provision_command(args: argparse.Namespace) -> int:
             )
         return provision_llm(args, config, names)
     if target == "local":
-        described = provision_local(config, names, StateHome.from_env(), args.version, args.ab)
+        weights = args.ab or (None if args.version else variant_weights(config))
+        described = provision_local(config, names, StateHome.from_env(), args.version, weights)
         if args.json:
             print(json.dumps(described, indent=2))
         else:
@@ -140,8 +149,12 @@ def provision_command(args: argparse.Namespace) -> int:
                 print(f"  reason: {described['FailureReason']}")
         serving = described["EndpointStatus"] == "InService" and not described.get("FailureReason")
         return EXIT_OK if serving else EXIT_FAILED
-    if args.ab:
-        raise ConfigError("--ab is local only; on AWS add the variants to the endpoint stack")
+    weights = args.ab or variant_weights(config)
+    if weights:  # the A/B stack: two versions of the Model Registry, one production variant each
+        if args.model_package_arn:
+            raise ConfigError("--model-package-arn serves one version; an A/B endpoint names its versions (--ab)")
+        template, parameters = ab_template_parameters(config, names, weights)
+        return deploy_stack(args, load(template), parameters, aws_deploy_command(config, names, template, parameters))
     if not args.model_package_arn:
         raise ConfigError("--target aws needs --model-package-arn (the approved Model Registry version to serve)")
     if arn_region(args.model_package_arn) != names.region:  # trained elsewhere: serve a replica from here
@@ -151,7 +164,7 @@ def provision_command(args: argparse.Namespace) -> int:
             args.model_package_arn = replicate_model_package(args.model_package_arn, config.name, names)
             print(f"replicated into {names.region}: {args.model_package_arn}")
     template, parameters = template_parameters(config, names, args.model_package_arn)
-    return deploy_stack(args, load(template), parameters, aws_deploy_command(config, names, args.model_package_arn))
+    return deploy_stack(args, load(template), parameters, aws_deploy_command(config, names, template, parameters))
 
 
 def deploy_stack(args: argparse.Namespace, template: dict, parameters: dict[str, str], command: list[str]) -> int:
@@ -178,8 +191,9 @@ def provision_llm(args: argparse.Namespace, config: Any, names: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
     template_file = out / f"{names.stack_name(config.name, 'endpoint')}.json"
     template_file.write_text(json.dumps(template, indent=2) + "\n")
-    _, parameters = template_parameters(config, names, None)
-    return deploy_stack(args, template, parameters, aws_deploy_command(config, names, None, str(template_file)))
+    name, parameters = template_parameters(config, names, None)
+    command = aws_deploy_command(config, names, name, parameters, str(template_file))
+    return deploy_stack(args, template, parameters, command)
 
 
 def gateway_command(args: argparse.Namespace) -> int:

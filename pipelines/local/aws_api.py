@@ -211,8 +211,7 @@ class LocalApis:
                 {
                     "ModelPackageGroupName": row["name"],
                     "ModelPackageVersion": int(row["version"]),
-                    "ModelPackageArn": f"arn:aws:sagemaker:{self.project.region}:{self.project.account}:"
-                    f"model-package/{row['name']}/{row['version']}",
+                    "ModelPackageArn": self.project.model_package_arn(row["name"], row["version"]),
                     "CreationTime": _epoch(row["created"].replace("Z", "+00:00")),
                     "ModelPackageStatus": "Completed",
                     "ModelApprovalStatus": row["approval_status"],
