@@ -146,6 +146,14 @@ class Variant(_Strict):
     weight: float = Field(gt=0)
 
 
+class Shadow(_Strict):
+    """A shadow test (`provision endpoint`): beside the version served, `version` gets a copy of
+    `sampling_percentage` of the requests; callers only ever get the production answer."""
+
+    version: int | Literal["champion"]
+    sampling_percentage: int = Field(50, ge=1, le=100)
+
+
 class DeploymentConfig(_Strict):
     """Where and how a model is served: the YAML's `deployment`, the gate's and the endpoints'."""
 
@@ -162,6 +170,7 @@ class DeploymentConfig(_Strict):
     rollout: Rollout = Rollout()
     # an A/B endpoint (`provision endpoint`): two versions, one production variant each; the gate deploys one
     variants: list[Variant] | None = None
+    shadow: Shadow | None = None
     llm: LlmDeployment | None = None
 
     @model_validator(mode="after")
@@ -182,6 +191,16 @@ class DeploymentConfig(_Strict):
                 "variants: a rolling update moves one inference component's model; an A/B endpoint's variants "
                 "are replaced all at once (rollout.type: all_at_once)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _shadow_beside_one_realtime_variant(self) -> DeploymentConfig:
+        if self.shadow is None:
+            return self
+        if self.type != "realtime":
+            raise ValueError("shadow: SageMaker runs shadow variants on instances (type: realtime), not serverless")
+        if self.variants is not None:
+            raise ValueError("shadow: an endpoint with a shadow variant has one production variant (drop variants)")
         return self
 
     @model_validator(mode="after")

@@ -141,31 +141,50 @@ def template_parameters(
 
 
 def ab_template_parameters(
-    config: ModelConfig, project: Project, weights: dict[str, float]
+    config: ModelConfig, project: Project, weights: dict[str, float], role: str = "production"
 ) -> tuple[str, dict[str, str]]:
-    """The A/B endpoint stack: two registered versions (their Model Registry packages) and weights."""
+    """The two-variant endpoint stack: two registered versions (their Model Registry packages) with
+    weights; `role: shadow` makes the second a shadow variant (its weight: the share copied to it)."""
     if len(weights) != 2 or not all(version.isdigit() for version in weights):
         raise ProvisionError(f"an A/B endpoint on AWS serves two version numbers (got {', '.join(weights)})")
     deployment = config.deployment
     (a, a_weight), (b, b_weight) = weights.items()
+    group = project.registered_model(config.name)
     return "endpoint-ab.yaml", {
         "Project": project.prefix,
         "Environment": project.environment,
         "ModelName": config.name,
-        "DeploymentHash": _hash(weights, deployment.model_dump()),
+        "DeploymentHash": _hash(weights, role, deployment.model_dump()),
         "DeploymentType": deployment.type,
         "VariantAVersion": a,
-        "VariantAPackageArn": project.model_package_arn(project.registered_model(config.name), a),
+        "VariantAPackageArn": project.model_package_arn(group, a),
         "VariantAWeight": str(a_weight),
         "VariantBVersion": b,
-        "VariantBPackageArn": project.model_package_arn(project.registered_model(config.name), b),
+        "VariantBPackageArn": project.model_package_arn(group, b),
         "VariantBWeight": str(b_weight),
+        "VariantBRole": role,
         **(
             {"MemorySizeInMB": str(deployment.memory_size_mb), "MaxConcurrency": str(deployment.max_concurrency)}
             if deployment.type == "serverless"
             else {"InstanceType": deployment.instance_type}
         ),
     }
+
+
+def shadow_template_parameters(
+    config: ModelConfig, project: Project, version: str | None
+) -> tuple[str, dict[str, str]]:
+    """The shadow-test stack: `version` in production, the YAML's `deployment.shadow` beside it."""
+    shadow = config.deployment.shadow
+    assert shadow is not None
+    if not (version or "").isdigit() or not str(shadow.version).isdigit():
+        raise ProvisionError(
+            "a shadow test on AWS names both version numbers: --version N (production) and deployment.shadow.version "
+            f"(got {version!r} and {shadow.version!r}; aliases are resolved locally only)"
+        )
+    assert version is not None
+    weights = {version: 1.0, str(shadow.version): shadow.sampling_percentage / 100}
+    return ab_template_parameters(config, project, weights, role="shadow")
 
 
 def variant_weights(config: ModelConfig) -> dict[str, float] | None:
@@ -201,15 +220,21 @@ def _ab_variant(deployment: Any, name: str, model_name: str, weight: float) -> d
     return {"VariantName": name, "InitialVariantWeight": weight, "ModelName": model_name, **sizing}
 
 
-def _provision_ab(
-    config: ModelConfig, project: Project, home: StateHome, picked: list[dict], weights: list[float]
+def _provision_variants(
+    config: ModelConfig,
+    project: Project,
+    home: StateHome,
+    picked: list[dict],
+    weights: list[float],
+    shadow: tuple[dict, float] | None = None,
 ) -> dict:
-    """An A/B endpoint: one production variant `v{N}` per version, each hosting its model directly.
-    (The gate's branches deploy one version; this is the one deployment shape they do not cover.)"""
+    """An endpoint whose variants host their models directly: one production variant `v{N}` per
+    version (A/B by weight), or one with a shadow variant that gets a copy of `sampling` of the
+    requests. (The gate's branches deploy one version; these are the shapes they do not cover.)"""
     manager = EndpointManager(home, project)
     digest = uuid.uuid4().hex[:8]
-    variants = []
-    for chosen, weight in zip(picked, weights, strict=True):
+
+    def variant(chosen: dict, weight: float) -> dict[str, Any]:
         model_name = project.model_name(config.name, f"{digest}-v{chosen['version']}")
         manager.call(
             "createModel",
@@ -219,17 +244,24 @@ def _provision_ab(
                 "ExecutionRoleArn": project.inference_role_arn,
             },
         )
-        variants.append(_ab_variant(config.deployment, f"v{chosen['version']}", model_name, weight))
-    config_name = project.endpoint_config_name(config.name, digest)
+        return _ab_variant(config.deployment, f"v{chosen['version']}", model_name, weight)
+
+    endpoint_config: dict[str, Any] = {
+        "EndpointConfigName": project.endpoint_config_name(config.name, digest),
+        "ProductionVariants": [variant(chosen, weight) for chosen, weight in zip(picked, weights, strict=True)],
+    }
+    if shadow is not None:
+        endpoint_config["ShadowProductionVariants"] = [variant(shadow[0], shadow[1])]
     endpoint_name = project.endpoint_name(config.name, config.deployment.type)
-    manager.call("createEndpointConfig", {"EndpointConfigName": config_name, "ProductionVariants": variants})
+    manager.call("createEndpointConfig", endpoint_config)
     exists = endpoint_name in manager.snapshot()["endpoints"]
     manager.call(
         "updateEndpoint" if exists else "createEndpoint",
-        {"EndpointName": endpoint_name, "EndpointConfigName": config_name},
+        {"EndpointName": endpoint_name, "EndpointConfigName": endpoint_config["EndpointConfigName"]},
     )
     described = manager.call("describeEndpoint", {"EndpointName": endpoint_name})
-    return {**described, "Version": ",".join(c["version"] for c in picked), "Updated": exists}
+    versions = ",".join(c["version"] for c in picked) + (f" (shadow {shadow[0]['version']})" if shadow else "")
+    return {**described, "Version": versions, "Updated": exists}
 
 
 def _check_libraries(row: dict[str, Any]) -> None:
@@ -254,7 +286,8 @@ def provision_local(
     It runs the gate's own deploy branches (`pipelines.gate.deploy_definition`: model, endpoint
     config, blue/green endpoint update, inference component, scale-to-zero policies and alarm,
     then the champion record) with the YAML's settings, so `provision` and the gate create the
-    same resources. `weights` ({version: weight}) makes an A/B endpoint instead.
+    same resources. `weights` ({version: weight}) makes an A/B endpoint instead, and the YAML's
+    `deployment.shadow` an endpoint with a shadow variant beside `version`.
     """
     from pipelines.contract import Resources, deployment_target
     from pipelines.local_gate import GateError, LocalGate, gate_input
@@ -268,7 +301,17 @@ def provision_local(
             raise ProvisionError(f"model {config.name}: {error}") from None
         for row in picked:
             _check_libraries(row)
-        return _provision_ab(config, project, home, picked, list(weights.values()))
+        return _provision_variants(config, project, home, picked, list(weights.values()))
+    if config.deployment.shadow is not None:  # the version served, and the shadow beside it
+        try:
+            served = find_version(home, name, version, prefer_alias="champion")
+            shadowed = find_version(home, name, str(config.deployment.shadow.version))
+        except VersionNotFound as error:
+            raise ProvisionError(f"model {config.name}: {error}") from None
+        for row in (served, shadowed):
+            _check_libraries(row)
+        sampling = config.deployment.shadow.sampling_percentage / 100
+        return _provision_variants(config, project, home, [served], [1.0], (shadowed, sampling))
     try:  # default: the champion, else the newest
         execution_input = gate_input(config, project, home, version, prefer_alias="champion")
     except GateError as error:

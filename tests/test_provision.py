@@ -149,6 +149,38 @@ def test_ab_on_aws_is_the_two_variant_stack_from_the_yaml_or_ab(tmp_path: Path) 
     assert three.returncode == 1 and "two version numbers (got 3, 4, 5)" in three.stderr  # the stack has two variants
 
 
+def test_a_shadow_test_on_aws_is_the_two_variant_stack_with_a_shadow_variant(tmp_path: Path) -> None:
+    shadow = "deployment.shadow={version: 3, sampling_percentage: 25}"
+    result = sagegate(
+        "provision", "endpoint", "--model", "friedman1", "--target", "aws", "--version", "4", "--set", shadow,
+        "--dry-run", "--render", str(tmp_path / "shadow.json"), home=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "VariantBRole=shadow" in result.stdout and "VariantBWeight=0.25" in result.stdout
+    assert "VariantAVersion=4" in result.stdout and "VariantBVersion=3" in result.stdout
+    config = json.loads((tmp_path / "shadow.json").read_text())["Resources"]["EndpointConfig"]["Properties"]
+    (production,) = config["ProductionVariants"]
+    (mirrored,) = config["ShadowProductionVariants"]
+    assert production["VariantName"] == {"Fn::Sub": "v${VariantAVersion}"} and production["InitialVariantWeight"] == 1
+    assert mirrored["InitialVariantWeight"] == {"Ref": "VariantBWeight"}
+    unnamed = sagegate("provision", "endpoint", "--model", "friedman1", "--target", "aws", "--set", shadow,
+                       "--dry-run", home=tmp_path)  # fmt: skip
+    assert unnamed.returncode == 1 and "names both version numbers" in unnamed.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["deployment.type=serverless"], "shadow variants on instances"),
+        (["deployment.variants=[{version: 3, weight: 1}, {version: 4, weight: 1}]"], "one production variant"),
+        (["deployment.shadow.sampling_percentage=0"], "sampling_percentage"),
+    ],
+)
+def test_bad_shadow_settings_are_refused_naming_the_rule(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(MODELS / "friedman1.yaml", ["deployment.shadow={version: champion}", *overrides])
+
+
 @pytest.mark.parametrize(
     ("variants", "message"),
     [

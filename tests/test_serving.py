@@ -402,6 +402,70 @@ def test_ab_variants_split_traffic_and_target_variant_forces_one(served) -> None
     assert split == {first_variant: 0.9, second_variant: 0.1}
 
 
+def test_a_shadow_variant_gets_copies_and_never_changes_the_answer(served) -> None:
+    home = served
+    shadowed = Project(prefix="shadowtest")
+    first, second = register(home, 20, shadowed), register(home, 30, shadowed)
+    endpoint = shadowed.endpoint_name("breast-cancer", "realtime")
+    exe = Path(sys.executable).parent / "sagegate"
+    environment = {**os.environ, "SAGEGATE_HOME": str(home.root)}
+
+    def sagegate(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(exe), *args, "--project", "shadowtest"], capture_output=True, text=True, cwd=ROOT,
+                              env=environment)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done
+
+    realtime = ("provision", "endpoint", "--model", "breast-cancer", "--set", "deployment.type=realtime")
+    sagegate(*realtime, "--ab", f"{second}=0.5,{first}=0.5")  # first, what the production version answers alone
+    client = runtime(home)
+    bodies = [csv(DATA[FEATURES].iloc[[i]]) for i in range(0, 400, 10)]
+
+    def answers(**pinned: str) -> list[tuple[bytes, str]]:
+        replies = [client.invoke_endpoint(EndpointName=endpoint, ContentType="text/csv", Body=b, **pinned)
+                   for b in bodies]  # fmt: skip
+        return [(reply["Body"].read(), reply["InvokedProductionVariant"]) for reply in replies]
+
+    alone = answers(TargetVariant=f"v{second}")
+    shadow = f"deployment.shadow={{version: {first}, sampling_percentage: 100}}"
+    shown = sagegate(*realtime, "--version", second, "--set", shadow, "--json")
+    assert json.loads(shown.stdout)["Version"] == f"{second} (shadow {first})"
+    assert answers() == [(body, f"v{second}") for body, _ in alone]  # the caller gets production's answer only
+    pairs = lambda: json.loads(sagegate("endpoints", "shadow-report", endpoint, "--json").stdout)  # noqa: E731
+    report = wait_for(lambda: (r := pairs())["pairs"] == len(bodies) and r, "a pair for every request (100% sampled)")
+    assert report["production_variant"] == f"v{second}" and report["shadow_variant"] == f"v{first}"
+    assert 0.5 <= report["agreement"] <= 1 and report["shadow_errors"] == report["production_errors"] == 0
+    assert report["shadow_ms"]["p99"] > 0
+    text = sagegate("endpoints", "shadow-report", endpoint).stdout
+    assert f"agreement of v{first} with v{second}: {100 * report['agreement']:.1f}%" in text
+
+
+def test_shadow_copies_are_sampled_and_a_failing_shadow_only_counts_errors(tmp_path: Path) -> None:
+    from pipelines.local.shadow import ShadowRoute, ShadowRunner, shadow_report, shadow_route
+
+    home = StateHome(tmp_path / "state").ensure()
+    config = {"ShadowProductionVariants": [{"VariantName": "v2", "ModelName": "m2", "InitialVariantWeight": 0.3}]}
+    assert shadow_route(config, 1.0) == ShadowRoute("v2", "m2", 0.3)
+    assert shadow_route(config, 0.5).sampling == 0.6 and shadow_route({}, 1.0) is None
+    calls = []
+
+    def forward(model: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        calls.append(body)
+        if body == b"break":
+            raise ConnectionError("shadow model server down")
+        return 200, b'{"predictions": [1]}'
+
+    runner = ShadowRunner(home, forward)
+    route = ShadowRoute("v2", "m2", 0.3)
+    for _ in range(2000):
+        runner.offer("e", "v1", route, b"row", {}, (200, b'{"predictions": [1]}', 0.001))
+    runner.offer("e", "v1", ShadowRoute("v2", "m2", 1.0), b"break", {}, (200, b'{"predictions": [1]}', 0.001))
+    runner.close()  # drains the queue
+    report = shadow_report(home, "e")
+    assert 450 < report["pairs"] < 750  # 30% of 2000, far outside chance at 5 standard deviations
+    assert report["pairs"] == len(calls) and report["shadow_errors"] == 1 and report["agreement"] == 1.0
+
+
 def test_endpoints_survive_a_gateway_restart(served) -> None:
     home = served
     before = running_gateway(home) or start_gateway(home, PROJECT)

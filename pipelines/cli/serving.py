@@ -77,6 +77,13 @@ def register(add: AddParser) -> None:
     show.add_argument("name")
     add_names(show, default=argparse.SUPPRESS)
     show.set_defaults(handler=endpoint_show_command)
+    report = endpoints_commands.add_parser(
+        "shadow-report", help="a shadow test's pairs: agreement, latency of each side, errors"
+    )
+    report.add_argument("name")
+    report.add_argument("--json", action="store_true")
+    add_names(report, default=argparse.SUPPRESS)
+    report.set_defaults(handler=shadow_report_command)
     delete = endpoints_commands.add_parser("delete")
     delete.add_argument("name")
     add_names(delete, default=argparse.SUPPRESS)
@@ -118,6 +125,7 @@ def provision_command(args: argparse.Namespace) -> int:
         ab_template_parameters,
         aws_deploy_command,
         provision_local,
+        shadow_template_parameters,
         template_parameters,
         variant_weights,
         with_overrides,
@@ -150,10 +158,13 @@ def provision_command(args: argparse.Namespace) -> int:
         serving = described["EndpointStatus"] == "InService" and not described.get("FailureReason")
         return EXIT_OK if serving else EXIT_FAILED
     weights = args.ab or variant_weights(config)
-    if weights:  # the A/B stack: two versions of the Model Registry, one production variant each
+    if weights or config.deployment.shadow:  # the two-variant stack: A/B, or a shadow test
         if args.model_package_arn:
-            raise ConfigError("--model-package-arn serves one version; an A/B endpoint names its versions (--ab)")
-        template, parameters = ab_template_parameters(config, names, weights)
+            raise ConfigError("--model-package-arn serves one version; a two-variant endpoint names its versions")
+        if weights:
+            template, parameters = ab_template_parameters(config, names, weights)
+        else:
+            template, parameters = shadow_template_parameters(config, names, args.version)
         return deploy_stack(args, load(template), parameters, aws_deploy_command(config, names, template, parameters))
     if not args.model_package_arn:
         raise ConfigError("--target aws needs --model-package-arn (the approved Model Registry version to serve)")
@@ -255,6 +266,25 @@ def endpoint_delete_command(args: argparse.Namespace) -> int:
 
     EndpointManager(StateHome.from_env(), project(args)).call("deleteEndpoint", {"EndpointName": args.name})
     print(f"deleted {args.name}")
+    return EXIT_OK
+
+
+def shadow_report_command(args: argparse.Namespace) -> int:
+    from pipelines.local.shadow import shadow_report
+
+    report = shadow_report(StateHome.from_env(), args.name)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif not report["pairs"]:
+        print(f"no shadow pairs for {args.name} yet (an endpoint with deployment.shadow, and traffic)")
+    else:
+        agreement = "n/a" if report["agreement"] is None else f"{100 * report['agreement']:.1f}%"
+        print(f"{args.name}: {report['pairs']} sampled requests, {report['from']} to {report['to']}")
+        print(f"  agreement of {report['shadow_variant']} with {report['production_variant']}: {agreement}")
+        for side in ("production", "shadow"):
+            latency = report[f"{side}_ms"]
+            print(f"  {side:<10} p50 {latency['p50']:.2f} ms  p99 {latency['p99']:.2f} ms  "
+                  f"errors {report[f'{side}_errors']}")  # fmt: skip
     return EXIT_OK
 
 

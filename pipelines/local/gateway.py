@@ -34,8 +34,9 @@ from pipelines.local.aws_api import LocalApis
 from pipelines.local.capture import CaptureWriter, spool_folder
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.model_server import ModelServer, ModelServerError, reap_orphans
-from pipelines.local.routing import InvocationError, route
+from pipelines.local.routing import DEFAULT_SCALE_IN_COOLDOWN, InvocationError, route
 from pipelines.local.serving_metrics import ServingMetrics
+from pipelines.local.shadow import ShadowRunner
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, locked, process_alive, process_token, read_json, write_json
 
@@ -58,6 +59,7 @@ class Gateway:
         for pid in reap_orphans(home.serving / "models"):
             logging.getLogger(__name__).warning("stopped model server %s left by a gateway that was killed", pid)
         self._capture: CaptureWriter | None = None
+        self._shadow: ShadowRunner | None = None
         if any(spool_folder(home).rglob("*.jsonl*")):  # captures a killed gateway left: deliver them now
             self.capture_writer()
         self._state: dict[str, Any] = {}
@@ -74,6 +76,23 @@ class Gateway:
         if mtime != self._state_mtime:
             self._state, self._state_mtime = self.manager.snapshot(), mtime
         return self._state
+
+    def shadow_runner(self) -> ShadowRunner:
+        """The shadow-test sender, started with the first request to an endpoint with a shadow variant."""
+        with self.servers_lock:
+            if self._shadow is None:
+                self._shadow = ShadowRunner(self.home, self._forward_to_shadow)
+            return self._shadow
+
+    def _forward_to_shadow(self, model_name: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        current = self.servers.get(model_name)
+        server = self._server(model_name, 1, current.cooldown if current else DEFAULT_SCALE_IN_COOLDOWN)
+        server.enter()
+        try:
+            status, _, payload = server.forward(body, headers)
+        finally:
+            server.leave()
+        return status, payload
 
     def capture_writer(self) -> CaptureWriter:
         """The data-capture writer, started with the first endpoint that captures."""
@@ -162,6 +181,9 @@ class Gateway:
                 (payload, response_type),
                 headers.get("x-amzn-sagemaker-inference-id"),
             )
+        if chosen.shadow is not None:
+            production = (status, payload, time.perf_counter() - started)
+            self.shadow_runner().offer(endpoint_name, chosen.variant, chosen.shadow, body, forwarded, production)
         extra = {"X-Amzn-Invoked-Production-Variant": chosen.variant}
         if headers.get("x-amzn-sagemaker-custom-attributes"):
             extra["X-Amzn-SageMaker-Custom-Attributes"] = headers["x-amzn-sagemaker-custom-attributes"]
@@ -230,6 +252,8 @@ class Gateway:
         self.metrics.write(servers)
         if self._capture is not None:
             self._capture.close()
+        if self._shadow is not None:
+            self._shadow.close()
 
 
 def serve(port: int, threads: int = 64) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipelines.local.capture import CaptureTarget, capture_target
 from pipelines.local.rollout import current_share
+from pipelines.local.shadow import ShadowRoute, shadow_route
 
 DEFAULT_SCALE_IN_COOLDOWN = 300.0
 
@@ -36,6 +37,7 @@ class Route:
     workers: int
     cooldown: float
     capture: CaptureTarget | None  # the endpoint config's DataCaptureConfig, when it captures
+    shadow: ShadowRoute | None = None  # the endpoint config's shadow variant, when it has one
 
 
 def route(
@@ -82,6 +84,7 @@ def route(
         workers=int(scaling.get("MaxInstanceCount", 1)) if not serverless else 1,
         cooldown=scale_in_cooldown(state, endpoint_name),
         capture=capture_target(config),
+        shadow=shadow_route(config, float(variant.get("InitialVariantWeight", 1.0))),
     )
 
 
