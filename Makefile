@@ -86,6 +86,7 @@ bench: $(STAMP) data/breast_cancer.csv
 	$(BIN)/python benchmarks/tuning.py --rows 20000
 	$(BIN)/python benchmarks/storage.py
 	$(BIN)/python benchmarks/monitor.py
+	$(BIN)/python benchmarks/shadow.py
 
 clean:
 	rm -rf .sagegate
