@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import random
 import threading
@@ -29,6 +30,7 @@ from pipelines.state import StateHome
 QUEUE_LIMIT = 1000
 WORKERS = 2
 ROTATE_BYTES = 8 * 1024 * 1024
+SHADOW_NICE = 19  # the shadow's sender threads and model server run at the lowest CPU priority
 
 Forward = Callable[[str, bytes, dict[str, str]], tuple[int, bytes]]  # (model, body, headers) -> (status, payload)
 
@@ -77,6 +79,10 @@ class ShadowRunner:
                 self.dropped[endpoint] = self.dropped.get(endpoint, 0) + 1
 
     def _work(self) -> None:
+        try:  # the copies yield the CPU to callers' requests (Linux: a thread has its own nice value)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICE)
+        except (AttributeError, OSError):
+            pass
         while True:
             item = self.queue.get()
             if item is None:
