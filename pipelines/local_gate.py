@@ -365,11 +365,16 @@ def load_execution(home: StateHome, name: str, exact: bool = False) -> Execution
     return _parse(path, read_json(path))
 
 
+def execution_name(model: str, version: str) -> str:
+    """A new gate execution's name when none is given: `{model}-v{version}-{6 hex}`."""
+    return f"{model}-v{version}-{uuid.uuid4().hex[:6]}"
+
+
 def run_gate(
     config: ModelConfig, project: Project, home: StateHome, version: str | None = None, name: str | None = None
 ) -> ExecutionRecord:
     """The gate for one registered version (default: the newest); `name`: the execution's (StartExecution's)."""
     execution_input = gate_input(config, project, home, version)
-    name = name or f"{config.name}-v{execution_input['version']}-{uuid.uuid4().hex[:6]}"
+    name = name or execution_name(config.name, execution_input["version"])
     with LocalGate(project, home) as gate:
         return gate.execute(execution_input, name=name)

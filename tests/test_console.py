@@ -4,6 +4,7 @@ and the two actions need the token and a CSRF token. Security checks go over pla
 
 from __future__ import annotations
 
+import html
 import os
 import re
 from pathlib import Path
@@ -234,3 +235,14 @@ def test_console_listens_on_loopback_only(world):
     local = [line.split()[1] for line in listening if line.split()[3] == "0A"]  # LISTEN
     ours = [address for address in local if int(address.split(":")[1], 16) == port]
     assert ours == ["0100007F:" + f"{port:04X}"]  # 127.0.0.1 only
+
+
+def test_a_corrupt_run_record_is_a_page_naming_the_file(world):
+    broken = world["home"].runs / "0123456789ab.json"
+    broken.write_text('{"run_id": "0123456789ab", "status": ')  # cut mid-write (by hand: sagegate writes atomically)
+    try:
+        answer = requests.get(f"{world['base']}/runs/0123456789ab", timeout=10)
+        assert answer.status_code == 500 and str(broken) in html.unescape(answer.text)
+        assert requests.get(f"{world['base']}/runs", timeout=10).status_code == 200  # the list skips it, saying so
+    finally:
+        broken.unlink()

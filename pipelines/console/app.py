@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,13 @@ from starlette.staticfiles import StaticFiles
 
 from pipelines.config import ConfigError, discovered_configs, find_model_config_path
 from pipelines.console import views
+from pipelines.execution_view import state_rows
 from pipelines.local.api_token import authorized, local_token
 from pipelines.local.launch import LaunchError, gate_command, start_gate, start_run
+from pipelines.local_gate import execution_name
 from pipelines.local_run import RunRecord
 from pipelines.state import Project, StateHome
+from pipelines.statefiles import StateFileError
 
 COOKIE = "sagegate_token"
 CSP = (
@@ -126,7 +128,8 @@ class Console:
 
     async def run_events(self, request: Request) -> Response:
         """Server-sent events: the run's payload each time its record changes, until it ends."""
-        attempt = views.run(self.home, request.path_params["attempt"]).attempt
+        attempt = request.path_params["attempt"]
+        views.run(self.home, attempt)  # a 404 before the stream starts
 
         async def stream() -> AsyncIterator[str]:
             last = None
@@ -163,8 +166,6 @@ class Console:
 
     async def execution(self, request: Request) -> Response:
         record = views.execution(self.home, request.path_params["name"])
-        from pipelines.execution_view import state_rows
-
         return self.page(
             request, "execution.html", record=record, rows=state_rows(record), graph=views.execution_graph(record)
         )
@@ -179,7 +180,7 @@ class Console:
             config_path = find_model_config_path(model)
         except ConfigError as error:
             return self.refuse(request, 400, str(error))
-        name = f"{model}-v{version}-{uuid.uuid4().hex[:6]}"
+        name = execution_name(model, version)
         start_gate(self.home, gate_command(self.project, model, config_path, version, name), name)
         return RedirectResponse(f"/executions?{urlencode({'started': name})}", status_code=303)
 
@@ -237,6 +238,9 @@ def build_app(home: StateHome, project: Project, mlflow_url: str = "http://127.0
     async def not_found(request: Request, error: Exception) -> Response:
         return console.refuse(request, 404, str(error))
 
+    async def unreadable(request: Request, error: Exception) -> Response:  # a state file that is not whole
+        return console.refuse(request, 500, str(error))
+
     def signing_in(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
         """`?token=` from the printed URL becomes an HttpOnly, SameSite=Strict cookie, then leaves the URL."""
 
@@ -276,6 +280,6 @@ def build_app(home: StateHome, project: Project, mlflow_url: str = "http://127.0
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"]),
         ],
-        exception_handlers={views.NotFound: not_found, 404: not_found},
+        exception_handlers={views.NotFound: not_found, 404: not_found, StateFileError: unreadable},
     )
     return _security_headers(signing_in(app))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -251,7 +250,9 @@ class LocalApis:
             raise ApiError(
                 "InvalidExecutionInput", "input needs the gate's `model` and `version` (as the registration rule sends)"
             )
-        name = str(request.get("name") or f"{model}-v{version}-{uuid.uuid4().hex[:6]}")
+        from pipelines.local_gate import execution_name
+
+        name = str(request.get("name") or execution_name(model, version))
         if not EXECUTION_NAME.fullmatch(name):
             raise ApiError("InvalidName", f"Invalid Name: '{name[:100]}' (1-80 letters, digits, - and _)")
         if not MODEL_NAME.fullmatch(model):

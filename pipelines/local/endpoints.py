@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from pipelines.local import rollout
 from pipelines.local.s3 import fetch
-from pipelines.local.serving_metrics import read_metrics
+from pipelines.local.serving_metrics import version_counts
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, locked, read_json, write_json
 
@@ -192,10 +192,7 @@ class EndpointManager:
         component.pop("Rollout", None)
         problem = self._model_problem(state, Specification["ModelName"])
         if DeploymentConfig and serving and serving != Specification["ModelName"] and problem is None:
-            try:
-                counts = read_metrics(self.home).get("models", {}).get(Specification["ModelName"], {})
-            except StateFileError:
-                counts = {}
+            counts = version_counts(self.home, Specification["ModelName"])
             try:
                 component["Rollout"] = rollout.start(serving, Specification["ModelName"], DeploymentConfig, counts,
                                                      time.time())  # fmt: skip
@@ -235,11 +232,7 @@ class EndpointManager:
     def _advance_rollout(self, state: dict[str, dict[str, Any]], component: dict[str, Any]) -> None:
         """One evaluation of a rolling update: alarms on the new version's traffic, then the next batch."""
         update = component["Rollout"]
-        try:
-            counts = read_metrics(self.home).get("models", {}).get(update["To"], {})
-        except StateFileError:
-            counts = {}  # the gateway's counters unreadable: no data, as CloudWatch's missing data
-        status = rollout.advance(update, state["alarms"], counts, time.time())
+        status = rollout.advance(update, state["alarms"], version_counts(self.home, update["To"]), time.time())
         if status == "Completed":
             component.update(Specification=component["PendingSpecification"], InferenceComponentStatus="InService")
             component["PendingSpecification"] = None

@@ -34,6 +34,17 @@ def _environment(home: StateHome) -> dict[str, str]:
     return {**os.environ, "SAGEGATE_HOME": str(home.root)}
 
 
+def _spawn(home: StateHome, command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """The command in a session of its own (it outlives the server), output to `log`, reaped when it ends."""
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=_environment(home),
+        )  # fmt: skip
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process
+
+
 def _last_line(log: Path) -> str:
     lines = log.read_text(errors="replace").strip().splitlines() if log.is_file() else []
     return lines[-1] if lines else "no output"
@@ -46,13 +57,7 @@ def start_run(home: StateHome, project: Project, config_path: Path) -> str:
     attempt = uuid.uuid4().hex[:12]
     log = attempt_logs(home, attempt) / "start.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = cli_command(project, "run", str(config_path), "--attempt", attempt)
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True,
-            env=_environment(home),
-        )  # fmt: skip
-    threading.Thread(target=process.wait, daemon=True).start()  # reaped when it ends
+    process = _spawn(home, cli_command(project, "run", str(config_path), "--attempt", attempt), log)
     record = attempt_path(home, attempt)
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while not record.is_file():
@@ -77,10 +82,5 @@ def start_gate(home: StateHome, command: list[str], name: str) -> Path:
     """The gate in the background; returns its log (stdout and stderr), which names the outcome."""
     log = home.executions / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=output, stdin=subprocess.DEVNULL, start_new_session=True,
-            env=_environment(home),
-        )  # fmt: skip
-    threading.Thread(target=process.wait, daemon=True).start()
+    _spawn(home, command, log)
     return log

@@ -38,6 +38,20 @@ def read_metrics(home: StateHome) -> dict[str, Any]:
     return metrics
 
 
+def version_counts(home: StateHome, model: str) -> dict[str, Any]:
+    """One model version's counters (invocations, errors, p50/p99 ms): {} before its first request, or
+    when the file cannot be read (to a rollout's alarms, CloudWatch's missing data)."""
+    try:
+        return read_metrics(home).get("models", {}).get(model, {})
+    except StateFileError:
+        return {}
+
+
+def quantiles(ordered: list[float]) -> tuple[float, float]:
+    """(p50, p99) of sorted values, by rank: what the gateway's and the shadow report's latencies show."""
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 class ServingMetrics:
     def __init__(self, home: StateHome) -> None:
         self.path = metrics_path(home)
@@ -123,8 +137,5 @@ def _percentiles(window: list[float]) -> dict[str, float]:
     """p50/p99 in milliseconds of sorted latencies in seconds (empty: none)."""
     if not window:
         return {}
-    return {
-        "p50_ms": round(1000 * window[len(window) // 2], 2),
-        "p99_ms": round(1000 * window[min(len(window) - 1, int(len(window) * 0.99))], 2),
-        "samples": len(window),
-    }
+    p50, p99 = quantiles(window)
+    return {"p50_ms": round(1000 * p50, 2), "p99_ms": round(1000 * p99, 2), "samples": len(window)}

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipelines.local.serving_metrics import quantiles
 from pipelines.state import StateHome
 
 QUEUE_LIMIT = 1000
@@ -165,5 +166,5 @@ def shadow_report(home: StateHome, endpoint: str) -> dict[str, Any]:
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
+    p50, p99 = quantiles(sorted(values))
+    return {"p50": p50, "p99": p99}
