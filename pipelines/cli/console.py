@@ -29,6 +29,7 @@ def console_command(args: argparse.Namespace) -> int:
     home = StateHome.from_env().ensure()
     listener = socket.socket()
     listener.bind(("127.0.0.1", args.port))
+    listener.listen(128)  # listening before the URL is printed: a client that reads it never meets a refusal
     port = listener.getsockname()[1]
     app = build_app(home, project(args), args.mlflow_url)
     print(f"sagegate console on {home.root}: http://127.0.0.1:{port}/?token={local_token(home)}", flush=True)
