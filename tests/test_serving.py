@@ -426,7 +426,9 @@ def test_a_shadow_variant_gets_copies_and_never_changes_the_answer(served) -> No
                    for b in bodies]  # fmt: skip
         return [(reply["Body"].read(), reply["InvokedProductionVariant"]) for reply in replies]
 
-    alone = answers(TargetVariant=f"v{second}")
+    alone, shadowed_answers = answers(TargetVariant=f"v{second}"), answers(TargetVariant=f"v{first}")
+    labels = lambda replies: [json.loads(body)["predictions"] for body, _ in replies]  # noqa: E731
+    agreement = sum(a == b for a, b in zip(labels(alone), labels(shadowed_answers), strict=True)) / len(bodies)
     shadow = f"deployment.shadow={{version: {first}, sampling_percentage: 100}}"
     shown = sagegate(*realtime, "--version", second, "--set", shadow, "--json")
     assert json.loads(shown.stdout)["Version"] == f"{second} (shadow {first})"
@@ -434,36 +436,57 @@ def test_a_shadow_variant_gets_copies_and_never_changes_the_answer(served) -> No
     pairs = lambda: json.loads(sagegate("endpoints", "shadow-report", endpoint, "--json").stdout)  # noqa: E731
     report = wait_for(lambda: (r := pairs())["pairs"] == len(bodies) and r, "a pair for every request (100% sampled)")
     assert report["production_variant"] == f"v{second}" and report["shadow_variant"] == f"v{first}"
-    assert 0.5 <= report["agreement"] <= 1 and report["shadow_errors"] == report["production_errors"] == 0
-    assert report["shadow_ms"]["p99"] > 0
+    assert report["agreement"] == round(agreement, 4)  # each copy compared with its own answer, batched or not
+    assert report["shadow_errors"] == report["production_errors"] == 0 and report["shadow_ms"]["p99"] > 0
     text = sagegate("endpoints", "shadow-report", endpoint).stdout
     assert f"agreement of v{first} with v{second}: {100 * report['agreement']:.1f}%" in text
 
 
-def test_shadow_copies_are_sampled_and_a_failing_shadow_only_counts_errors(tmp_path: Path) -> None:
+def test_shadow_copies_are_sampled_batched_in_order_and_each_error_is_its_own(tmp_path: Path) -> None:
     from pipelines.local.shadow import ShadowRoute, ShadowRunner, shadow_report, shadow_route
 
     home = StateHome(tmp_path / "state").ensure()
     config = {"ShadowProductionVariants": [{"VariantName": "v2", "ModelName": "m2", "InitialVariantWeight": 0.3}]}
     assert shadow_route(config, 1.0) == ShadowRoute("v2", "m2", 0.3)
     assert shadow_route(config, 0.5).sampling == 0.6 and shadow_route({}, 1.0) is None
-    calls = []
+    requests: list[bytes] = []
+
+    def predict(body: bytes) -> tuple[int, bytes]:  # a shadow model: each CSV row's first value; refuses "x"
+        rows = [line.split(",") for line in body.decode().splitlines() if line]
+        if any("x" in row for row in rows):
+            return 400, b'{"error": "CSV values must be numbers"}'
+        return 200, json.dumps({"predictions": [float(row[0]) for row in rows]}).encode()
 
     def forward(model: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-        calls.append(body)
-        if body == b"break":
+        requests.append(body)
+        if body == b"break\n":
             raise ConnectionError("shadow model server down")
-        return 200, b'{"predictions": [1]}'
+        return predict(body)
 
     runner = ShadowRunner(home, forward)
-    route = ShadowRoute("v2", "m2", 0.3)
-    for _ in range(2000):
-        runner.offer("e", "v1", route, b"row", {}, (200, b'{"predictions": [1]}', 0.001))
-    runner.offer("e", "v1", ShadowRoute("v2", "m2", 1.0), b"break", {}, (200, b'{"predictions": [1]}', 0.001))
+    route, every = ShadowRoute("v2", "m2", 0.3), ShadowRoute("v2", "m2", 1.0)
+    csv_type = {"Content-Type": "text/csv", "Accept": "application/json"}
+    for _ in range(2000):  # sampled at 30%
+        runner.offer("sampled", "v1", route, b"1,2\n", csv_type, (200, *predict(b"1,2\n")[1:], 0.001))
+    expected = []
+    for index in range(300):  # every copy: two-row bodies, every 7th answered differently by production
+        body = f"{index},0\n{index + 0.5},1\n".encode()
+        disagree = index % 7 == 0
+        answer = json.dumps({"predictions": [-1.0, -1.0] if disagree else [index, index + 0.5]}).encode()
+        runner.offer("every", "v1", every, body, csv_type, (200, answer, 0.001))
+        expected.append(not disagree)
+    runner.offer("every", "v1", every, b"x,1\n", csv_type, (200, b'{"predictions": [1]}', 0.001))  # shadow refuses
+    runner.offer("every", "v1", every, b"break\n", csv_type, (200, b'{"predictions": [1]}', 0.001))  # shadow down
     runner.close()  # drains the queue
-    report = shadow_report(home, "e")
-    assert 450 < report["pairs"] < 750  # 30% of 2000, far outside chance at 5 standard deviations
-    assert report["pairs"] == len(calls) and report["shadow_errors"] == 1 and report["agreement"] == 1.0
+    sampled = shadow_report(home, "sampled")
+    assert 450 < sampled["pairs"] < 750  # 30% of 2000, far outside chance at 5 standard deviations
+    pairs = [json.loads(line) for line in (home.serving / "shadow" / "every.jsonl").read_text().splitlines()]
+    assert [p["agree"] for p in pairs[:300]] == expected  # each copy compared with its own rows, in order
+    assert [p["shadow"]["status"] for p in pairs[300:]] == [400, 599]  # a refused batch was retried copy by copy
+    assert len(requests) < (sampled["pairs"] + len(pairs)) / 10  # batched: far fewer requests than copies
+    report = shadow_report(home, "every")
+    assert report["shadow_errors"] == 2 and report["agreement"] == round(sum(expected) / 300, 4)
+    assert 0 < report["shadow_latency_requests"] < report["pairs"] and report["shadow_ms"]["p99"] > 0
 
 
 def test_endpoints_survive_a_gateway_restart(served) -> None:

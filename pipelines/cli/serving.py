@@ -282,9 +282,11 @@ def shadow_report_command(args: argparse.Namespace) -> int:
         print(f"{args.name}: {report['pairs']} sampled requests, {report['from']} to {report['to']}")
         print(f"  agreement of {report['shadow_variant']} with {report['production_variant']}: {agreement}")
         for side in ("production", "shadow"):
-            latency = report[f"{side}_ms"]
+            latency = report[f"{side}_ms"] or {"p50": float("nan"), "p99": float("nan")}
             print(f"  {side:<10} p50 {latency['p50']:.2f} ms  p99 {latency['p99']:.2f} ms  "
                   f"errors {report[f'{side}_errors']}")  # fmt: skip
+        print(f"  (shadow latency from the {report['shadow_latency_requests']} copies sent alone; "
+              "the rest went in batches, compared row by row)")  # fmt: skip
     return EXIT_OK
 
 

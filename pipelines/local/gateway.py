@@ -36,7 +36,7 @@ from pipelines.local.endpoints import EndpointManager
 from pipelines.local.model_server import ModelServer, ModelServerError, reap_orphans
 from pipelines.local.routing import DEFAULT_SCALE_IN_COOLDOWN, InvocationError, route
 from pipelines.local.serving_metrics import ServingMetrics
-from pipelines.local.shadow import SHADOW_NICE, ShadowRunner
+from pipelines.local.shadow import ShadowRunner
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, locked, process_alive, process_token, read_json, write_json
 
@@ -87,7 +87,7 @@ class Gateway:
     def _forward_to_shadow(self, model_name: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         current = self.servers.get(model_name)
         cooldown = current.cooldown if current else DEFAULT_SCALE_IN_COOLDOWN
-        server = self._server(model_name, 1, cooldown, nice=SHADOW_NICE)
+        server = self._server(model_name, 1, cooldown)
         server.enter()
         try:
             status, _, payload = server.forward(body, headers)
@@ -102,7 +102,7 @@ class Gateway:
                 self._capture = CaptureWriter(self.home, self.project.region)
             return self._capture
 
-    def _server(self, model_name: str, workers: int, cooldown: float, nice: int = 0) -> ModelServer:
+    def _server(self, model_name: str, workers: int, cooldown: float) -> ModelServer:
         with self.servers_lock:
             server = self.servers.get(model_name)
             if server is None:
@@ -112,7 +112,6 @@ class Gateway:
                     self.manager.model_archive(model_name),
                     workers,
                     cooldown,
-                    nice,
                 )
             server.cooldown = cooldown
             return server

@@ -102,11 +102,8 @@ def reap_orphans(models_folder: Path) -> list[int]:
 class ModelServer:
     """One model's server process and the gateway's bookkeeping about it."""
 
-    def __init__(
-        self, folder: Path, model_name: str, model_data: Path, workers: int, cooldown: float, nice: int = 0
-    ) -> None:
+    def __init__(self, folder: Path, model_name: str, model_data: Path, workers: int, cooldown: float) -> None:
         self.model_name = model_name
-        self.nice = nice  # a shadow's server yields the CPU to the servers that answer callers
         self.model_data = model_data
         self.workers = max(1, workers)
         self.folder = folder
@@ -151,7 +148,7 @@ class ModelServer:
             log_path = self.folder / "server.log"
             with log_path.open("ab") as log:
                 self.process = subprocess.Popen(
-                    [*(["nice", "-n", str(self.nice)] if self.nice else []), sys.executable,
+                    [sys.executable,
                      str(container_code("inference", "serve.py")), "--model-dir", str(model_dir),
                      "--bind", f"unix:{self.socket}", "--workers", str(self.workers)],
                     stdout=log, stderr=log, start_new_session=True,
