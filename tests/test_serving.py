@@ -489,6 +489,35 @@ def test_shadow_copies_are_sampled_batched_in_order_and_each_error_is_its_own(tm
     assert 0 < report["shadow_latency_requests"] < report["pairs"] and report["shadow_ms"]["p99"] > 0
 
 
+def test_shadow_batches_join_each_json_form_and_leave_mixed_forms_alone(tmp_path: Path) -> None:
+    from pipelines.local.shadow import ShadowRoute, ShadowRunner, shadow_report
+
+    home = StateHome(tmp_path / "state").ensure()
+    requests: list[Any] = []
+
+    def first_values(data: Any) -> list[float]:  # a shadow model: each row's first value (records: "a")
+        if isinstance(data, dict):
+            data = next((data[key] for key in ("instances", "inputs") if key in data), [data])
+        rows = data if isinstance(data[0], list | dict) else [data]
+        return [row["a"] if isinstance(row, dict) else row[0] for row in rows]
+
+    def forward(model: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        requests.append(json.loads(body))
+        return 200, json.dumps({"predictions": first_values(json.loads(body))}).encode()
+
+    runner = ShadowRunner(home, forward)
+    json_type = {"Content-Type": "application/json", "Accept": "application/json"}
+    bodies = [[1, 2], {"instances": [[3, 4], [5, 6]]}, [[7, 8]], {"inputs": [[9, 10]]}, [[11, 12]]]
+    records = [[{"a": 13}], {"a": 14, "b": 0}]
+    for body in [*bodies, *records]:
+        answer = json.dumps({"predictions": first_values(body)}).encode()
+        runner.offer("e", "v1", ShadowRoute("v2", "m2", 1.0), json.dumps(body).encode(), json_type, (200, answer, 0.001))
+    runner.close()
+    assert shadow_report(home, "e")["agreement"] == 1.0  # every copy matched its own rows
+    joined = [r for r in requests if isinstance(r, dict) and len(r.get("instances", [])) > 2]
+    assert joined and all(isinstance(row, list) for r in joined for row in r["instances"])  # one form per request
+
+
 def test_endpoints_survive_a_gateway_restart(served) -> None:
     home = served
     before = running_gateway(home) or start_gateway(home, PROJECT)

@@ -156,8 +156,9 @@ class ShadowRunner:
 
     def _together(self, copies: list[Copy]) -> list[dict[str, Any]]:
         """The copies whose production answered go as one request (their rows joined in order), the rest
-        alone. A joined request the shadow refuses, or answers with other row counts, is halved until
-        each error is the copy's own: k bad copies among n cost about k·log2(n) extra requests."""
+        alone. Copies that cannot be joined (JSON records beside arrays), or a joined request the shadow
+        refuses or answers with other row counts, are halved until each part joins or each error is the
+        copy's own: k bad copies among n cost about k·log2(n) extra requests."""
         media = _media(copies[0].headers.get("Accept", ""))
         rows = {id(c): _rows(c.payload, media) for c in copies if c.status == 200}
         joinable = [c for c in copies if rows.get(id(c)) is not None]
@@ -168,12 +169,10 @@ class ShadowRunner:
         if len(copies) < 2:
             return [self._alone(copy) for copy in copies]
         joined = _join(copies[0].headers.get("Content-Type", ""), [c.body for c in copies])
-        if joined is None:
-            return [self._alone(copy) for copy in copies]
-        status, payload, _ = self._call(copies[0].shadow.model, joined, copies[0].headers)
+        status, payload = (self._call(copies[0].shadow.model, joined, copies[0].headers)[:2]) if joined else (0, b"")
         shadow_rows = _rows(payload, media) if status == 200 else None
         counts = [len(rows[id(c)] or []) for c in copies]
-        if shadow_rows is None or len(shadow_rows) != sum(counts):
+        if shadow_rows is None or len(shadow_rows) != sum(counts):  # refused, or not joinable (mixed forms)
             half = len(copies) // 2
             return self._joined(copies[:half], rows, media) + self._joined(copies[half:], rows, media)
         pairs, offset = [], 0
