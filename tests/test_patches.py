@@ -107,3 +107,50 @@ def test_the_stepfunctions_fields_serialise_as_asl() -> None:
         "Error": "E",
         "CausePath": "$.error.Cause",
     }
+
+
+def test_the_botocore_patch_refuses_another_botocore(other_versions: None) -> None:
+    import botocore.session
+
+    from pipelines.local import botocore_patch
+
+    botocore_patch.uninstall()
+    with pytest.raises(pins.PatchedVersionError, match=r"botocore 1\.44\.5 internals"):
+        botocore_patch.install()
+    assert botocore.session.create_loader is botocore_patch._original_create_loader
+
+
+def test_every_botocore_session_shares_one_loader_that_parses_each_file_once() -> None:
+    import botocore.loaders
+    import botocore.session
+
+    from pipelines.local import botocore_patch
+
+    botocore_patch.uninstall()
+    apart = [botocore.session.Session().get_component("data_loader") for _ in range(2)]
+    assert apart[0] is not apart[1]  # botocore's own behaviour: a loader per session
+    botocore_patch.install()
+    try:
+        sessions = [botocore.session.Session() for _ in range(3)]
+        loaders = {id(session.get_component("data_loader")) for session in sessions}
+        assert len(loaders) == 1
+        models = [session.get_service_model("sagemaker") for session in sessions]
+        assert models[0]._service_description is models[2]._service_description  # parsed once
+        assert isinstance(sessions[0].get_component("data_loader"), botocore.loaders.Loader)
+    finally:
+        botocore_patch.uninstall()
+
+
+def test_the_gate_interpreter_imports_without_moto_batch_and_ec2() -> None:
+    """moto's ASL parser imports moto.batch for one enum; sfn_patch imports it with that package's
+    __init__ skipped (53 MB of EC2 instance types). A fresh interpreter shows what the import loads."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import pipelines.local.sfn_patch; "
+        "print('moto.ec2' in sys.modules, 'moto.batch' in sys.modules, 'moto.batch.utils' in sys.modules); "
+        "import moto.batch; print(hasattr(moto.batch, 'batch_backends'))"
+    )
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert shown == ["False", "False", "True", "True"]  # no EC2; the real package still imports in full later

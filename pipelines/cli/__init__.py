@@ -15,6 +15,7 @@ from pathlib import Path
 from pipelines.cli import console, gate, monitoring, pipeline, predict, schedule, serving, storage, tuning
 from pipelines.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_common, model_config, project
 from pipelines.config import ConfigError
+from pipelines.local import botocore_patch
 from pipelines.logs import quiet_sdk_logs
 
 __all__ = ["build_parser", "get_pipeline_definition", "main"]
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_sdk_logs()
+    botocore_patch.install()  # before any session: the SDK makes some as it is imported
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

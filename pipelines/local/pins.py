@@ -11,6 +11,7 @@ from importlib.metadata import version
 PINNED = {
     # sfn_patch (Lambda and SageMaker tasks), cfn_patch (change sets)
     "moto": "5.2.5",
+    "botocore": "1.44.5",  # botocore_patch (one data loader per process)
     "sagemaker": "2.257.7",  # sdk_patch (jobs as subprocesses, stopping condition)
     "stepfunctions": "2.3.0",  # sfn_sdk_fields (ResultSelector, CausePath)
 }

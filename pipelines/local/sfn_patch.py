@@ -7,34 +7,58 @@ tasks to moto's fake SageMaker, whose errors surface as uncatchable States.Runti
 functions' environment is set once by the caller, on its main thread, never from here), and
 (2) SageMaker tasks go to the local endpoint manager, with errors named as Step Functions names
 them on AWS. `tests/test_sfn_patch.py` fails when an upgrade moves or reshapes anything patched here.
+
+Importing the interpreter also imports `moto.batch` for one enum, and that package's `__init__`
+imports its models, EC2's models, and EC2's instance-type tables: 1 s and 53 MB of the gate's
+process for a task type the gate never uses. The interpreter is imported with the package's
+`__init__` skipped (its submodules import as usual; a later `import moto.batch` runs it in full).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from botocore.exceptions import ClientError
-from moto.awslambda.exceptions import LambdaClientError
-from moto.awslambda_simple.models import LambdaSimpleBackend
-from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
-from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
-from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent
-from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import (
-    ResourceCondition,
-    ServiceResource,
-)
-from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
-    StateTaskServiceCallback,
-)
-from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
-from moto.stepfunctions.parser.asl.parse import preprocessor
 
-from pipelines.local.endpoints import EndpointManager, SageMakerError
-from pipelines.local.pins import require
+@contextmanager
+def _package_init_skipped(name: str) -> Iterator[None]:
+    if name in sys.modules:
+        yield
+        return
+    spec = importlib.util.find_spec(name)
+    assert spec is not None, name
+    sys.modules[name] = importlib.util.module_from_spec(spec)  # __path__ set, __init__ not run
+    try:
+        yield
+    finally:
+        del sys.modules[name]
+
+
+with _package_init_skipped("moto.batch"):  # the interpreter without moto.batch's __init__ (see above)
+    from botocore.exceptions import ClientError
+    from moto.awslambda.exceptions import LambdaClientError
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.stepfunctions.parser.api import HistoryEventType, TaskFailedEventDetails
+    from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import CustomErrorName
+    from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import FailureEvent
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.resource import (
+        ResourceCondition,
+        ServiceResource,
+    )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_callback import (
+        StateTaskServiceCallback,
+    )
+    from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+    from moto.stepfunctions.parser.asl.parse import preprocessor
+
+    from pipelines.local.endpoints import EndpointManager, SageMakerError
+    from pipelines.local.pins import require
 
 Handler = Callable[[dict[str, Any], Any], Any]
 SERVICE_ERROR_NAMES = {
