@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import joblib
@@ -509,9 +510,10 @@ def test_shadow_batches_join_each_json_form_and_leave_mixed_forms_alone(tmp_path
     json_type = {"Content-Type": "application/json", "Accept": "application/json"}
     bodies = [[1, 2], {"instances": [[3, 4], [5, 6]]}, [[7, 8]], {"inputs": [[9, 10]]}, [[11, 12]]]
     records = [[{"a": 13}], {"a": 14, "b": 0}]
+    route = ShadowRoute("v2", "m2", 1.0)
     for body in [*bodies, *records]:
         answer = json.dumps({"predictions": first_values(body)}).encode()
-        runner.offer("e", "v1", ShadowRoute("v2", "m2", 1.0), json.dumps(body).encode(), json_type, (200, answer, 0.001))
+        runner.offer("e", "v1", route, json.dumps(body).encode(), json_type, (200, answer, 0.001))
     runner.close()
     assert shadow_report(home, "e")["agreement"] == 1.0  # every copy matched its own rows
     joined = [r for r in requests if isinstance(r, dict) and len(r.get("instances", [])) > 2]
