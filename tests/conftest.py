@@ -92,15 +92,20 @@ def write_config(tmp_path: Path, text: str, name: str = "model.yaml") -> Path:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Stop local S3 servers that tests left running (a test that SIGKILLs a command leaves its server
-    to the next command on that state folder, and the last test of a folder may not run one)."""
+    """Stop local S3 servers and model servers that tests left running (a test that SIGKILLs a command
+    leaves its server to the next command on that state folder, a gateway that ends without stopping
+    its model servers leaves them to the next gateway, and the last test of a folder may run neither)."""
+    from pipelines.local.model_server import reap_orphans
     from pipelines.local.s3_server import S3Server
     from pipelines.statefiles import locked
 
     factory = getattr(session.config, "_tmp_path_factory", None)
     if factory is None:
         return
-    for record in factory.getbasetemp().rglob("s3store/server.json"):
+    base = factory.getbasetemp()
+    for record in base.rglob("s3store/server.json"):
         server = S3Server(record.parent)
         with locked(server.record):
             server.stop()
+    for models in base.rglob("serving/models"):
+        reap_orphans(models)
