@@ -11,7 +11,7 @@ shadow's model server as one request (rows of CSV or JSON joined in order, the a
 copy's production row count): a copy then costs the shadow microseconds instead of a request. The
 batch's first copy goes alone, as a latency probe: the report's shadow latency is that of single
 requests, like production's. A batch the shadow refuses (or answers with the wrong row count) is
-retried copy by copy, so each error is the copy's own. Pairs are JSON lines in
+halved until each error is the copy's own. Pairs are JSON lines in
 `serving/shadow/{endpoint}.jsonl`, rotated at 8 MB (one previous file kept): bounded disk.
 """
 
