@@ -141,6 +141,8 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     )
     training_instance = ParameterString("TrainingInstanceType", default_value=config.training.instance_type)
     tracking_uri = ParameterString("MlflowTrackingUri", default_value=project.mlflow_tracking_server_arn)
+    # a new experiment's artifact location; empty: the tracking server's default (local runs: the state folder)
+    artifact_location = ParameterString("MlflowArtifactLocation", default_value="")
     image = runtime_image_uri(project)
     approval = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
     tuned = set(config.tuning.ranges) if config.tuning else set()
@@ -318,6 +320,8 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
                 tracking_uri,
                 "--experiment",
                 project.registered_model(config.name),
+                "--artifact-location",
+                artifact_location,
                 "--registered-model-name",
                 project.registered_model(config.name),
                 "--execution-id",
@@ -360,6 +364,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
             processing_instance,
             training_instance,
             tracking_uri,
+            artifact_location,
             approval,
             *[p for p in hyperparameters.values() if isinstance(p, Parameter)],
             *thresholds.values(),

@@ -24,7 +24,6 @@ from types import ModuleType
 from typing import Any
 
 import requests
-from moto.server import ThreadedMotoServer
 
 from pipelines.config import ModelConfig
 from pipelines.containers import image_tag, lambda_handler_path
@@ -32,6 +31,7 @@ from pipelines.environ import SavedEnvironment
 from pipelines.gate import GATE_FUNCTIONS, deploy_definition, gate_definition, model_settings, substitute
 from pipelines.local import sfn_patch
 from pipelines.local.endpoints import EndpointManager
+from pipelines.local.moto_server import InProcessMotoServer
 from pipelines.local.s3 import LocalS3
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, read_json, read_records, write_json
@@ -148,7 +148,7 @@ class LocalGate:
         self.manager = EndpointManager(home, project)
         self._extra_handlers = handlers or {}
         self._s3 = LocalS3(home, project.region)
-        self._moto: ThreadedMotoServer | None = None
+        self._moto: InProcessMotoServer | None = None
         self.endpoint_url = ""
         self.state_machine_arn = ""
         self.deploy_machine_arn = ""
@@ -186,10 +186,10 @@ class LocalGate:
 
     def _start_moto(self) -> None:
         """Step Functions, Lambda and IAM in a moto server on 127.0.0.1 (S3 stays the local S3's)."""
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto = InProcessMotoServer()
         self._moto.start()
-        host, port = self._moto.get_host_and_port()
-        self.endpoint_url = f"http://{host}:{port}"
+        port = self._moto.port
+        self.endpoint_url = f"http://127.0.0.1:{port}"
         # moto's backends live in this process: a previous gate's roles and functions go first
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
         # where moto's interpreter and the handlers send service calls (S3: AWS_ENDPOINT_URL_S3, the local S3)

@@ -229,7 +229,7 @@ def run_local(
     tuning_progress.propagate = False
     try:
         # the register job needs the MLflow store, nothing before it
-        store = store or PreparedStore(home, project.registered_model(config.name))
+        store = store or PreparedStore(home)
         # the CLI starts the fork server before its own imports; a caller that did not gets one here
         jobs = contextlib.nullcontext() if os.environ.get(forkserver.SOCKET_VARIABLE) else forkserver.running(logs)
         with jobs, LocalS3(home, project.region) as s3:
@@ -237,6 +237,7 @@ def run_local(
             values = {
                 **_stage_data(config, project, s3),
                 "MlflowTrackingUri": home.mlflow_tracking_uri,
+                "MlflowArtifactLocation": home.mlflow_artifact_location(project.registered_model(config.name)),
                 **(parameters or {}),
             }
             record.parameters = values

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib.metadata import version as installed_version
+from pathlib import Path
 from typing import Any
 
 from pipelines.state import StateHome
@@ -14,39 +21,110 @@ from pipelines.statefiles import locked
 
 def ensure_experiment(home: StateHome, name: str) -> None:
     """The experiment `name`, created with its artifacts in the state folder (the server default would
-    be ./mlruns). The first use of a store creates and migrates its schema: two runs starting together
-    on a fresh state folder would both migrate (duplicate columns), so the first use holds the lock."""
+    be ./mlruns)."""
+    prepare_store(home)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name, artifact_location=home.mlflow_artifact_location(name))
+        except MlflowException:  # a concurrent run created it first
+            if client.get_experiment_by_name(name) is None:
+                raise
+
+
+def store_template() -> Path:
+    """An empty store with MLflow's schema, one per MLflow version, in the user's cache (as matplotlib
+    keeps its font cache): migrating a new store runs MLflow's ~60 schema migrations, ~1.3 s."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sagegate"
+    return cache / f"mlflow-{installed_version('mlflow')}.db"
+
+
+def prepare_store(home: StateHome) -> None:
+    """The state folder's MLflow store, created as a copy of the template (made first if missing). Two
+    commands starting together on a fresh state folder: the first copies, under the store's lock."""
+    if home.mlflow_db.is_file():
+        return
+    template = store_template()
+    try:
+        if not template.is_file():
+            _migrated(template)
+        source = template
+    except OSError:  # no writable cache: the state folder's own store is migrated in place
+        source = None
     home.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
     with locked(home.mlflow_db):
-        client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
-        if client.get_experiment_by_name(name) is None:
-            try:
-                client.create_experiment(name, artifact_location=(home.mlflow_artifacts / name).as_uri())
-            except MlflowException:  # a concurrent run created it first
-                if client.get_experiment_by_name(name) is None:
-                    raise
+        if home.mlflow_db.is_file():
+            return
+        if source is None:
+            _migrated(home.mlflow_db)
+        else:
+            _publish(home.mlflow_db, lambda partial: _copy_template(source, partial, home))
+
+
+def _copy_template(template: Path, database: Path, home: StateHome) -> None:
+    """The template's Default experiment keeps its artifacts beside the template: this copy's, in the state
+    folder (as `ensure_experiment` places every other experiment's)."""
+    shutil.copyfile(template, database)
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (home.mlflow_artifact_location("0"),),
+        )
+
+
+def _migrated(database: Path) -> None:
+    """Create `database` with MLflow's current schema; it appears whole or not at all."""
+
+    def migrate(partial: Path) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = SqlAlchemyStore(f"sqlite:///{partial}", partial.parent.as_uri())  # creating it migrates
+        store.engine.dispose()
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    _publish(database, migrate)
+
+
+def _publish(database: Path, write: Callable[[Path], object]) -> None:
+    partial = database.with_name(f".{database.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        write(partial)
+        with partial.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, database)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 class PreparedStore:
-    """`ensure_experiment` in a process of its own: on a fresh state folder, creating and migrating the
-    store takes seconds, done on another core while the caller builds its run (`problem()` waits)."""
+    """`prepare_store` before the register job needs it. A copy of the template takes milliseconds and is
+    made at once; the first run on a machine makes the template (MLflow's import and migrations, ~3 s) in a
+    process of its own while the caller builds its run (`problem()` waits)."""
 
-    def __init__(self, home: StateHome, experiment: str) -> None:
-        code = (
-            "import sys; from pathlib import Path; from pipelines.registry import ensure_experiment; "
-            "from pipelines.state import StateHome; ensure_experiment(StateHome(Path(sys.argv[1])), sys.argv[2])"
-        )
+    def __init__(self, home: StateHome) -> None:
+        self.process: subprocess.Popen[str] | None = None
+        self.error: str | None = None
+        if home.mlflow_db.is_file() or store_template().is_file():
+            try:
+                prepare_store(home)
+            except (OSError, sqlite3.Error) as error:
+                self.error = f"{type(error).__name__}: {error}"
+            return
+        code = "import sys; from pathlib import Path; from pipelines.registry import prepare_store; "
+        code += "from pipelines.state import StateHome; prepare_store(StateHome(Path(sys.argv[1])))"
         self.process = subprocess.Popen(
-            [sys.executable, "-c", code, str(home.root), experiment],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-c", code, str(home.root)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
 
     def problem(self) -> str | None:
         """Wait until the store is ready: None, or why it could not be prepared."""
+        if self.process is None:
+            return self.error
         errors = self.process.communicate()[1]
         if self.process.returncode == 0:
             return None

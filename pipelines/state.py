@@ -188,6 +188,10 @@ class StateHome:
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlflow" / "artifacts"
 
+    def mlflow_artifact_location(self, experiment: str) -> str:
+        """Where an experiment's artifacts go: in the state folder (a client's default is ./mlruns)."""
+        return (self.mlflow_artifacts / experiment).as_uri()
+
     @property
     def mlflow_tracking_uri(self) -> str:
         return f"sqlite:///{self.mlflow_db}"

@@ -127,3 +127,41 @@ def test_without_a_server_the_caller_is_told_and_can_start_the_job_itself(tmp_pa
     monkeypatch.setattr(forkserver, "READY_TIMEOUT_SECONDS", 0.2)
     with pytest.raises(OSError, match="fork server at"):
         forkserver.request_job(str(tmp_path / "none.sock"), [sys.executable, "x.py"], {}, str(tmp_path), 1)
+
+
+def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_servers_place(tmp_path: Path) -> None:
+    """The server forks the first job at once; MLflow (the register job's) is imported by a successor
+    meanwhile, which then forks the jobs, and dies with the server."""
+    script = tmp_path / "parent.py"
+    script.write_text("import os, sys\nprint(os.getppid(), 'mlflow' in sys.modules)\n")
+
+    def job() -> tuple[int, bool]:
+        log = tmp_path / "parent.log"
+        with log.open("w") as output:
+            connection, _ = forkserver.request_job(
+                os.environ[forkserver.SOCKET_VARIABLE],
+                [sys.executable, str(script)],
+                {},
+                str(tmp_path),
+                output.fileno(),
+            )
+            with connection:
+                assert forkserver.wait_job(connection, 60) == 0
+        parent, preloaded = log.read_text().split()
+        return int(parent), preloaded == "True"
+
+    with forkserver.running(tmp_path):
+        server, preloaded = job()
+        assert not preloaded  # the server never imports the late libraries itself
+        deadline = time.monotonic() + 60
+        while not (found := job())[1]:
+            assert found[0] == server
+            assert time.monotonic() < deadline, "no job was ever forked with MLflow imported"
+            time.sleep(0.1)
+        successor = found[0]
+        assert successor != server
+        assert Path(f"/proc/{successor}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(server)
+    deadline = time.monotonic() + 10
+    while process_alive(str(successor)):
+        assert time.monotonic() < deadline, "the successor outlived its server"
+        time.sleep(0.05)

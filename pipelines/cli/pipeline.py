@@ -21,6 +21,18 @@ if TYPE_CHECKING:  # the work modules import the SageMaker SDK: loaded by the co
     from pipelines.local_run import RunRecord
 
 
+# moto and the Step Functions SDK; the registry's MLflow client and its SQL stores (the gate's first step)
+GATE_MODULES = (
+    "pipelines.local_gate", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+)  # fmt: skip
+
+
+def import_all(modules: tuple[str, ...]) -> None:
+    for module in modules:
+        importlib.import_module(module)
+
+
 def register(add: AddParser) -> None:
     run = add("run", help="run the training pipeline (locally, then the gate; or on SageMaker)")
     add_common(run)
@@ -79,12 +91,13 @@ def run_command(args: argparse.Namespace) -> int:
     from pipelines.registry import PreparedStore
 
     # before the heavy imports: the MLflow store, the local S3 and the warm job server start meanwhile
-    store = PreparedStore(home.ensure(), names.registered_model(config.name))
+    store = PreparedStore(home.ensure())
     with started_early(home), forkserver.running(home.runs):
         from pipelines.local_run import run_local
 
-        # the gate's modules (moto, the Step Functions SDK) load while the run's jobs execute
-        gate_import = threading.Thread(target=importlib.import_module, args=("pipelines.local_gate",), daemon=True)
+        # the gate's modules load while the run's jobs execute
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        gate_import = threading.Thread(target=import_all, args=(GATE_MODULES,), daemon=True)
         gate_import.start()
         progress = None if args.json else print_progress
         record = run_local(config, names, home, progress=progress, store=store, attempt=args.attempt)

@@ -35,13 +35,20 @@ from typing import Any
 
 from pipelines.environ import environment
 
-# What the jobs in containers/ import, in the order the jobs need them: the server accepts at once and
+# What the jobs in containers/ import, in the order the jobs need them. The server accepts at once and
 # imports one library at a time while idle, so the first job need not wait for the last job's
 # libraries (a job forked before its library is in imports it itself; a missing one is skipped).
 PRELOAD = (
     "numpy", "pandas", "joblib", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.ensemble",
-    "sklearn.linear_model", "sklearn.metrics", "sklearn.model_selection", "matplotlib", "boto3",
-    "mlflow", "mlflow.sklearn", "skl2onnx", "onnxruntime",
+    "sklearn.linear_model", "sklearn.metrics", "sklearn.model_selection", "sklearn.inspection", "matplotlib",
+    "matplotlib.pyplot", "boto3",
+)  # fmt: skip
+# Only the register job needs these, and importing MLflow alone takes ~0.8 s, which a job asking meanwhile
+# would wait out: a successor forked from the server imports them while the server keeps accepting, then
+# takes over accepting (the server still answers for the jobs it forked).
+PRELOAD_LATE = (
+    "mlflow", "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store", "skl2onnx", "onnxruntime",
 )  # fmt: skip
 SOCKET_VARIABLE = "SAGEGATE_FORKSERVER"
 READY_TIMEOUT_SECONDS = 30  # the imports take seconds; the first job may ask before they are done
@@ -142,26 +149,43 @@ def serve(socket_path: str) -> None:
     die_with_parent()  # the run that started it
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_write)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     partial = f"{socket_path}.partial"
     Path(partial).unlink(missing_ok=True)
     listener.bind(partial)
     listener.listen(16)
+    listener.setblocking(False)  # the server and its successor both watch it while they hand over
     os.replace(partial, socket_path)  # the socket appears only once the server accepts
-    pending = list(PRELOAD)
+    _serve(listener, list(PRELOAD), PRELOAD_LATE)
+
+
+def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -> None:
+    """Accept job requests and fork each, import `pending` one at a time while idle, then fork the
+    successor that imports `late` and takes over accepting; answer each job's exit code until killed."""
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_write)
+    successor_ready: int | None = None  # readable once the successor accepts in this server's place
+    accepting = True
     waiting: dict[int, socket.socket] = {}  # job pid -> the runner connection awaiting its exit
     while True:
-        ready, _, _ = select.select([listener, wake_read], [], [], 0 if pending else None)
+        watched = [wake_read, *([listener] if accepting else []), *([successor_ready] if successor_ready else [])]
+        ready, _, _ = select.select(watched, [], [], 0 if pending or late else None)
         if not ready and pending:
             try:
                 importlib.import_module(pending.pop(0))
             except ImportError:
                 pass
             continue
+        if not ready and late:
+            successor_ready = _fork_successor(listener, late, [wake_read, wake_write, *waiting.values()])
+            late = ()
+            continue
+        if successor_ready is not None and successor_ready in ready:
+            accepting = os.read(successor_ready, 1) != b"+"  # else it died importing: this server goes on
+            os.close(successor_ready)
+            successor_ready = None
         if wake_read in ready:
             os.read(wake_read, 4096)
         while waiting:
@@ -178,11 +202,13 @@ def serve(socket_path: str) -> None:
                 except OSError:
                     pass  # the runner is gone
                 connection.close()
-        if listener in ready:
-            connection, _ = listener.accept()
+        if accepting and listener in ready:
             try:
+                connection, _ = listener.accept()
                 message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 1)
                 request = json.loads(message.split(b"\n", 1)[0])
+            except (BlockingIOError, InterruptedError):  # the successor took this one
+                continue
             except (OSError, ValueError):
                 connection.close()
                 continue
@@ -192,10 +218,35 @@ def serve(socket_path: str) -> None:
                     inherited.close()
                 os.close(wake_read)
                 os.close(wake_write)
+                if successor_ready is not None:
+                    os.close(successor_ready)
                 _become_job(request, fds[0])
             os.close(fds[0])
             connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
             waiting[pid] = connection
+
+
+def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: list[Any]) -> int:
+    """Fork the successor; returns the pipe end that becomes readable when it accepts."""
+    ready_read, ready_write = os.pipe()
+    if os.fork() == 0:
+        try:
+            die_with_parent()  # and its jobs with it
+            for item in inherited:
+                item.close() if isinstance(item, socket.socket) else os.close(item)
+            os.close(ready_read)
+            for module in late:
+                try:
+                    importlib.import_module(module)
+                except ImportError:
+                    pass
+            os.write(ready_write, b"+")
+            os.close(ready_write)
+            _serve(listener, [], ())
+        finally:
+            os._exit(1)
+    os.close(ready_write)
+    return ready_read
 
 
 @contextmanager
