@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,13 @@ def test_channel_paths_resolve_like_the_source():
     )
     assert config.data.channels == {"train": str(MODELS.parent / "data" / "a.csv"), "test": "s3://b/t.csv"}
     assert set(config.data_inputs()) == {"TrainDataUri", "TestDataUri"}
+
+
+def test_reading_a_config_imports_no_scikit_learn(tmp_path):
+    """`read_config` is the document's own check; `check_estimator` (0.7 s of import) is apart."""
+    code = (
+        "import sys; from pipelines.config import read_config; "
+        f"read_config({str(MODELS / 'breast-cancer.yaml')!r}); print('sklearn' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -165,3 +166,16 @@ def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_serve
     while process_alive(str(successor)):
         assert time.monotonic() < deadline, "the successor outlived its server"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("with_server", [True, False])
+def test_a_module_runs_as_python_m_would_with_or_without_a_server(tmp_path: Path, monkeypatch, with_server) -> None:
+    """`sagegate run` checks the config's scikit-learn part this way: exit 2 and the reason, or 0."""
+    config = Path(__file__).resolve().parent.parent / "models" / "breast-cancer.yaml"
+    monkeypatch.chdir(tmp_path)  # the module's folder and environment are the caller's
+    monkeypatch.delenv(forkserver.SOCKET_VARIABLE, raising=False)
+    with forkserver.running(tmp_path) if with_server else contextlib.nullcontext():
+        assert forkserver.run_module("pipelines.config", [str(config)]) == (0, "")
+        code, output = forkserver.run_module("pipelines.config", [str(config), "model.class=sklearn.svm.SVR"])
+    assert code == 2
+    assert f"{config}: invalid model config" in output and "is a regressor, task classification" in output

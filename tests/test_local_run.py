@@ -164,9 +164,12 @@ def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp
 
 
 def test_bad_config_exits_2_with_the_field(state):
+    """scikit-learn's part of the check runs in the run's job server: still before anything starts."""
+    before = {r.attempt for r in list_records(state)[0]}
     result = sagegate(state, "run", str(MODELS / "breast-cancer.yaml"), "--set", "model.hyperparameters.max_depth=-1")
     assert result.returncode == 2
     assert "breast-cancer.yaml" in result.stderr and "max_depth" in result.stderr
+    assert {r.attempt for r in list_records(state)[0]} == before
 
 
 def test_sagemaker_platform_is_never_run_locally(state, first_run, monkeypatch):

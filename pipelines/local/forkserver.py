@@ -101,6 +101,24 @@ def wait_job(connection: socket.socket, timeout: float | None) -> int:
     return int(json.loads(line)["exit"]) if line else -signal.SIGKILL
 
 
+def run_module(module: str, arguments: list[str]) -> tuple[int, str]:
+    """`python -m module *arguments` in the caller's environment and folder: forked by the caller's
+    server (its libraries already imported), or a fresh interpreter when there is none. Its exit
+    code and output."""
+    argv = [sys.executable, "-m", module, *arguments]
+    with tempfile.TemporaryFile() as output:
+        try:
+            connection, _ = request_job(
+                os.environ[SOCKET_VARIABLE], argv, dict(os.environ), os.getcwd(), output.fileno()
+            )
+            with connection:
+                code = wait_job(connection, None)
+        except (KeyError, OSError):
+            code = subprocess.run(argv, stdout=output, stderr=subprocess.STDOUT, check=False).returncode
+        output.seek(0)
+        return code, output.read().decode(errors="replace")
+
+
 def _become_job(request: dict[str, Any], output_fd: int) -> None:
     """In the forked child: turn into the job and never return."""
     code = 1
@@ -120,13 +138,19 @@ def _become_job(request: dict[str, Any], output_fd: int) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        _prctl(PR_SET_NAME, Path(script).name.encode()[:15])
-        sys.argv = [script, *arguments]
-        sys.path[0] = str(Path(script).resolve().parent)
         import runpy
 
         try:
-            runpy.run_path(script, run_name="__main__")
+            if script == "-m":  # `python -m module ...`: a module of the server's own packages
+                _prctl(PR_SET_NAME, arguments[0].encode()[:15])
+                sys.argv = arguments
+                sys.path[0] = request["cwd"]
+                runpy.run_module(arguments[0], run_name="__main__", alter_sys=True)
+            else:
+                _prctl(PR_SET_NAME, Path(script).name.encode()[:15])
+                sys.argv = [script, *arguments]
+                sys.path[0] = str(Path(script).resolve().parent)
+                runpy.run_path(script, run_name="__main__")
             code = 0
         except SystemExit as exit_:
             if exit_.code is None or isinstance(exit_.code, int):
