@@ -152,6 +152,7 @@ class LocalGate:
         self.endpoint_url = ""
         self.state_machine_arn = ""
         self.deploy_machine_arn = ""
+        self._deploy_machine: dict[str, Any] = {}
         self.definition: dict[str, Any] = {}
         self.deploy_definition: dict[str, Any] = {}
         self.logs = home.executions / "logs"
@@ -245,11 +246,19 @@ class LocalGate:
             definition=substitute(self.definition, substitutions),
             roleArn=role["Arn"],
         )["stateMachineArn"]
-        self.deploy_machine_arn = sfn.create_state_machine(
-            name=self.project.name("deploy"),
-            definition=substitute(self.deploy_definition, substitutions),
-            roleArn=role["Arn"],
-        )["stateMachineArn"]
+        self._deploy_machine = {
+            "name": self.project.name("deploy"),
+            "definition": substitute(self.deploy_definition, substitutions),
+            "roleArn": role["Arn"],
+        }
+
+    def _deploy_machine_arn(self) -> str:
+        """The deploy-only machine, created on first use: only provisioning runs it, and moto's ASL
+        parser takes ~0.2 s per machine."""
+        if not self.deploy_machine_arn:
+            machine = self.client("stepfunctions").create_state_machine(**self._deploy_machine)
+            self.deploy_machine_arn = machine["stateMachineArn"]
+        return self.deploy_machine_arn
 
     def execute(
         self, execution_input: dict[str, Any] | str, name: str | None = None, *, deploy_only: bool = False
@@ -259,7 +268,7 @@ class LocalGate:
         sfn = self.client("stepfunctions")
         name = name or f"gate-{uuid.uuid4().hex[:12]}"
         text = execution_input if isinstance(execution_input, str) else json.dumps(execution_input)
-        machine = self.deploy_machine_arn if deploy_only else self.state_machine_arn
+        machine = self._deploy_machine_arn() if deploy_only else self.state_machine_arn
         arn = sfn.start_execution(stateMachineArn=machine, name=name, input=text)["executionArn"]
         deadline = time.monotonic() + POLL_TIMEOUT_SECONDS
         while (description := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
