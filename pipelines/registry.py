@@ -53,7 +53,7 @@ def prepare_store(home: StateHome) -> None:
         if not template.is_file():
             _migrated(template)
         source = template
-    except OSError:  # no writable cache: the state folder's own store is migrated in place
+    except Exception:  # no writable cache (OSError, or sqlite's own error): migrated in place instead
         source = None
     home.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
     with locked(home.mlflow_db):

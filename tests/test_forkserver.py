@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -162,6 +163,12 @@ def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_serve
         successor = found[0]
         assert successor != server
         assert Path(f"/proc/{successor}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(server)
+        os.kill(successor, signal.SIGKILL)  # a successor that dies: the server accepts again
+        answered: list[tuple[int, bool]] = []
+        asking = threading.Thread(target=lambda: answered.append(job()), daemon=True)
+        asking.start()
+        asking.join(60)
+        assert answered and answered[0][0] == server, "nobody forked the job after the successor died"
     deadline = time.monotonic() + 10
     while process_alive(str(successor)):
         assert time.monotonic() < deadline, "the successor outlived its server"

@@ -191,6 +191,7 @@ def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_write)
     successor_ready: int | None = None  # readable once the successor accepts in this server's place
+    successor = 0
     accepting = True
     waiting: dict[int, socket.socket] = {}  # job pid -> the runner connection awaiting its exit
     while True:
@@ -203,7 +204,7 @@ def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -
                 pass
             continue
         if not ready and late:
-            successor_ready = _fork_successor(listener, late, [wake_read, wake_write, *waiting.values()])
+            successor, successor_ready = _fork_successor(listener, late, [wake_read, wake_write, *waiting.values()])
             late = ()
             continue
         if successor_ready is not None and successor_ready in ready:
@@ -212,13 +213,15 @@ def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -
             successor_ready = None
         if wake_read in ready:
             os.read(wake_read, 4096)
-        while waiting:
+        while waiting or successor:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
+            if pid == successor:  # it died: requests would wait in the backlog for nobody
+                successor, accepting = 0, True
             connection = waiting.pop(pid, None)
             if connection is not None:
                 try:
@@ -250,10 +253,11 @@ def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -
             waiting[pid] = connection
 
 
-def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: list[Any]) -> int:
-    """Fork the successor; returns the pipe end that becomes readable when it accepts."""
+def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: list[Any]) -> tuple[int, int]:
+    """Fork the successor: its pid, and the pipe end that becomes readable when it accepts."""
     ready_read, ready_write = os.pipe()
-    if os.fork() == 0:
+    pid = os.fork()
+    if pid == 0:
         try:
             die_with_parent()  # and its jobs with it
             for item in inherited:
@@ -270,7 +274,7 @@ def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: l
         finally:
             os._exit(1)
     os.close(ready_write)
-    return ready_read
+    return pid, ready_read
 
 
 @contextmanager
