@@ -6,6 +6,7 @@ bucket mirror persist across runs (each run starts a fresh local S3 server from 
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import os
@@ -17,6 +18,8 @@ import mlflow
 import pandas as pd
 import pytest
 
+from pipelines.cli import main
+from pipelines.cli.pipeline import import_all
 from pipelines.config import load_config
 from pipelines.containers import locked_versions
 from pipelines.local.s3 import LocalS3
@@ -170,6 +173,22 @@ def test_bad_config_exits_2_with_the_field(state):
     assert result.returncode == 2
     assert "breast-cancer.yaml" in result.stderr and "max_depth" in result.stderr
     assert {r.attempt for r in list_records(state)[0]} == before
+
+
+def test_the_collector_paused_for_the_imports_is_back_on_after_a_refused_run(state, monkeypatch):
+    """`sagegate run` pauses the cyclic collector while the SDK imports (its gate-import thread turns it
+    back on): a run refused before that thread starts turns it back on itself."""
+    monkeypatch.setenv("SAGEGATE_HOME", str(state.root))
+    bad = ["--set", "model.hyperparameters.max_depth=-1"]
+    assert main(["run", str(MODELS / "breast-cancer.yaml"), *bad]) == 2
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        import_all(("json",))
+    finally:
+        enabled = gc.isenabled()
+        gc.enable()
+    assert enabled
 
 
 def test_sagemaker_platform_is_never_run_locally(state, first_run, monkeypatch):
