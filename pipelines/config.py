@@ -6,6 +6,7 @@ people who read these messages are editing that file right now.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Iterator
@@ -475,9 +476,12 @@ def discovered_configs(overrides: list[str] | None = None) -> Iterator[tuple[Pat
 def main(argv: list[str] | None = None) -> int:
     """`python -m pipelines.config FILE [FIELD.PATH=VALUE ...]`: exit 0 when the config is valid, else 2
     and why (what `sagegate run` asks its job server, which has scikit-learn imported already)."""
-    path, *overrides = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m pipelines.config", description="check a model config")
+    parser.add_argument("file", help="the model YAML")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="FIELD.PATH=VALUE", help="as `sagegate run --set`")
+    args = parser.parse_args(argv)
     try:
-        load_config(path, overrides)
+        load_config(args.file, args.overrides)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2

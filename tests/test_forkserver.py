@@ -16,6 +16,7 @@ import pytest
 
 from pipelines.local import forkserver
 from pipelines.statefiles import process_alive
+from tests.conftest import wait_for
 from tests.processes import processes
 
 SCRIPT = """
@@ -155,12 +156,13 @@ def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_serve
     with forkserver.running(tmp_path):
         server, preloaded = job()
         assert not preloaded  # the server never imports the late libraries itself
-        deadline = time.monotonic() + 60
-        while not (found := job())[1]:
-            assert found[0] == server
-            assert time.monotonic() < deadline, "no job was ever forked with MLflow imported"
-            time.sleep(0.1)
-        successor = found[0]
+
+        def from_the_successor() -> tuple[int, bool] | None:
+            found = job()
+            assert found[1] or found[0] == server  # the server forks every job until the successor is ready
+            return found if found[1] else None
+
+        successor = wait_for(from_the_successor, "a job forked with MLflow imported", timeout=60)[0]
         assert successor != server
         assert Path(f"/proc/{successor}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(server)
         os.kill(successor, signal.SIGKILL)  # a successor that dies: the server accepts again
@@ -169,10 +171,7 @@ def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_serve
         asking.start()
         asking.join(60)
         assert answered and answered[0][0] == server, "nobody forked the job after the successor died"
-    deadline = time.monotonic() + 10
-    while process_alive(str(successor)):
-        assert time.monotonic() < deadline, "the successor outlived its server"
-        time.sleep(0.05)
+    wait_for(lambda: not process_alive(str(successor)), "the successor to die with its server", timeout=10)
 
 
 @pytest.mark.parametrize("with_server", [True, False])

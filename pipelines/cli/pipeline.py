@@ -118,7 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
 
             gc.freeze()
             # the config's scikit-learn part (0.7 s of import here), checked by the job server that has it
-            code, output = forkserver.run_module("pipelines.config", [str(args.config), *overrides])
+            code, output = forkserver.run_module("pipelines.config", ["--", str(args.config), *overrides])
             if code:
                 raise (ConfigError if code == EXIT_USAGE else RuntimeError)(output.strip())
         except BaseException:

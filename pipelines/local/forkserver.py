@@ -198,10 +198,7 @@ def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -
         watched = [wake_read, *([listener] if accepting else []), *([successor_ready] if successor_ready else [])]
         ready, _, _ = select.select(watched, [], [], 0 if pending or late else None)
         if not ready and pending:
-            try:
-                importlib.import_module(pending.pop(0))
-            except ImportError:
-                pass
+            _preload(pending.pop(0))
             continue
         if not ready and late:
             successor, successor_ready = _fork_successor(listener, late, [wake_read, wake_write, *waiting.values()])
@@ -253,6 +250,13 @@ def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -
             waiting[pid] = connection
 
 
+def _preload(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:  # not in this environment: a job that needs it fails as it would anyway
+        pass
+
+
 def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: list[Any]) -> tuple[int, int]:
     """Fork the successor: its pid, and the pipe end that becomes readable when it accepts."""
     ready_read, ready_write = os.pipe()
@@ -264,10 +268,7 @@ def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: l
                 item.close() if isinstance(item, socket.socket) else os.close(item)
             os.close(ready_read)
             for module in late:
-                try:
-                    importlib.import_module(module)
-                except ImportError:
-                    pass
+                _preload(module)
             os.write(ready_write, b"+")
             os.close(ready_write)
             _serve(listener, [], ())
