@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import DATA, ROOT
 
@@ -255,3 +257,60 @@ def test_evaluation_ranks_the_features_the_model_uses_by_permutation_importance(
     assert ranked[0]["name"] == "signal" and ranked[0]["importance_mean"] > 0.3
     assert all(abs(f["importance_mean"]) < 0.05 for f in ranked[1:])
     assert "feature_importance.png" in report["plots"] and (output / "feature_importance.png").stat().st_size > 0
+
+
+def general_csv(text: str) -> list[list[float]]:
+    """What `float()` makes of each value: the reference the model server's fast path must match."""
+    return [[float(value) for value in line.split(",")] for line in text.strip().splitlines() if line.strip()]
+
+
+CSV_NUMBER = (
+    st.floats(allow_nan=False, allow_infinity=False).map(repr)
+    | st.integers(-(2**70), 2**70).map(str)
+    | (st.sampled_from(["1e5", "-2.5E-3", "0.10000000000000001", "123456789012345678", "+1", ".5", "7.", "01", "-0.0"]))
+)
+
+
+CSV_ROWS = st.integers(1, 6).flatmap(
+    lambda width: st.lists(st.lists(CSV_NUMBER, min_size=width, max_size=width), min_size=1, max_size=8)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=CSV_ROWS, ending=st.sampled_from(["\n", "\r\n"]))
+def test_the_model_server_reads_csv_numbers_exactly_as_float_does(rows, ending):
+    inference = load_job_file("inference", "inference.py")
+    text = ending.join(",".join(row) for row in rows) + ending
+    parsed = inference.input_fn(text.encode(), "text/csv")
+    assert parsed.tolist() == general_csv(text)
+    as_json = ("[" + ",".join("[" + ",".join(row) + "]" for row in rows) + "]").encode()
+    try:
+        expected = json.loads(as_json)  # "+1", ".5", "01", "7." are not JSON numbers
+    except ValueError:
+        return
+    assert inference.input_fn(as_json, "application/json").tolist() == [[float(v) for v in row] for row in expected]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"true,1\n", "CSV values must be numbers"),  # JSON would read true as 1
+        (b"null,1\n", "CSV values must be numbers"),
+        (b"1,2\n3\n", "CSV rows have different numbers of values: [1, 2]"),
+        (b"1,,2\n", "CSV values must be numbers"),
+        (b"1,2,\n", "CSV values must be numbers"),
+        (b"[1,2]\n", "CSV values must be numbers"),
+    ],
+)
+def test_csv_that_is_not_plain_numbers_gets_the_general_parsers_message(body, message):
+    inference = load_job_file("inference", "inference.py")
+    with pytest.raises(inference.RequestError) as error:
+        inference.input_fn(body, "text/csv")
+    assert message in str(error.value)
+
+
+def test_csv_blank_lines_and_python_float_syntax_still_read():
+    inference = load_job_file("inference", "inference.py")
+    assert inference.input_fn(b"1,2\n\n+3,.5\n", "text/csv").tolist() == [[1.0, 2.0], [3.0, 0.5]]
+    with pytest.raises(inference.RequestError, match="row 0 has a missing or non-finite value"):
+        inference.input_fn(b"[[1, NaN]]", "application/json")  # orjson refuses NaN; json reads it, then it is refused

@@ -16,6 +16,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+import orjson
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker realtime payload limit
 
@@ -107,11 +108,23 @@ def _records(items: list[dict[str, Any]], model: Model) -> np.ndarray:
 UTF8_BOM = b"\xef\xbb\xbf"  # some tools start every UTF-8 file with it; training accepts it too
 
 
-def _from_json(body: bytes, model: Model) -> np.ndarray:
+def _json(body: bytes) -> Any:
+    """orjson parses numbers ~5x faster than `json` (the cost of a 100-row request), to the same doubles;
+    what it refuses goes to `json`, which accepts NaN literals (then refused as non-finite by `input_fn`)
+    and names the position of a real error."""
+    body = body[len(UTF8_BOM) :] if body.startswith(UTF8_BOM) else body
     try:
-        data = json.loads(body[len(UTF8_BOM) :] if body.startswith(UTF8_BOM) else body)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise RequestError(f"body is not valid JSON: {error}") from None
+
+
+def _from_json(body: bytes, model: Model) -> np.ndarray:
+    data = _json(body)
     if isinstance(data, dict):
         for key in ("instances", "inputs", "data"):
             if key in data:
@@ -130,7 +143,28 @@ def _from_json(body: bytes, model: Model) -> np.ndarray:
         raise RequestError(f"JSON values must be numbers: {error}") from None
 
 
+NUMERIC_CSV_BYTES = b"0123456789+-.eE,\t\r\n "
+
+
+def _plain_numbers(body: bytes) -> np.ndarray | None:
+    """A CSV body of plain numbers read as one JSON array of rows: orjson converts the text to doubles
+    ~5x faster than `float()` per value, with the same results (JSON's numbers are a subset of Python's
+    float syntax). None for anything else (`+1`, `.5`, `nan`, blank lines, ragged rows): the general
+    parser reads it and names the problem."""
+    text = (body[len(UTF8_BOM) :] if body.startswith(UTF8_BOM) else body).strip()
+    if not text or text.translate(None, NUMERIC_CSV_BYTES):  # only digits, signs, dots, exponents, separators
+        return None
+    try:
+        rows = np.array(orjson.loads(b"[[" + text.replace(b"\n", b"],[") + b"]]"), dtype=float)
+    except (orjson.JSONDecodeError, ValueError, TypeError, OverflowError):
+        return None
+    return rows if rows.ndim == 2 else None
+
+
 def _from_csv(body: bytes) -> np.ndarray:
+    rows = _plain_numbers(body)
+    if rows is not None:
+        return rows
     try:
         text = body.decode("utf-8-sig").strip()
     except UnicodeDecodeError as error:
