@@ -1,7 +1,7 @@
 """Model server speaking the SageMaker inference contract: GET /ping, POST /invocations.
 
-A WSGI app run by gunicorn (pre-forked workers, model loaded once in the master and shared
-copy-on-write). Entry point of the custom image (see Dockerfile: `serve`), and the process a
+An ASGI app run by gunicorn with uvicorn workers (pre-forked, model loaded once in the master
+and shared copy-on-write). Entry point of the custom image (see Dockerfile: `serve`), and the process a
 local endpoint starts on its first request. Bad input is a 4xx with a message; the server
 never dies on input. Imports nothing from `pipelines/`.
 
@@ -14,15 +14,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import inference  # this folder is the code directory, not a package
 
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 _model: inference.Model | None = None
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def load(model_dir: str) -> inference.Model:
@@ -31,52 +32,69 @@ def load(model_dir: str) -> inference.Model:
     return _model
 
 
-def _answer(
-    start_response: StartResponse, status: int, body: bytes, content_type: str, extra: dict[str, str]
-) -> list[bytes]:
-    reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
-               413: "Payload Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error"}  # fmt: skip
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra.items()]
-    start_response(f"{status} {reasons.get(status, 'Error')}", headers)
-    return [body]
+async def _answer(send: Send, status: int, body: bytes, content_type: str) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
-def _error(start_response: StartResponse, status: int, message: str) -> list[bytes]:
-    return _answer(start_response, status, json.dumps({"error": message}).encode(), "application/json", {})
+async def _error(send: Send, status: int, message: str) -> None:
+    await _answer(send, status, json.dumps({"error": message}).encode(), "application/json")
 
 
-def _read_body(environ: dict[str, Any]) -> bytes:
+async def _read_body(receive: Receive, headers: dict[bytes, bytes]) -> bytes:
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        length = int(headers.get(b"content-length") or 0)
     except ValueError:
         raise inference.RequestError("bad Content-Length") from None
     if length > inference.MAX_BODY_BYTES:
         raise inference.RequestError(
             f"request body of {length} bytes exceeds the {inference.MAX_BODY_BYTES}-byte limit", 413
         )
-    return environ["wsgi.input"].read(length) if length else b""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > inference.MAX_BODY_BYTES:  # a chunked body has no Content-Length to refuse up front
+            raise inference.RequestError(f"request body exceeds the {inference.MAX_BODY_BYTES}-byte limit", 413)
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
-def application(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
+async def application(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """The ASGI app. A prediction runs on the event loop: it is CPU work, and the server's worker
+    processes (one per core) are the parallelism, as with synchronous workers."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    path, method = scope["path"], scope["method"]
     if path == "/ping":
-        status = 200 if _model is not None else 500
-        return _answer(start_response, status, b"", "text/plain", {})
+        await _answer(send, 200 if _model is not None else 500, b"", "text/plain")
+        return
     if path != "/invocations":
-        return _error(start_response, 404, f"no route {path}: use GET /ping or POST /invocations")
+        await _error(send, 404, f"no route {path}: use GET /ping or POST /invocations")
+        return
     if method != "POST":
-        return _error(start_response, 405, "POST /invocations")
+        await _error(send, 405, "POST /invocations")
+        return
+    headers = dict(scope["headers"])
     try:
-        body = _read_body(environ)
-        rows = inference.input_fn(body, environ.get("CONTENT_TYPE", ""), _model)
-        attributes = environ.get("HTTP_X_AMZN_SAGEMAKER_CUSTOM_ATTRIBUTES", "")
+        body = await _read_body(receive, headers)
+        rows = inference.input_fn(body, headers.get(b"content-type", b"").decode("latin-1"), _model)
+        attributes = headers.get(b"x-amzn-sagemaker-custom-attributes", b"").decode("latin-1")
         prediction = inference.predict_fn(rows, _model, inference.wants_probabilities(attributes))
-        payload, content_type = inference.output_fn(prediction, environ.get("HTTP_ACCEPT", ""))
+        payload, content_type = inference.output_fn(prediction, headers.get(b"accept", b"").decode("latin-1"))
     except inference.RequestError as error:
-        return _error(start_response, error.status, str(error))
+        await _error(send, error.status, str(error))
+        return
     except Exception as error:  # a model failure is the server's 500, never a crash
-        return _error(start_response, 500, f"prediction failed: {type(error).__name__}: {error}")
-    return _answer(start_response, 200, payload, content_type, {})
+        await _error(send, 500, f"prediction failed: {type(error).__name__}: {error}")
+        return
+    await _answer(send, 200, payload, content_type)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
             for key, value in {
                 "bind": args.bind,
                 "workers": args.workers,
-                "worker_class": "gthread",
-                "threads": 2,
+                # uvicorn's event loop in each pre-forked worker, with httptools and uvloop: a one-row request
+                # costs a third of what gunicorn's threaded worker spent on the same request
+                "worker_class": "uvicorn_worker.UvicornWorker",
                 "timeout": args.timeout,
                 "keepalive": 75,
                 "graceful_timeout": 10,
@@ -109,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             }.items():
                 self.cfg.set(key, value)
 
-        def load(self) -> Callable[..., Iterable[bytes]]:
+        def load(self) -> Callable[[dict[str, Any], Receive, Send], Awaitable[None]]:
             return application
 
     Server().run()
