@@ -121,7 +121,7 @@ def start(command: list[str], port: int, ping: str, log: Path) -> subprocess.Pop
 
 def stop(process: subprocess.Popen[bytes]) -> None:
     try:
-        os.killpg(process.pid, signal.SIGQUIT)
+        os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(process.pid, signal.SIGKILL)

@@ -1,7 +1,7 @@
 """Local sagemaker-runtime: `POST /endpoints/{name}/invocations` for the local endpoints.
 
 An unmodified `boto3.client("sagemaker-runtime", endpoint_url=...)` or the SDK's Predictor
-talks to it. This module is the WSGI app and its lifecycle (`start_gateway`, `stop_gateway`);
+talks to it. This module is the ASGI app and its lifecycle (`start_gateway`, `stop_gateway`);
 it composes `routing` (which model serves a request), `model_server` (one supervised server
 process per model, started on first request and stopped after the endpoint's scale-in
 cooldown: realtime endpoints scale to zero for real) and `serving_metrics` (the counters
@@ -9,12 +9,15 @@ cooldown: realtime endpoints scale to zero for real) and `serving_metrics` (the 
 throttling error; errors use sagemaker-runtime's codes (ValidationError, ModelError,
 ThrottlingException).
 
-Run by gunicorn as one process with threads (`sagegate gateway start`): servers and in-flight
-counts live in that process.
+Run by gunicorn as one uvicorn worker (`sagegate gateway start`): servers and in-flight counts
+live in that process. Invocations are forwarded on its event loop (a request's own work is
+microseconds: routing, counters, the hop); what blocks (a model server's cold start, the
+SageMaker/Step Functions APIs) runs on the loop's thread pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import logging
@@ -25,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -41,11 +44,12 @@ from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, locked, process_alive, process_token, read_json, write_json
 
 MAX_PAYLOAD = 6 * 1024 * 1024
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Gateway:
-    """The WSGI app: routing, concurrency limits, scale-to-zero and counters."""
+    """The ASGI app: routing, concurrency limits, scale-to-zero and counters."""
 
     def __init__(self, home: StateHome, project: Project) -> None:
         self.home = home
@@ -64,13 +68,15 @@ class Gateway:
             self.capture_writer()
         self._state: dict[str, Any] = {}
         self._state_mtime = 0.0
+        self._state_path = str(self.manager.path)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the worker's event loop, set by the first request
         self._stop = threading.Event()
         threading.Thread(target=self._housekeeping, daemon=True, name="scale-in").start()
 
     def state(self) -> dict[str, Any]:
         """The endpoint records, re-read only when the file changed."""
         try:
-            mtime = self.manager.path.stat().st_mtime
+            mtime = os.stat(self._state_path).st_mtime
         except FileNotFoundError:
             return {"endpoints": {}, "endpoint_configs": {}, "models": {}, "inference_components": {}}
         if mtime != self._state_mtime:
@@ -88,9 +94,10 @@ class Gateway:
         current = self.servers.get(model_name)
         cooldown = current.cooldown if current else DEFAULT_SCALE_IN_COOLDOWN
         server = self._server(model_name, 1, cooldown)
+        assert self.loop is not None  # the shadow runner starts with a request, after the loop is known
         server.enter()
         try:
-            status, _, payload = server.forward(body, headers)
+            status, _, payload = asyncio.run_coroutine_threadsafe(server.forward(body, headers), self.loop).result()
         finally:
             server.leave()
         return status, payload
@@ -131,7 +138,9 @@ class Gateway:
             )  # fmt: skip
         return limit
 
-    def invoke(self, endpoint_name: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    async def invoke(
+        self, endpoint_name: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
         chosen = route(
             self.state(),
             endpoint_name,
@@ -149,7 +158,7 @@ class Gateway:
                 "Accept": headers.get("accept", "application/json"),
                 "X-Amzn-SageMaker-Custom-Attributes": headers.get("x-amzn-sagemaker-custom-attributes", ""),
             }
-            status, response_headers, payload = server.forward(body, forwarded)
+            status, response_headers, payload = await server.forward(body, forwarded)
         except ModelServerError as error:
             raise InvocationError(424, "ModelError", str(error), OriginalStatusCode=500) from None
         except (OSError, http.client.HTTPException) as error:
@@ -173,7 +182,7 @@ class Gateway:
             )  # fmt: skip
         capture = chosen.capture
         if capture is not None:
-            response_type = response_headers.get("Content-Type", "application/json")
+            response_type = response_headers.get("content-type", "application/json")
             self.capture_writer().offer(
                 endpoint_name,
                 chosen.variant,
@@ -188,45 +197,69 @@ class Gateway:
         extra = {"X-Amzn-Invoked-Production-Variant": chosen.variant}
         if headers.get("x-amzn-sagemaker-custom-attributes"):
             extra["X-Amzn-SageMaker-Custom-Attributes"] = headers["x-amzn-sagemaker-custom-attributes"]
-        return 200, {"Content-Type": response_headers.get("Content-Type", "application/json"), **extra}, payload
+        return 200, {"Content-Type": response_headers.get("content-type", "application/json"), **extra}, payload
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        parts = path.strip("/").split("/")
-        target = environ.get("HTTP_X_AMZ_TARGET")
-        if target and path == "/" and environ.get("REQUEST_METHOD") == "POST":  # SageMaker / Step Functions APIs
-            length = min(int(environ.get("CONTENT_LENGTH") or 0), MAX_PAYLOAD)
-            body = environ["wsgi.input"].read(length) if length else b""
-            status, answer = self.apis.call(target, body, environ.get("HTTP_X_AMZ_SECURITY_TOKEN"))
-            headers = {"Content-Type": "application/x-amz-json-1.1"}
-            if status != 200:
-                headers["x-amzn-ErrorType"] = answer["__type"]
-            return self._respond(start_response, status, headers, json.dumps(answer).encode())
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                self.loop = asyncio.get_running_loop()
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        self.loop = asyncio.get_running_loop()
+        path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        target = headers.get("x-amz-target")
         try:
+            if target and path == "/" and scope["method"] == "POST":  # SageMaker / Step Functions APIs
+                body = await self._body(receive, headers)
+                status, answer = await self.loop.run_in_executor(
+                    None, self.apis.call, target, body, headers.get("x-amz-security-token")
+                )
+                response = {"Content-Type": "application/x-amz-json-1.1"}
+                if status != 200:
+                    response["x-amzn-ErrorType"] = answer["__type"]
+                await self._respond(send, status, response, json.dumps(answer).encode())
+                return
             if path == "/ping":
-                return self._respond(start_response, 200, {"Content-Type": "application/json"}, b"{}")
+                await self._respond(send, 200, {"Content-Type": "application/json"}, b"{}")
+                return
+            parts = path.strip("/").split("/")
             if len(parts) != 3 or parts[0] != "endpoints" or parts[2] not in ("invocations",):
                 raise InvocationError(404, "UnknownOperationException", f"no such operation: {path}")
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            if length > MAX_PAYLOAD:
-                raise InvocationError(413, "ValidationError", f"Request body of {length} bytes exceeds 6 MB.")
-            body = environ["wsgi.input"].read(length) if length else b""
-            headers = {
-                key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")
-            }
-            if environ.get("CONTENT_TYPE"):
-                headers["content-type"] = environ["CONTENT_TYPE"]
-            status, response_headers, payload = self.invoke(unquote(parts[1]), body, headers)
-            return self._respond(start_response, status, response_headers, payload)
+            body = await self._body(receive, headers)
+            status, response_headers, payload = await self.invoke(unquote(parts[1]), body, headers)
+            await self._respond(send, status, response_headers, payload)
         except InvocationError as error:
             payload = json.dumps({"message": error.message, **error.fields}).encode()
-            headers = {"Content-Type": "application/json", "x-amzn-ErrorType": error.code}
-            return self._respond(start_response, error.status, headers, payload)
+            response = {"Content-Type": "application/json", "x-amzn-ErrorType": error.code}
+            await self._respond(send, error.status, response, payload)
 
     @staticmethod
-    def _respond(start_response: StartResponse, status: int, headers: dict[str, str], body: bytes) -> list[bytes]:
-        start_response(f"{status} {http.client.responses.get(status, 'Error')}", [*headers.items()])
-        return [body]
+    async def _body(receive: Receive, headers: dict[str, str]) -> bytes:
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            raise InvocationError(400, "ValidationError", "bad Content-Length") from None
+        if length > MAX_PAYLOAD:
+            raise InvocationError(413, "ValidationError", f"Request body of {length} bytes exceeds 6 MB.")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_PAYLOAD:  # chunked: no Content-Length to refuse up front
+                raise InvocationError(413, "ValidationError", "Request body exceeds 6 MB.")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    @staticmethod
+    async def _respond(send: Send, status: int, headers: dict[str, str], body: bytes) -> None:
+        raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
 
     def _housekeeping(self) -> None:
         """Scale idle servers to zero and publish the counters, four times a second."""
@@ -257,8 +290,8 @@ class Gateway:
             self._shadow.close()
 
 
-def serve(port: int, threads: int = 64) -> None:
-    """Run the gateway in the foreground: gunicorn, one process (shared state), many threads."""
+def serve(port: int) -> None:
+    """Run the gateway in the foreground: gunicorn, one uvicorn worker process (shared state)."""
     from gunicorn.app.base import BaseApplication
 
     gateways: list[Gateway] = []
@@ -268,8 +301,7 @@ def serve(port: int, threads: int = 64) -> None:
             for key, value in {
                 "bind": f"127.0.0.1:{port}",
                 "workers": 1,
-                "worker_class": "gthread",
-                "threads": threads,
+                "worker_class": "uvicorn_worker.UvicornWorker",
                 "timeout": 120,
                 "graceful_timeout": 10,  # in-flight invocations finish; idle keep-alive clients do not hold it
                 "keepalive": 75,

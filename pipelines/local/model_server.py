@@ -2,11 +2,14 @@
 
 The process is `containers/inference/serve.py` under gunicorn on a unix socket — the same code
 a SageMaker inference container runs. The gateway owns one `ModelServer` per SageMaker model
-and stops it after the endpoint's scale-in cooldown without traffic (scale to zero).
+and stops it after the endpoint's scale-in cooldown without traffic (scale to zero). The gateway
+forwards on its event loop over pooled keep-alive connections, each an asyncio protocol whose
+responses httptools parses: the hop costs tens of microseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.client
 import json
@@ -21,6 +24,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import httptools
 
 from pipelines.containers import container_code
 from pipelines.statefiles import StateFileError, process_alive, process_token, read_json, write_json
@@ -43,6 +48,71 @@ class UnixConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
         self.sock.connect(self.socket_path)
+
+
+class ModelConnection(asyncio.Protocol):
+    """One keep-alive connection to a model server: writes a request, parses the response with httptools."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation  # the server start it belongs to: a restart retires it
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.answer: asyncio.Future[tuple[int, dict[str, str], bytes]] | None = None
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.open = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport, self.open = transport, True  # type: ignore[assignment]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.open = False
+        self._fail(error or ConnectionResetError("the model server closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(http.client.HTTPException(f"bad response from the model server: {error}"))
+            self.close()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
+        if not self.parser.should_keep_alive():
+            self.close()
+
+    def _fail(self, error: Exception) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(error)
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, dict[str, str], bytes]]:
+        """The response to `request`: (status, lower-cased headers, body)."""
+        assert self.transport is not None
+        self.headers, self.body = {}, []
+        self.answer = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self.answer
+
+    def close(self) -> None:
+        self.open = False
+        if self.transport is not None:
+            self.transport.close()
+
+
+def http_request(body: bytes, headers: dict[str, str]) -> bytes:
+    """POST /invocations as bytes. Header values come from a parsed HTTP request: no CR or LF in them."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"POST /invocations HTTP/1.1\r\nHost: localhost\r\n{lines}Content-Length: {len(body)}\r\n\r\n".encode("latin-1")
+        + body
+    )
 
 
 def unpack_model(model_data: Path, folder: Path) -> Path:
@@ -113,7 +183,7 @@ class ModelServer:
         self.record = folder / "server.json"  # which process serves, for `reap_orphans`
         self.process: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
-        self.local = threading.local()
+        self.idle: list[ModelConnection] = []  # keep-alive connections, used on the gateway's event loop only
         self.last_used = time.monotonic()
         self.cooldown = cooldown  # the endpoint's scale-in cooldown, refreshed per request
         self.in_flight = 0
@@ -167,7 +237,6 @@ class ModelServer:
                     f"model server for {self.model_name} did not start in {START_TIMEOUT_SECONDS} s (see {log_path})"
                 )
             self.starts += 1
-            self.local = threading.local()
             cold = time.monotonic() - began
             self.cold_starts.append(round(cold, 3))
             return cold
@@ -182,38 +251,50 @@ class ModelServer:
         except OSError:
             return False
 
-    def _connection(self) -> UnixConnection:
-        connection = getattr(self.local, "connection", None)
-        if connection is None:
-            connection = self.local.connection = UnixConnection(str(self.socket), timeout=60)
+    async def _connect(self) -> ModelConnection:
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.open and connection.generation == self.starts:
+                return connection
+            connection.close()
+        loop = asyncio.get_running_loop()
+        generation = self.starts
+        _, connection = await loop.create_unix_connection(lambda: ModelConnection(generation), str(self.socket))
         return connection
 
-    def forward(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        """POST /invocations; on a broken connection the request is retried once on a new one, after
+    async def forward(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        """POST /invocations: (status, lower-cased headers, body). The server is started off the event loop
+        when it is not running; on a broken connection the request is retried once on a new one, after
         `ensure_started` restarted the server if it died (a stale keep-alive connection needs no restart).
 
-        A thread never clears `self.process` itself: another thread may already have started the
+        A caller never clears `self.process` itself: another may already have started the
         replacement, which would then be orphaned."""
+        loop = asyncio.get_running_loop()
+        request = http_request(body, headers)
         for attempt in (1, 2):
-            self.ensure_started()
-            connection = self._connection()
+            if attempt == 2 or self.process is None:
+                await loop.run_in_executor(None, self.ensure_started)
+            connection: ModelConnection | None = None
             try:
-                connection.request("POST", "/invocations", body=body, headers=headers)
-                response = connection.getresponse()
-                return response.status, dict(response.getheaders()), response.read()
+                connection = await self._connect()
+                answer = await connection.send(request)
             except (OSError, http.client.HTTPException):
-                connection.close()
-                self.local.connection = None
+                if connection is not None:
+                    connection.close()
                 if attempt == 2:
                     raise
+                continue
+            if connection.open:
+                self.idle.append(connection)
+            return answer
         raise AssertionError("unreachable")
 
     def _stop_process(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            # idle (no request in flight): gunicorn's quick shutdown, not the graceful one that
-            # would wait for the gateway's idle keep-alive connections
+            # idle (no request in flight): the graceful stop closes the gateway's idle keep-alive
+            # connections at once (~0.6 s); uvicorn's workers do not stop on gunicorn's SIGQUIT
             try:
-                os.killpg(self.process.pid, signal.SIGQUIT)
+                os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout=5)
             except ProcessLookupError:
                 pass
