@@ -234,32 +234,19 @@ def gateway_load(
     return closed_loop(make_request, concurrency, seconds)
 
 
-def boto3_floor(seconds: float) -> float:
-    """Requests/s of boto3 `invoke_endpoint` against a server that does no work: the user's path can
-    never be faster than this, whatever the gateway and the model cost."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Instant(BaseHTTPRequestHandler):
-        protocol_version, wbufsize = "HTTP/1.1", 1 << 16
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            body = b'{"predictions": [0]}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Instant)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def boto3_floor(seconds: float, concurrency: int, workdir: Path) -> tuple[float, float]:
+    """Requests/s of boto3 `invoke_endpoint` against a server that does no work (uvicorn, in its own
+    process): the user's path can never be faster than this, whatever the gateway and the model cost."""
+    port = free_port()
+    server = start(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent), "instant_server:app",
+         "--http", "httptools", "--loop", "uvloop", "--port", str(port), "--log-level", "warning"],
+        port, "/ping", workdir / "instant.log",
+    )  # fmt: skip
     try:
-        return gateway_load(f"http://127.0.0.1:{server.server_address[1]}", b"0.1", "text/csv", 1, seconds)[0]
+        return gateway_load(f"http://127.0.0.1:{port}", b"0.1", "text/csv", concurrency, seconds)
     finally:
-        server.shutdown()
+        stop(server)
 
 
 def main() -> None:
@@ -318,7 +305,9 @@ def main() -> None:
         subprocess.run([str(Path(sys.executable).parent / "sagegate"), "gateway", "stop"], check=False,
                        stdout=subprocess.DEVNULL)  # fmt: skip
     results["cold_start_s"], results["process_and_load_s"] = cold_start(served)
-    results["boto3_floor_rps"] = boto3_floor(args.seconds)
+    for concurrency in (1, 16):
+        floor = boto3_floor(args.seconds, concurrency, workdir)
+        results[f"boto3_floor_c{concurrency}_rps"], results[f"boto3_floor_c{concurrency}_p99_ms"] = floor
     report(results, args.seconds)
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"raw figures: {workdir / 'results.json'}")
@@ -347,10 +336,14 @@ def report(results: dict[str, float], seconds: float) -> None:
         f"{results['mlflow_100row_rows_per_s']:.0f} rows/s; ours/in-process scikit-learn = "
         f"{results['ours_100row_rows_per_s'] / results['inprocess_100row_rows_per_s']:.1f}x"
     )
-    print(
-        f"boto3 invoke_endpoint against a server doing nothing: {results['boto3_floor_rps']:.0f} req/s (the user's "
-        f"path's ceiling: {results['boto3_floor_rps'] / results['mlflow_csv_c1_rps']:.1f}x mlflow at 1 client)"
-    )
+    for concurrency in (1, 16):
+        floor, floor_p99 = results[f"boto3_floor_c{concurrency}_rps"], results[f"boto3_floor_c{concurrency}_p99_ms"]
+        print(
+            f"boto3 invoke_endpoint against a server doing nothing, {concurrency} client(s): {floor:.0f} req/s (the "
+            f"user's path's ceiling: {floor / results[f'mlflow_csv_c{concurrency}_rps']:.1f}x mlflow; through the "
+            f"gateway {results[f'gateway_csv_c{concurrency}_rps'] / floor:.2f} of it); p99 "
+            f"{floor_p99:.2f} ms = {floor_p99 / results[f'mlflow_csv_c{concurrency}_p99_ms']:.2f}x mlflow's"
+        )
     print(
         f"cold start from zero: first response {results['cold_start_s']:.2f} s vs process start + model load "
         f"{results['process_and_load_s']:.2f} s = {results['cold_start_s'] / results['process_and_load_s']:.2f}x"
