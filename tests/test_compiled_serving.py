@@ -173,3 +173,19 @@ def test_tolerance_is_relative_above_one_and_absolute_below():
     assert register.mismatch(expected, expected + np.array([9e-6, 9e-6, 9e-3]), "predictions") is None
     assert register.mismatch(expected, expected + np.array([2e-5, 0, 0]), "predictions") is not None
     assert register.mismatch(expected, expected + np.array([0, 0, 2e-2]), "predictions") is not None
+
+
+def test_a_bagged_forest_converts_to_the_same_graph_without_redrawing_its_samples():
+    from skl2onnx import to_onnx
+
+    model = fitted(RandomForestClassifier(10, max_depth=4, random_state=3), BREAST_CANCER["label"])
+    forest = model.steps[-1][1]
+    sample = BREAST_CANCER[FEATURES].to_numpy(dtype=np.float32)[:1]
+    options = {"zipmap": False}
+    shallow = register.without_bootstrap(forest)
+    assert shallow is not forest and not shallow.bootstrap and forest.bootstrap  # the fitted model is untouched
+    assert shallow.estimators_ is forest.estimators_
+    original = to_onnx(forest, sample, options=options, target_opset=register.ONNX_OPSETS).SerializeToString()
+    assert to_onnx(shallow, sample, options=options, target_opset=register.ONNX_OPSETS).SerializeToString() == original
+    linear = LogisticRegression()
+    assert register.without_bootstrap(linear) is linear

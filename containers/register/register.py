@@ -13,6 +13,7 @@ imports nothing from `pipelines/`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -119,6 +120,18 @@ def verify(model: Any, onnx_bytes: bytes, features: pd.DataFrame, task: str) -> 
     return None
 
 
+def without_bootstrap(estimator: Any) -> Any:
+    """A bagged forest as skl2onnx should see it. Resolving options, skl2onnx reads every fitted attribute,
+    and a bagged forest's `estimators_samples_` redraws each tree's bootstrap sample (0.77 s of a 50-tree
+    forest on 140k rows, twice). A shallow copy without bootstrapping holds the same trees, so it converts
+    to the same graph; verification then compares the graph with the original model."""
+    if not getattr(estimator, "bootstrap", False) or not hasattr(estimator, "estimators_"):
+        return estimator
+    shallow = copy.copy(estimator)
+    shallow.bootstrap = False
+    return shallow
+
+
 def to_onnx(model: Any, features: pd.DataFrame, task: str) -> bytes:
     """The pipeline as one ONNX graph that computes what scikit-learn computes: preprocessing in double
     precision, then the features rounded to float32 (what scikit-learn's trees do to their input)
@@ -131,7 +144,9 @@ def to_onnx(model: Any, features: pd.DataFrame, task: str) -> bytes:
     sample = features.to_numpy(dtype=np.float64)[:1]
     # classifiers: probabilities as one tensor, not a list of {class: p} maps
     options = {"zipmap": False} if task == "classification" else None
-    estimator = convert(model.steps[-1][1], sample.astype(np.float32), options=options, target_opset=ONNX_OPSETS)
+    estimator = convert(
+        without_bootstrap(model.steps[-1][1]), sample.astype(np.float32), options=options, target_opset=ONNX_OPSETS
+    )
     if len(model.steps) == 1:
         return estimator.SerializeToString()
     preprocessing = convert(model[:-1], sample, target_opset=ONNX_OPSETS)
@@ -186,7 +201,7 @@ def served_archive(
     if onnx_bytes is not None:
         (folder / "model.onnx").write_bytes(onnx_bytes)
     archive = folder / "model.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
+    with tarfile.open(archive, "w:gz", compresslevel=6) as tar:  # 9 took 0.42 s for a 4.6 MB forest, 6: 0.08 s
         tar.add(model_dir / "model.joblib", arcname="model.joblib")
         for name in ("metadata.json", "serving.json", "model.onnx"):
             if (folder / name).is_file():
