@@ -314,3 +314,30 @@ def test_csv_blank_lines_and_python_float_syntax_still_read():
     assert inference.input_fn(b"1,2\n\n+3,.5\n", "text/csv").tolist() == [[1.0, 2.0], [3.0, 0.5]]
     with pytest.raises(inference.RequestError, match="row 0 has a missing or non-finite value"):
         inference.input_fn(b"[[1, NaN]]", "application/json")  # orjson refuses NaN; json reads it, then it is refused
+
+
+TEXTS = st.text(max_size=5) | st.sampled_from(["a,b", 'q"q', "x\ny", "", "nan", " 1"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.integers(0, 6).flatmap(
+        lambda n: st.tuples(
+            st.lists(st.floats(allow_nan=False), min_size=n, max_size=n),
+            st.lists(st.floats(allow_nan=False, allow_infinity=False).map(round), min_size=n, max_size=n),
+            st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n),
+            st.lists(TEXTS, min_size=n, max_size=n),
+        )
+    ),
+    text_target=st.booleans(),
+)
+def test_the_splits_read_back_as_pandas_own_csv_reads_back(tmp_path_factory, rows, text_target):
+    """write_csv is pyarrow's writer when it can be: what reads back must be what pandas' to_csv gives."""
+    floats, integral, integers, texts = rows
+    frame = pd.DataFrame({"f": floats, "whole": integral, "n": integers}).astype({"f": float, "whole": float})
+    frame["label"] = texts if text_target else integers
+    folder = tmp_path_factory.mktemp("csv")
+    preprocess.write_csv(frame, folder / "fast.csv")
+    frame.to_csv(folder / "pandas.csv", index=False)
+    fast, slow = pd.read_csv(folder / "fast.csv"), pd.read_csv(folder / "pandas.csv")
+    pd.testing.assert_frame_equal(fast, slow, check_exact=True)
