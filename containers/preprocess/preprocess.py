@@ -287,12 +287,16 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(path, index=False)
         return
 
+    # malloc gives each slice's texts back; pyarrow's default (mimalloc) pool kept them: 1M rows 598 -> 527 MB
+    pool = pa.system_memory_pool()
+
     def formatted(values: pd.Series, is_float: bool) -> pa.Array:
         if not is_float:
-            return pa.Array.from_pandas(values)
-        text = pc.cast(pa.array(values.to_numpy()), pa.string())
-        integral = pc.match_substring_regex(text, r"^-?[0-9]+$")
-        return pc.if_else(integral, pc.binary_join_element_wise(text, ".0", ""), text)
+            return pa.Array.from_pandas(values, memory_pool=pool)
+        text = pc.cast(pa.array(values.to_numpy(), memory_pool=pool), pa.string(), memory_pool=pool)
+        integral = pc.match_substring_regex(text, r"^-?[0-9]+$", memory_pool=pool)
+        decimal = pc.binary_join_element_wise(text, ".0", "", memory_pool=pool)
+        return pc.if_else(integral, decimal, text, memory_pool=pool)
 
     with path.open("w", newline="") as handle:
         csv.writer(handle, lineterminator="\n").writerow(frame.columns)  # the header as pandas writes it
