@@ -57,7 +57,8 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"sagegate-scale-{rows}-"))
         csv = write_data(folder, rows)
         env = {**os.environ, "SAGEGATE_HOME": str(folder / "state")}
-        run_seconds, run_memory = run_measured([str(BIN / "sagegate"), "run", "model.yaml"], env, folder)
+        run_pss: dict[str, float] = {}
+        run_seconds, run_memory = run_measured([str(BIN / "sagegate"), "run", "model.yaml"], env, folder, run_pss)
         run_measured([str(BIN / "sagegate"), "gateway", "stop"], env, folder)
         script = str(ROOT / "benchmarks" / "bare_pipeline.py")
         bare = [sys.executable, script, str(csv), "--trees", "50", "--depth", "10"]
@@ -69,6 +70,8 @@ def main() -> None:
               f"{run_seconds / bare_seconds:.2f}x; largest process {largest:.0f} MB = {largest / bare_peak:.2f}x the "
               f"bare script's {bare_peak:.0f} MB, {largest / csv_mb:.2f}x the CSV")  # fmt: skip
         print(f"  peak memory per process: {memory_line(run_memory)}")
+        print(f"  peak proportional set size (shared pages split between their processes): {memory_line(run_pss)}; "
+              f"largest {max(run_pss.values()) / csv_mb:.2f}x the CSV")  # fmt: skip
     if 200_000 in results and 1_000_000 in results:
         linear = results[1_000_000]["run"] / (5 * results[200_000]["run"])
         print(f"1M rows vs 5 x 200k rows: {linear:.2f}x linear")
