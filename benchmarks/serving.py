@@ -261,8 +261,8 @@ def gateway_load(
     content_type: str,
     concurrency: int,
     seconds: float,
-    processes: int = 1,
     endpoint: str = ENDPOINT,
+    processes: int = 1,
 ) -> tuple[float, float]:
     """The user's path: boto3 `invoke_endpoint` through the gateway, one client per process shared by its threads."""
     clients: dict[int, object] = {}
@@ -296,9 +296,8 @@ def boto3_floor(seconds: float, concurrency: int, workdir: Path) -> tuple[float,
         port, "/ping", workdir / "instant.log",
     )  # fmt: skip
     try:
-        return gateway_load(
-            f"http://127.0.0.1:{port}", b"0.1", "text/csv", concurrency, seconds, client_processes(concurrency)
-        )
+        url, processes = f"http://127.0.0.1:{port}", client_processes(concurrency)
+        return gateway_load(url, b"0.1", "text/csv", concurrency, seconds, processes=processes)
     finally:
         stop(server)
 
@@ -343,7 +342,7 @@ def main() -> None:
                     ours_port, "/invocations", body, content_type, concurrency, args.seconds, processes
                 )
                 results[f"gateway_{key}_rps"], results[f"gateway_{key}_p99_ms"] = gateway_load(
-                    gateway, body, content_type, concurrency, args.seconds, processes
+                    gateway, body, content_type, concurrency, args.seconds, processes=processes
                 )
                 results[f"mlflow_{key}_rps"], results[f"mlflow_{key}_p99_ms"] = load(
                     mlflow_port, "/invocations", theirs_body, content_type, concurrency, args.seconds, processes
