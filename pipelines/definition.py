@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from pipelines.config import CLASSIFICATION_METRICS, REGRESSION_METRICS, ModelCo
 from pipelines.containers import container_code
 from pipelines.environ import SavedEnvironment
 from pipelines.runtime_image import runtime_image_uri, script_processor
+from pipelines.staging import input_uris
 from pipelines.state import Project
 
 REGISTER_STEP = "RegisterModelPackage"
@@ -84,31 +85,6 @@ def threshold_parameter_name(metric: str, bound: str) -> str:
 
 def _s3(project: Project, *parts: Any) -> Join:
     return Join(on="/", values=["s3:/", project.bucket, *parts])
-
-
-def input_uris(config: ModelConfig, project: Project) -> dict[str, str]:
-    """Each data parameter's default: the s3:// source as given, a local file where it is staged."""
-    return {
-        parameter: source if source.startswith("s3://") else f"s3://{project.bucket}/{key}"
-        for parameter, (source, key) in config.data_inputs().items()
-    }
-
-
-def stage_inputs(config: ModelConfig, project: Project, upload: Callable[[Path, str], None]) -> dict[str, str]:
-    """Upload every local data file to its key (`upload(path, key)`); the data parameters' values.
-    A missing file raises FileNotFoundError naming the YAML field, before anything is uploaded."""
-    fields = {f"{c.capitalize()}DataUri": f"data.channels.{c}" for c in ("train", "validation", "test")}
-    local = {
-        parameter: (Path(source), key)
-        for parameter, (source, key) in config.data_inputs().items()
-        if not source.startswith("s3://")
-    }
-    for parameter, (path, _) in local.items():
-        if not path.is_file():
-            raise FileNotFoundError(f"{fields.get(parameter, 'data.source')}: file not found: {path}")
-    for path, key in local.values():
-        upload(path, key)
-    return input_uris(config, project)
 
 
 def _input_folder(parameter: str) -> str:

@@ -15,13 +15,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import ModelConfig
-from pipelines.definition import TRAIN_STEP, TUNE_STEP, build_pipeline, stage_inputs
+from pipelines.definition import TRAIN_STEP, TUNE_STEP, build_pipeline
 from pipelines.environ import SavedEnvironment
 from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
@@ -31,6 +32,7 @@ from pipelines.local.sdk_patch import GRAPH_MESSAGE
 from pipelines.local.tuning import logger as tuning_progress
 from pipelines.local.tuning import trials_table
 from pipelines.registry import PreparedStore
+from pipelines.staging import stage_inputs
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import (
     StateFileError,
@@ -165,8 +167,13 @@ class _RecordProgress:
         save_record(self.home, self.record)
 
 
-def _stage_data(config: ModelConfig, project: Project, s3: LocalS3) -> dict[str, str]:
+def _stage_data(
+    config: ModelConfig, project: Project, s3: LocalS3, staged: Future[dict[str, str]] | None
+) -> dict[str, str]:
+    """The data parameters' values, the data uploaded: by `staged` (the CLI starts it before its imports) or now."""
     try:
+        if staged is not None:
+            return staged.result()
         return stage_inputs(config, project, lambda path, key: s3.client.upload_file(str(path), project.bucket, key))
     except FileNotFoundError as error:
         raise RunError(str(error)) from None
@@ -188,8 +195,10 @@ def run_local(
     progress: Progress | None = None,
     store: PreparedStore | None = None,
     attempt: str | None = None,
+    staged: Future[dict[str, str]] | None = None,
 ) -> RunRecord:
-    """`attempt`: the record's id, when the caller must know it before the run starts (StartPipelineExecution)."""
+    """`attempt`: the record's id, when the caller must know it before the run starts (StartPipelineExecution);
+    `staged`: the data's upload, when the caller started it (`staged_in_background`)."""
     home.ensure()
     started = time.monotonic()
     attempt = attempt or uuid.uuid4().hex[:12]
@@ -235,7 +244,7 @@ def run_local(
         with jobs, LocalS3(home, project.region) as s3:
             s3.ensure_bucket(project.bucket)
             values = {
-                **_stage_data(config, project, s3),
+                **_stage_data(config, project, s3, staged),
                 "MlflowTrackingUri": home.mlflow_tracking_uri,
                 "MlflowArtifactLocation": home.mlflow_artifact_location(project.registered_model(config.name)),
                 **(parameters or {}),

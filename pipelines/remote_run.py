@@ -18,8 +18,9 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from pipelines.config import ModelConfig
-from pipelines.definition import export_definition, stage_inputs
+from pipelines.definition import export_definition
 from pipelines.local_run import Progress, RunRecord, StepRecord, save_record
+from pipelines.staging import stage_inputs
 from pipelines.state import Project, StateHome
 
 TERMINAL = ("Succeeded", "Failed", "Stopped")

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from pipelines.cli import main
-from pipelines.cli.pipeline import import_all
+from pipelines.cli.pipeline import GATE_MODULES, GateWarmUp, import_all
 from pipelines.config import load_config
 from pipelines.containers import locked_versions
 from pipelines.local.s3 import LocalS3
@@ -166,6 +166,16 @@ def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp
     assert {p.name for p in (state.runs / "logs").iterdir()} <= recorded  # no orphaned log folder
 
 
+def test_the_cli_uploads_the_data_early_and_still_refuses_a_missing_file_before_anything_runs(state, tmp_path):
+    """`sagegate run` starts the upload before its imports (`staged_in_background`): its error is the run's."""
+    before = {r.attempt for r in list_records(state)[0]}
+    missing = tmp_path / "nope.csv"
+    result = sagegate(state, "run", str(MODELS / "breast-cancer.yaml"), "--set", f"data.source={missing}")
+    assert result.returncode == 1
+    assert f"data.source: file not found: {missing}" in result.stderr
+    assert {r.attempt for r in list_records(state)[0]} == before
+
+
 def test_bad_config_exits_2_with_the_field(state):
     """scikit-learn's part of the check runs in the run's job server: still before anything starts."""
     before = {r.attempt for r in list_records(state)[0]}
@@ -272,3 +282,24 @@ def test_data_given_as_channels_reaches_each_split_as_given(tmp_path):
         train_split, test_split = s3.read(splits + "train/train.csv"), s3.read(splits + "test/test.csv")
     assert len(pd.read_csv(io.BytesIO(train_split))) == 400
     assert len(pd.read_csv(io.BytesIO(test_split))) == len(rows) - 400
+
+
+def test_the_gate_modules_import_once_the_model_trains_and_every_step_is_still_shown():
+    """Before training the run's uploads and preprocessing want both cores; joining before then imports anyway."""
+    shown: list[tuple[str, str, float | None]] = []
+    warm = GateWarmUp(("TrainModel", "TuneModel"), lambda *step: shown.append(step))
+    warm.progress("PreprocessData", "Executing", None)
+    warm.progress("PreprocessData", "Succeeded", 1.5)
+    assert warm.thread.ident is None
+    warm.progress("TrainModel", "Executing", None)
+    assert warm.thread.ident is not None
+    warm.join()
+    assert all(module in sys.modules for module in GATE_MODULES)
+    assert shown == [
+        ("PreprocessData", "Executing", None),
+        ("PreprocessData", "Succeeded", 1.5),
+        ("TrainModel", "Executing", None),
+    ]
+    never_trained = GateWarmUp(("TrainModel",), None)
+    never_trained.join()  # a run that failed before training: nothing to join, no error
+    assert not never_trained.thread.is_alive()

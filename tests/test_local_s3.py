@@ -14,11 +14,12 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from pipelines.local.s3 import LocalS3
+from pipelines.config import load_config
+from pipelines.local.s3 import LocalS3, staged_in_background
 from pipelines.local.s3_server import S3Server
-from pipelines.state import StateHome
+from pipelines.state import Project, StateHome
 from pipelines.statefiles import process_alive, read_json
-from tests.conftest import wait_for
+from tests.conftest import MODELS, wait_for
 
 SAGEGATE = str(Path(sys.executable).parent / "sagegate")
 
@@ -169,3 +170,23 @@ def test_a_missing_bucket_or_key_is_an_error_not_an_empty_object(tmp_path: Path)
             s3.download("s3://nobucket/key", tmp_path / "x")
         assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.partial"))
         assert read_json(home.s3_store / "server.json")["endpoint"] == s3.endpoint_url
+
+
+def test_the_data_is_staged_in_the_background_over_an_old_mirrors_copy(tmp_path: Path) -> None:
+    """`sagegate run` uploads the data on a thread of its own while it imports: the old mirror moves in
+    first, so its copy of the same key never lands over the new data; the thread's lease ends with it."""
+    home = StateHome(tmp_path / "state").ensure()
+    config = load_config(MODELS / "breast-cancer.yaml", [f"data.source={tmp_path / 'data.csv'}"])
+    project = Project()
+    key = config.data_inputs()["InputDataUri"][1]
+    (home.root / "s3" / project.bucket / Path(key).parent).mkdir(parents=True)
+    (home.root / "s3" / project.bucket / key).write_text("old,data\n1,2\n")
+    (tmp_path / "data.csv").write_text("new,data\n3,4\n")
+    staged = staged_in_background(home, config, project)
+    assert staged.result(timeout=60) == {"InputDataUri": f"s3://{project.bucket}/{key}"}
+    wait_for(lambda: server_process(home) is None, "the staging thread to release the local S3", timeout=10)
+    with LocalS3(home) as s3:
+        assert s3.read(f"s3://{project.bucket}/{key}") == b"new,data\n3,4\n"
+    missing = load_config(MODELS / "breast-cancer.yaml", [f"data.source={tmp_path / 'nope.csv'}"])
+    with pytest.raises(FileNotFoundError, match=r"data\.source: file not found"):
+        staged_in_background(home, missing, project).result(timeout=60)

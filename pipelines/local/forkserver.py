@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -257,6 +258,18 @@ def _preload(module: str) -> None:
         pass
 
 
+def _preload_idle(modules: tuple[str, ...]) -> None:
+    """Import `modules` at the lowest CPU priority: the successor imports while the run's first jobs and
+    uploads want both cores, and should take only what they leave. Linux sets niceness per thread, so the
+    successor's main thread, which forks the later jobs, keeps its own (a process cannot lower it back)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError:
+        pass  # not permitted here: import at normal priority
+    for module in modules:
+        _preload(module)
+
+
 def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: list[Any]) -> tuple[int, int]:
     """Fork the successor: its pid, and the pipe end that becomes readable when it accepts."""
     ready_read, ready_write = os.pipe()
@@ -267,8 +280,9 @@ def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: l
             for item in inherited:
                 item.close() if isinstance(item, socket.socket) else os.close(item)
             os.close(ready_read)
-            for module in late:
-                _preload(module)
+            importing = threading.Thread(target=_preload_idle, args=(late,), name="preload-late")
+            importing.start()
+            importing.join()
             os.write(ready_write, b"+")
             os.close(ready_write)
             _serve(listener, [], ())

@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -21,9 +22,11 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from pipelines.config import ModelConfig
 from pipelines.environ import SavedEnvironment
 from pipelines.local.s3_server import S3Server
-from pipelines.state import StateHome
+from pipelines.staging import stage_inputs
+from pipelines.state import Project, StateHome
 from pipelines.statefiles import locked
 
 FAKE_CREDENTIALS = {
@@ -167,3 +170,28 @@ def started_early(home: StateHome) -> Iterator[None]:
     finally:
         starting.join()
         server.release()  # no-op if the start failed (the command's own LocalS3 reported why)
+
+
+def staged_in_background(home: StateHome, config: ModelConfig, project: Project) -> Future[dict[str, str]]:
+    """Upload the run's local data files on a thread of their own, under their own lease, from now:
+    the upload (~0.6 s per 40 MB into SeaweedFS) overlaps the SDK's import and the config check
+    instead of following them. The future holds the data parameters' values, or stage_inputs' error.
+    A daemon thread: a command that fails before it needs the data does not wait for the upload."""
+    future: Future[dict[str, str]] = Future()
+
+    def stage() -> None:
+        server = S3Server(home.s3_store)
+        try:
+            client = s3_client(server.acquire(), project.region)
+            migrate_mirror(home, client)  # first: an old mirror's copy of the data must not land over this one
+            ensure_bucket(client, project.bucket)
+            future.set_result(
+                stage_inputs(config, project, lambda path, key: client.upload_file(str(path), project.bucket, key))
+            )
+        except BaseException as error:  # handed to the run, which reports it
+            future.set_exception(error)
+        finally:
+            server.release()
+
+    threading.Thread(target=stage, name="stage-data", daemon=True).start()
+    return future
