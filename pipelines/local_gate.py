@@ -32,7 +32,7 @@ from pipelines.gate import GATE_FUNCTIONS, deploy_definition, gate_definition, m
 from pipelines.local import sfn_patch
 from pipelines.local.endpoints import EndpointManager
 from pipelines.local.moto_server import InProcessMotoServer
-from pipelines.local.s3 import LocalS3
+from pipelines.local.s3 import FAKE_CREDENTIALS, LocalS3
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, read_json, read_records, write_json
 
@@ -158,13 +158,28 @@ class LocalGate:
         self.logs = home.executions / "logs"
         self._environment = SavedEnvironment()
 
+    def prepare(self) -> LocalGate:
+        """Start moto and create the gate's role, functions and state machines in it, touching neither
+        this process's environment nor moto's patches: `sagegate run` does this on a thread while the
+        model trains (the first deployment costs ~0.6 s of moto's lazy set-up). Entering does it if not done."""
+        if self._moto is None:
+            self._start_moto()
+            self._create_resources()
+        return self
+
+    def close(self) -> None:
+        """Stop moto (a gate prepared, then not entered: the run failed)."""
+        if self._moto is not None:
+            self._moto.stop()
+            self._moto = None
+
     def __enter__(self) -> LocalGate:
         self.home.ensure()
         self.logs.mkdir(parents=True, exist_ok=True)
         self._s3.__enter__()
         try:
-            self._start_moto()
-            self._deploy()
+            self.prepare()
+            self._install_handlers()
         except BaseException:
             self.__exit__(*sys.exc_info())
             raise
@@ -172,18 +187,23 @@ class LocalGate:
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            if self._moto is not None:
-                self._moto.stop()
-                self._moto = None
+            self.close()
             self._s3.__exit__(*exc)
         finally:
             sfn_patch.uninstall()
             self._environment.restore()
 
     def client(self, service: str) -> Any:
+        """A client of the gate's moto server, with moto's placeholder credentials whatever the environment."""
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.project.region)
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.project.region,
+            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def _start_moto(self) -> None:
         """Step Functions, Lambda and IAM in a moto server on 127.0.0.1 (S3 stays the local S3's)."""
@@ -193,11 +213,16 @@ class LocalGate:
         self.endpoint_url = f"http://127.0.0.1:{port}"
         # moto's backends live in this process: a previous gate's roles and functions go first
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
-        # where moto's interpreter and the handlers send service calls (S3: AWS_ENDPOINT_URL_S3, the local S3)
-        environment = {"MOTO_PORT": str(port), "AWS_ENDPOINT_URL": self.endpoint_url}
-        self._environment.set(environment)
 
-    def _deploy(self) -> None:
+    def _function_environment(self) -> dict[str, str]:
+        return {
+            "MLFLOW_TRACKING_URI": self.home.mlflow_tracking_uri,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_NAMESPACE": "sagegate",
+        }
+
+    def _create_resources(self) -> None:
         requests.post(
             f"{self.endpoint_url}/moto-api/config",
             json={"stepfunctions": {"execute_state_machine": True}, "lambda": {"use_docker": False}},
@@ -209,30 +234,18 @@ class LocalGate:
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w") as zipped:
             zipped.writestr("app.py", "# the local runtime calls lambdas/<function>/app.py directly\n")
-        environment = {
-            "MLFLOW_TRACKING_URI": self.home.mlflow_tracking_uri,
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-            "POWERTOOLS_TRACE_DISABLED": "true",
-            "POWERTOOLS_METRICS_NAMESPACE": "sagegate",
-        }
-        # The functions' environment, as Lambda would give it: set here, on the main thread, for the
-        # in-process handlers (never from the interpreter's threads while they run).
-        self._environment.set(environment)
-        arns, handlers = {}, {}
+        arns = {}
         for kind in GATE_FUNCTIONS:
-            name = self.project.gate_function_name(kind)
             arns[kind] = lambdas.create_function(
-                FunctionName=name,
+                FunctionName=self.project.gate_function_name(kind),
                 Runtime="python3.12",
                 Role=role["Arn"],
                 Handler="app.lambda_handler",
                 Code={"ZipFile": archive.getvalue()},
                 Timeout=60,
                 MemorySize=512,
-                Environment={"Variables": environment},
+                Environment={"Variables": self._function_environment()},
             )["FunctionArn"]
-            handlers[name] = _captured(_load_handler_module(kind), self.logs / f"{kind}.log")
-        sfn_patch.install(self.manager, {**handlers, **self._extra_handlers})
         self.definition = gate_definition()
         self.deploy_definition = deploy_definition()
         substitutions = {
@@ -251,6 +264,20 @@ class LocalGate:
             "definition": substitute(self.deploy_definition, substitutions),
             "roleArn": role["Arn"],
         }
+
+    def _install_handlers(self) -> None:
+        """The environment the functions and moto's interpreter see, then the handlers moto's Lambda calls:
+        set here, on the entering thread, never from the interpreter's threads while they run."""
+        assert self._moto is not None, "prepare() first"
+        # where moto's interpreter and the handlers send service calls (S3: AWS_ENDPOINT_URL_S3, the local S3),
+        # and the functions' own variables, as Lambda gives them (read as the handlers load)
+        moto = {"MOTO_PORT": str(self._moto.port), "AWS_ENDPOINT_URL": self.endpoint_url}
+        self._environment.set({**moto, **self._function_environment()})
+        handlers = {
+            self.project.gate_function_name(kind): _captured(_load_handler_module(kind), self.logs / f"{kind}.log")
+            for kind in GATE_FUNCTIONS
+        }
+        sfn_patch.install(self.manager, {**handlers, **self._extra_handlers})
 
     def _deploy_machine_arn(self) -> str:
         """The deploy-only machine, created on first use: only provisioning runs it, and moto's ASL
@@ -380,10 +407,16 @@ def execution_name(model: str, version: str) -> str:
 
 
 def run_gate(
-    config: ModelConfig, project: Project, home: StateHome, version: str | None = None, name: str | None = None
+    config: ModelConfig,
+    project: Project,
+    home: StateHome,
+    version: str | None = None,
+    name: str | None = None,
+    prepared: LocalGate | None = None,
 ) -> ExecutionRecord:
-    """The gate for one registered version (default: the newest); `name`: the execution's (StartExecution's)."""
+    """The gate for one registered version (default: the newest); `name`: the execution's (StartExecution's);
+    `prepared`: a gate `prepare()`d for this project and home beforehand."""
     execution_input = gate_input(config, project, home, version)
     name = name or execution_name(config.name, execution_input["version"])
-    with LocalGate(project, home) as gate:
+    with prepared or LocalGate(project, home) as gate:
         return gate.execute(execution_input, name=name)

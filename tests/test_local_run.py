@@ -17,6 +17,7 @@ import sys
 import mlflow
 import pandas as pd
 import pytest
+import requests
 
 from pipelines.cli import main
 from pipelines.cli.pipeline import GATE_MODULES, GateWarmUp, import_all
@@ -284,22 +285,29 @@ def test_data_given_as_channels_reaches_each_split_as_given(tmp_path):
     assert len(pd.read_csv(io.BytesIO(test_split))) == len(rows) - 400
 
 
-def test_the_gate_modules_import_once_the_model_trains_and_every_step_is_still_shown():
-    """Before training the run's uploads and preprocessing want both cores; joining before then imports anyway."""
+def test_the_gate_warms_up_once_the_model_trains_and_every_step_is_still_shown(tmp_path):
+    """Before training the run's uploads and preprocessing want both cores; then the gate's modules import and
+    the gate is prepared (moto, its functions and state machine) on a thread; joining earlier does it anyway."""
+    home = StateHome(tmp_path / "state").ensure()
+    environment = dict(os.environ)
     shown: list[tuple[str, str, float | None]] = []
-    warm = GateWarmUp(("TrainModel", "TuneModel"), lambda *step: shown.append(step))
+    warm = GateWarmUp(("TrainModel", "TuneModel"), lambda *step: shown.append(step), Project(), home)
     warm.progress("PreprocessData", "Executing", None)
     warm.progress("PreprocessData", "Succeeded", 1.5)
     assert warm.thread.ident is None
     warm.progress("TrainModel", "Executing", None)
     assert warm.thread.ident is not None
-    warm.join()
+    gate = warm.join()
     assert all(module in sys.modules for module in GATE_MODULES)
-    assert shown == [
-        ("PreprocessData", "Executing", None),
-        ("PreprocessData", "Succeeded", 1.5),
-        ("TrainModel", "Executing", None),
-    ]
-    never_trained = GateWarmUp(("TrainModel",), None)
-    never_trained.join()  # a run that failed before training: nothing to join, no error
-    assert not never_trained.thread.is_alive()
+    assert gate is not None and gate.state_machine_arn
+    machines = gate.client("stepfunctions").list_state_machines()["stateMachines"]
+    assert [m["stateMachineArn"] for m in machines] == [gate.state_machine_arn]
+    assert dict(os.environ) == environment  # the run's jobs go on meanwhile: the gate's variables wait for entry
+    assert [step for step, _, _ in shown] == ["PreprocessData", "PreprocessData", "TrainModel"]
+    endpoint = gate.endpoint_url
+    warm.close()  # the run failed after all: its moto server stops
+    with pytest.raises(requests.ConnectionError):
+        requests.get(endpoint, timeout=5)
+    never_trained = GateWarmUp(("TrainModel",), None, Project(), home)
+    assert never_trained.join() is not None  # a gate due before training: prepared at once
+    never_trained.close()

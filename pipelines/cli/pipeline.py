@@ -28,13 +28,16 @@ from pipelines.config import ConfigError, ModelConfig, check_estimator, read_con
 from pipelines.state import Project, StateHome
 
 if TYPE_CHECKING:  # the work modules import the SageMaker SDK: loaded by the commands that need them
+    from pipelines.local_gate import LocalGate
     from pipelines.local_run import Progress, RunRecord
 
 
-# moto and the Step Functions SDK; the registry's MLflow client and its SQL stores (the gate's first step)
+# moto and the Step Functions SDK; the registry's MLflow client and its SQL stores (the gate's first step);
+# what the Lambda handlers import (powertools, whose Tracer imports the X-Ray SDK even when disabled)
 GATE_MODULES = (
-    "pipelines.local_gate", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.model_registry.sqlalchemy_store",
+    "pipelines.local_gate", "pipelines.registry", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy.dialects.sqlite", "aws_lambda_powertools",
+    "aws_lambda_powertools.utilities.parser", "aws_xray_sdk.core",
 )  # fmt: skip
 
 
@@ -51,13 +54,29 @@ def import_all(modules: tuple[str, ...]) -> None:
 
 
 class GateWarmUp:
-    """The gate's modules, imported on a thread of their own from the moment the model starts training:
-    before it, the run's uploads and preprocessing want both cores (imported from the start, they put
-    0.6-0.9 s onto the 200k-row run's critical path); while the model fits, one core idles throughout."""
+    """The gate, imported and prepared (`LocalGate.prepare`) on a thread of its own from the moment the
+    model starts training: before it, the run's uploads and preprocessing want both cores (imported from
+    the start, the modules put 0.6-0.9 s onto the 200k-row run's critical path); while the model fits,
+    one core idles throughout. `gate`: the prepared gate, or None if preparing failed (the gate then
+    prepares as it enters, and reports why)."""
 
-    def __init__(self, training_steps: tuple[str, ...], progress: Progress | None) -> None:
+    def __init__(
+        self, training_steps: tuple[str, ...], progress: Progress | None, project: Project, home: StateHome
+    ) -> None:
         self.training_steps, self.shown = training_steps, progress
-        self.thread = threading.Thread(target=import_all, args=(GATE_MODULES,), name="gate-import", daemon=True)
+        self.project, self.home = project, home
+        self.gate: LocalGate | None = None
+        self.thread = threading.Thread(target=self._warm_up, name="gate-warm-up", daemon=True)
+
+    def _warm_up(self) -> None:
+        import_all(GATE_MODULES)
+        from pipelines.local_gate import LocalGate
+
+        gate = LocalGate(self.project, self.home)
+        try:
+            self.gate = gate.prepare()
+        except Exception:
+            gate.close()
 
     def progress(self, step: str, status: str, seconds: float | None) -> None:
         """The run's progress callback: passes every step on, starts the imports with training."""
@@ -70,10 +89,18 @@ class GateWarmUp:
         if self.thread.ident is None:
             self.thread.start()
 
-    def join(self) -> None:
-        """Once the gate is due: its modules are in (imported now if training never started)."""
+    def join(self) -> LocalGate | None:
+        """Once the gate is due: its modules are in (imported now if training never started); the prepared gate."""
         self.start()
         self.thread.join()
+        return self.gate
+
+    def close(self) -> None:
+        """Once the run is over: a gate prepared and not used stops (its moto server)."""
+        if self.thread.ident is not None:
+            self.thread.join()
+        if self.gate is not None:
+            self.gate.close()
 
 
 def register(add: AddParser) -> None:
@@ -155,20 +182,23 @@ def run_command(args: argparse.Namespace) -> int:
         from pipelines.definition import TRAIN_STEP, TUNE_STEP
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        gate = GateWarmUp((TRAIN_STEP, TUNE_STEP), None if args.json else print_progress)
-        record = run_local(
-            config, names, home, progress=gate.progress, store=store, attempt=args.attempt, staged=staged
-        )
-        if not args.json:
-            print_run(record, config, home)
-        execution = None
-        if record.status == "Succeeded" and record.registered_version:
-            gate.join()
-            from pipelines.local_gate import run_gate
-
-            execution = run_gate(config, names, home, record.registered_version)
+        warm = GateWarmUp((TRAIN_STEP, TUNE_STEP), None if args.json else print_progress, names, home)
+        try:
+            record = run_local(
+                config, names, home, progress=warm.progress, store=store, attempt=args.attempt, staged=staged
+            )
             if not args.json:
-                print_verdict(execution)
+                print_run(record, config, home)
+            execution = None
+            if record.status == "Succeeded" and record.registered_version:
+                prepared = warm.join()
+                from pipelines.local_gate import run_gate
+
+                execution = run_gate(config, names, home, record.registered_version, prepared=prepared)
+                if not args.json:
+                    print_verdict(execution)
+        finally:
+            warm.close()
     if args.json:
         brief = None
         if execution:
