@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipelines.config import ModelConfig
@@ -27,12 +27,12 @@ from pipelines.environ import SavedEnvironment
 from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
 from pipelines.local.container import CODE_CACHE_VARIABLE
-from pipelines.local.s3 import LocalS3
+from pipelines.local.s3 import LocalS3, staged_in_background
 from pipelines.local.sdk_patch import GRAPH_MESSAGE
 from pipelines.local.tuning import logger as tuning_progress
 from pipelines.local.tuning import trials_table
 from pipelines.registry import PreparedStore
-from pipelines.staging import stage_inputs
+from pipelines.staging import input_uris, local_files
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import (
     StateFileError,
@@ -167,16 +167,22 @@ class _RecordProgress:
         save_record(self.home, self.record)
 
 
-def _stage_data(
-    config: ModelConfig, project: Project, s3: LocalS3, staged: Future[dict[str, str]] | None
-) -> dict[str, str]:
-    """The data parameters' values, the data uploaded: by `staged` (the CLI starts it before its imports) or now."""
-    try:
-        if staged is not None:
-            return staged.result()
-        return stage_inputs(config, project, lambda path, key: s3.client.upload_file(str(path), project.bucket, key))
-    except FileNotFoundError as error:
-        raise RunError(str(error)) from None
+def _read_in_place(config: ModelConfig, scratch: Path) -> dict[str, str]:
+    """file:// sources for the run's local data files: SageMaker's local mode reads a file:// input where
+    it is, so the preprocessing job does not wait for the data's upload nor download it back (0.6 s and
+    0.3 s for 40 MB). Each file is linked (else copied) into a folder of its own under the name it is
+    staged by: the job sees what it would see of the staged object. Missing files: FileNotFoundError."""
+    sources = {}
+    for parameter, (path, key) in local_files(config).items():
+        folder = scratch / "inputs" / parameter
+        folder.mkdir(parents=True)
+        target = folder / PurePosixPath(key).name
+        try:
+            os.link(path, target)
+        except OSError:  # another filesystem
+            shutil.copyfile(path, target)
+        sources[parameter] = f"file://{target.resolve()}"
+    return sources
 
 
 def _job_failures(log: Path) -> dict[str, str]:
@@ -243,13 +249,19 @@ def run_local(
         jobs = contextlib.nullcontext() if os.environ.get(forkserver.SOCKET_VARIABLE) else forkserver.running(logs)
         with jobs, LocalS3(home, project.region) as s3:
             s3.ensure_bucket(project.bucket)
-            values = {
-                **_stage_data(config, project, s3, staged),
+            try:
+                in_place = _read_in_place(config, scratch)
+            except FileNotFoundError as error:
+                raise RunError(str(error)) from None
+            # the staged copy is what the pipeline's parameters default to (the next scheduled run's data)
+            staged = staged or staged_in_background(home, config, project)
+            record.parameters = {
+                **input_uris(config, project),
                 "MlflowTrackingUri": home.mlflow_tracking_uri,
                 "MlflowArtifactLocation": home.mlflow_artifact_location(project.registered_model(config.name)),
                 **(parameters or {}),
             }
-            record.parameters = values
+            values = {**record.parameters, **{k: v for k, v in in_place.items() if k not in (parameters or {})}}
             save_record(home, record)
             from pipelines.sessions import local_session
 
@@ -261,6 +273,7 @@ def run_local(
                 raise RunError(f"the MLflow store {home.mlflow_db} could not be prepared: {problem}")
             execution = pipeline.start(parameters=values)
             _record(record, execution, session, config, project, s3, failure_log)
+            staged.result()
             if record.tuning:
                 _report_tuning(home, project.registered_model(config.name), record)
     except RunError:  # the run never started: nothing to keep

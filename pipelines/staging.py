@@ -21,9 +21,9 @@ def input_uris(config: ModelConfig, project: Project) -> dict[str, str]:
     }
 
 
-def stage_inputs(config: ModelConfig, project: Project, upload: Callable[[Path, str], None]) -> dict[str, str]:
-    """Upload every local data file to its key (`upload(path, key)`); the data parameters' values.
-    A missing file raises FileNotFoundError naming the YAML field, before anything is uploaded."""
+def local_files(config: ModelConfig) -> dict[str, tuple[Path, str]]:
+    """The data parameters whose source is a local file: name → (the file, the key it is staged under).
+    A missing file raises FileNotFoundError naming the YAML field."""
     fields = {f"{c.capitalize()}DataUri": f"data.channels.{c}" for c in ("train", "validation", "test")}
     local = {
         parameter: (Path(source), key)
@@ -33,6 +33,12 @@ def stage_inputs(config: ModelConfig, project: Project, upload: Callable[[Path, 
     for parameter, (path, _) in local.items():
         if not path.is_file():
             raise FileNotFoundError(f"{fields.get(parameter, 'data.source')}: file not found: {path}")
-    for path, key in local.values():
+    return local
+
+
+def stage_inputs(config: ModelConfig, project: Project, upload: Callable[[Path, str], None]) -> dict[str, str]:
+    """Upload every local data file to its key (`upload(path, key)`); the data parameters' values.
+    A missing file raises FileNotFoundError naming the YAML field, before anything is uploaded."""
+    for path, key in local_files(config).values():
         upload(path, key)
     return input_uris(config, project)

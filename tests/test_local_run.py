@@ -13,6 +13,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+from concurrent.futures import Future
 
 import mlflow
 import pandas as pd
@@ -23,7 +25,7 @@ from pipelines.cli import main
 from pipelines.cli.pipeline import GATE_MODULES, GateWarmUp, import_all
 from pipelines.config import load_config
 from pipelines.containers import locked_versions
-from pipelines.local.s3 import LocalS3
+from pipelines.local.s3 import LocalS3, staged_in_background
 from pipelines.local_run import RunError, list_records, run_local
 from pipelines.registry import list_versions
 from pipelines.state import Project, StateHome
@@ -155,6 +157,33 @@ def test_bad_data_stops_the_run_with_a_named_reason_and_keeps_the_registry(state
     assert expected.replace(name, "data.csv") in record.failure_reason
     assert record.steps[-1].name == "PreprocessData" and record.registered_version is None
     assert versions(state) == ["1"]
+
+
+def test_the_run_reads_its_data_in_place_while_the_staged_copy_uploads(state, first_run, tmp_path):
+    """The preprocessing job reads the local file (a file:// input, as SageMaker's local mode allows), so it
+    neither waits for the upload nor downloads it back; the run ends once the staged copy is in, which
+    is what the pipeline's InputDataUri defaults to. Here the upload only begins once the model trains."""
+    data = tmp_path / "data.csv"  # other bytes than the copy staged before
+    data.write_text("".join((DATA / "breast_cancer.csv").read_text().splitlines(keepends=True)[:-20]))
+    config = load_config(MODELS / "breast-cancer.yaml", [f"data.source={data}"])
+    staged: Future[dict[str, str]] = Future()
+    timeout = threading.Timer(300, lambda: staged.done() or staged.set_exception(TimeoutError("run waited")))
+    timeout.start()
+
+    def progress(step: str, status: str, seconds: float | None) -> None:
+        if (step, status) == ("TrainModel", "Executing"):
+            staged_in_background(state, config, Project()).add_done_callback(
+                lambda done: staged.set_result(done.result())
+            )
+
+    try:
+        record = run_local(config, Project(), state, progress=progress, staged=staged)
+    finally:
+        timeout.cancel()
+    assert record.status == "Succeeded", record.failure_reason
+    assert record.parameters["InputDataUri"] == f"s3://{BUCKET}/training-data/breast-cancer/data.csv"
+    with LocalS3(state) as s3:
+        assert s3.read(record.parameters["InputDataUri"]) == data.read_bytes()
 
 
 def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp_path):
