@@ -1,7 +1,10 @@
 """Time a command as a whole process and sample the peak memory of every process in its tree.
 
 psutil polls the tree every 20 ms (short-lived processes can be missed between samples; every job
-here lives for seconds). A process is labelled by its program: `sagegate`, `weed` (the local S3),
+here lives for seconds); the proportional set size, when asked for, every 240 ms: reading it makes the
+kernel walk each process's page tables, and at every sample it cost a 200k-row `sagegate run` ~1 s of
+its 25 s on two cores (the single-process baseline paid nothing), so it skewed the very ratio measured.
+A process is labelled by its program: `sagegate`, `weed` (the local S3),
 `forkserver`, a job script (`train.py`, …; a forked job by its kernel name), `python` otherwise.
 """
 
@@ -13,6 +16,9 @@ import time
 from pathlib import Path
 
 import psutil
+
+SAMPLE_SECONDS = 0.02
+PSS_EVERY = 12  # samples: the proportional set size every 240 ms
 
 
 def label(process: psutil.Process) -> str:
@@ -48,18 +54,21 @@ def run_measured(
     done = threading.Event()
 
     def sample() -> None:
+        samples = 0
         while not done.is_set():
+            with_pss = proportional is not None and samples % PSS_EVERY == 0
+            samples += 1
             try:
                 tree = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 tree = []
             for member in tree:
                 try:
-                    if proportional is None:
-                        rss, pss = member.memory_info().rss / 2**20, 0.0
-                    else:
-                        full = member.memory_full_info()  # smaps_rollup: ~0.05 ms
+                    if with_pss:
+                        full = member.memory_full_info()  # smaps_rollup: the page tables walked
                         rss, pss = full.rss / 2**20, full.pss / 2**20
+                    else:
+                        rss, pss = member.memory_info().rss / 2**20, 0.0
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
                 # relabelled at every sample: a forked job takes its script's name just after the fork
@@ -70,7 +79,7 @@ def run_measured(
                     max(previous_rss, rss),
                     max(previous_pss, pss),
                 )
-            done.wait(0.02)
+            done.wait(SAMPLE_SECONDS)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
