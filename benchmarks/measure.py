@@ -91,6 +91,8 @@ def run_measured(
         raise SystemExit(f"{' '.join(command)} exited with {code}")
     by_label: dict[str, float] = {}
     for name, rss, pss in peaks.values():
+        if name == "?":  # gone before its first sample named it
+            continue
         by_label[name] = max(by_label.get(name, 0.0), rss)
         if proportional is not None:
             proportional[name] = max(proportional.get(name, 0.0), pss)
