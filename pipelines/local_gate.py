@@ -157,6 +157,7 @@ class LocalGate:
         self.deploy_definition: dict[str, Any] = {}
         self.logs = home.executions / "logs"
         self._environment = SavedEnvironment()
+        self._session: Any = None
 
     def prepare(self) -> LocalGate:
         """Start moto and create the gate's role, functions and state machines in it, touching neither
@@ -194,10 +195,13 @@ class LocalGate:
             self._environment.restore()
 
     def client(self, service: str) -> Any:
-        """A client of the gate's moto server, with moto's placeholder credentials whatever the environment."""
+        """A client of the gate's moto server, with moto's placeholder credentials whatever the environment,
+        from the gate's own boto3 session (`prepare` may run on another thread than the caller's others)."""
         import boto3
 
-        return boto3.client(
+        if self._session is None:
+            self._session = boto3.session.Session()
+        return self._session.client(
             service,
             endpoint_url=self.endpoint_url,
             region_name=self.project.region,
