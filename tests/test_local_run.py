@@ -159,11 +159,12 @@ def test_bad_data_stops_the_run_with_a_named_reason_and_keeps_the_registry(state
     assert versions(state) == ["1"]
 
 
-def test_the_run_reads_its_data_in_place_while_the_staged_copy_uploads(state, first_run, tmp_path):
+def test_the_run_reads_its_data_in_place_while_the_staged_copy_uploads(tmp_path):
     """The preprocessing job reads the local file (a file:// input, as SageMaker's local mode allows), so it
     neither waits for the upload nor downloads it back; the run ends once the staged copy is in, which
     is what the pipeline's InputDataUri defaults to. Here the upload only begins once the model trains."""
-    data = tmp_path / "data.csv"  # other bytes than the copy staged before
+    home = StateHome(tmp_path / "state").ensure()  # its own: the module's registry keeps its versions
+    data = tmp_path / "data.csv"
     data.write_text("".join((DATA / "breast_cancer.csv").read_text().splitlines(keepends=True)[:-20]))
     config = load_config(MODELS / "breast-cancer.yaml", [f"data.source={data}"])
     staged: Future[dict[str, str]] = Future()
@@ -172,17 +173,17 @@ def test_the_run_reads_its_data_in_place_while_the_staged_copy_uploads(state, fi
 
     def progress(step: str, status: str, seconds: float | None) -> None:
         if (step, status) == ("TrainModel", "Executing"):
-            staged_in_background(state, config, Project()).add_done_callback(
+            staged_in_background(home, config, Project()).add_done_callback(
                 lambda done: staged.set_result(done.result())
             )
 
     try:
-        record = run_local(config, Project(), state, progress=progress, staged=staged)
+        record = run_local(config, Project(), home, progress=progress, staged=staged)
     finally:
         timeout.cancel()
     assert record.status == "Succeeded", record.failure_reason
     assert record.parameters["InputDataUri"] == f"s3://{BUCKET}/training-data/breast-cancer/data.csv"
-    with LocalS3(state) as s3:
+    with LocalS3(home) as s3:
         assert s3.read(record.parameters["InputDataUri"]) == data.read_bytes()
 
 
