@@ -144,15 +144,15 @@ def test_start_up_reads_nothing_proportional_to_history(tmp_path: Path) -> None:
         for index in range(200):
             s3.client.put_object(Bucket="bucket", Key=f"history/{index}", Body=b"x" * 1000)
     requests: list[str] = []
-    original = boto3.client
+    original = boto3.session.Session.client
 
-    def counting_client(*args: Any, **kwargs: Any) -> Any:
-        client = original(*args, **kwargs)
+    def counting_client(self: boto3.session.Session, *args: Any, **kwargs: Any) -> Any:
+        client = original(self, *args, **kwargs)
         client.meta.events.register("before-send", lambda request, **_: requests.append(request.url))
         return client
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(boto3, "client", counting_client)
+    patch.setattr(boto3.session.Session, "client", counting_client)
     try:
         with LocalS3(home) as s3:
             assert requests == []
