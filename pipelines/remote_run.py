@@ -70,7 +70,7 @@ def start(config: ModelConfig, project: Project, session: boto3.Session) -> str:
     role = preflight(session, project)
     s3 = session.client("s3")
     try:
-        inputs = stage_inputs(config, project, lambda path, key: s3.upload_file(str(path), project.bucket, key))
+        inputs = stage_inputs(config, project, s3)
     except FileNotFoundError as error:
         raise RemoteRunError(str(error)) from None
     exported = export_definition(config, project)

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 from pipelines.config import load_config
 from pipelines.local.s3 import LocalS3, staged_in_background
 from pipelines.local.s3_server import S3Server
+from pipelines.staging import stage_inputs
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import process_alive, read_json
 from tests.conftest import MODELS, wait_for
@@ -190,3 +191,25 @@ def test_the_data_is_staged_in_the_background_over_an_old_mirrors_copy(tmp_path:
     missing = load_config(MODELS / "breast-cancer.yaml", [f"data.source={tmp_path / 'nope.csv'}"])
     with pytest.raises(FileNotFoundError, match=r"data\.source: file not found"):
         staged_in_background(home, missing, project).result(timeout=60)
+
+
+def test_unchanged_data_is_not_stored_again_and_changed_data_is(tmp_path: Path) -> None:
+    """Staging compares the file's sha256 with the one the object was stored with (its metadata)."""
+    home = StateHome(tmp_path / "state").ensure()
+    data = tmp_path / "data.csv"
+    data.write_text("a,label\n1,0\n")
+    config, project = load_config(MODELS / "breast-cancer.yaml", [f"data.source={data}"]), Project()
+    uri = f"s3://{project.bucket}/{config.data_inputs()['InputDataUri'][1]}"
+    with LocalS3(home) as s3:
+        s3.ensure_bucket(project.bucket)
+        methods: list[str] = []
+        s3.client.meta.events.register("before-send", lambda request, **_: methods.append(request.method))
+        assert stage_inputs(config, project, s3.client) == {"InputDataUri": uri}
+        assert methods == ["HEAD", "PUT"] and s3.read(uri) == b"a,label\n1,0\n"
+        methods.clear()
+        stage_inputs(config, project, s3.client)
+        assert methods == ["HEAD"]  # the same bytes: nothing stored again
+        data.write_text("a,label\n2,1\n")
+        methods.clear()
+        stage_inputs(config, project, s3.client)
+        assert methods == ["HEAD", "PUT"] and s3.read(uri) == b"a,label\n2,1\n"

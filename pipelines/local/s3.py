@@ -188,9 +188,7 @@ def staged_in_background(home: StateHome, config: ModelConfig, project: Project)
             client = s3_client(server.acquire(), project.region)
             migrate_mirror(home, client)  # first: an old mirror's copy of the data must not land over this one
             ensure_bucket(client, project.bucket)
-            future.set_result(
-                stage_inputs(config, project, lambda path, key: client.upload_file(str(path), project.bucket, key))
-            )
+            future.set_result(stage_inputs(config, project, client))
         except BaseException as error:  # handed to the run, which reports it
             future.set_exception(error)
         finally:
