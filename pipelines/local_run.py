@@ -175,7 +175,7 @@ def _read_in_place(config: ModelConfig, scratch: Path) -> dict[str, str]:
     sources = {}
     for parameter, (path, key) in local_files(config).items():
         folder = scratch / "inputs" / parameter
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         target = folder / PurePosixPath(key).name
         try:
             os.link(path, target)
