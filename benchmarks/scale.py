@@ -48,6 +48,19 @@ def write_data(folder: Path, rows: int) -> Path:
     return path
 
 
+def step_line(home: Path) -> str:
+    """The run's steps as its record has them (each step's wall time in the SDK's executor)."""
+    from pipelines.logs import quiet_sdk_logs
+
+    quiet_sdk_logs()
+    from pipelines.local_run import list_records  # after the timed runs: it imports the SageMaker SDK
+    from pipelines.state import StateHome
+
+    record = list_records(StateHome(home))[0][-1]
+    steps = ", ".join(f"{step.name} {step.duration_seconds or 0:.1f}s" for step in record.steps)
+    return f"{steps}; pipeline {record.duration_seconds:.1f}s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 1_000_000])
@@ -69,6 +82,7 @@ def main() -> None:
         print(f"{rows} rows ({csv_mb:.0f} MB CSV): run {run_seconds:.1f}s vs bare {bare_seconds:.1f}s = "
               f"{run_seconds / bare_seconds:.2f}x; largest process {largest:.0f} MB = {largest / bare_peak:.2f}x the "
               f"bare script's {bare_peak:.0f} MB, {largest / csv_mb:.2f}x the CSV")  # fmt: skip
+        print(f"  steps: {step_line(Path(env['SAGEGATE_HOME']))}")
         print(f"  peak memory per process: {memory_line(run_memory)}")
         print(f"  peak proportional set size (shared pages split between their processes): {memory_line(run_pss)}; "
               f"largest {max(run_pss.values()) / csv_mb:.2f}x the CSV")  # fmt: skip
