@@ -21,6 +21,7 @@ import boto3
 import joblib
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
@@ -520,10 +521,26 @@ def test_shadow_batches_join_each_json_form_and_leave_mixed_forms_alone(tmp_path
     assert joined and all(isinstance(row, list) for r in joined for row in r["instances"])  # one form per request
 
 
-def test_endpoints_survive_a_gateway_restart(served) -> None:
+def model_servers(home: StateHome) -> list[psutil.Process]:
+    """The model server processes serving this state folder's endpoints."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if any(part.endswith("serve.py") for part in command) and any(str(home.root) in part for part in command):
+            found.append(process)
+    return found
+
+
+def test_endpoints_survive_a_gateway_restart_which_stops_its_model_servers(served) -> None:
+    """Stopping the gateway stops its model servers: none is left running without it (uvicorn's worker dies
+    by the SIGTERM it re-raises, so they stop in the app's lifespan shutdown, not in a gunicorn hook)."""
     home = served
     before = running_gateway(home) or start_gateway(home, PROJECT)
+    runtime(home).invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS))
+    servers = model_servers(home)
+    assert servers
     assert stop_gateway(home) and not process_alive(before["process"])
+    assert not [server.pid for server in servers if server.is_running() and server.status() != psutil.STATUS_ZOMBIE]
     assert running_gateway(home) is None
     response = runtime(home).invoke_endpoint(EndpointName=SERVERLESS, ContentType="text/csv", Body=csv(ROWS))
     assert len(json.loads(response["Body"].read())["predictions"]) == 5

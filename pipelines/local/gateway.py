@@ -203,6 +203,9 @@ class Gateway:
         if scope["type"] == "lifespan":
             while (await receive())["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
+            # the model servers stop here: uvicorn's worker re-raises the SIGTERM it stopped on once it
+            # has shut down, so the process dies by it and gunicorn's worker_exit hook never runs
+            await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
             await send({"type": "lifespan.shutdown.complete"})
             return
         self.loop = asyncio.get_running_loop()
@@ -293,8 +296,6 @@ def serve(port: int) -> None:
     """Run the gateway in the foreground: gunicorn, one uvicorn worker process (shared state)."""
     from gunicorn.app.base import BaseApplication
 
-    gateways: list[Gateway] = []
-
     class GatewayServer(BaseApplication):
         def load_config(self) -> None:
             for key, value in {
@@ -307,14 +308,11 @@ def serve(port: int) -> None:
                 "accesslog": None,
                 "errorlog": "-",
                 "loglevel": "warning",
-                "worker_exit": lambda server, worker: [g.shutdown() for g in gateways],
             }.items():
                 self.cfg.set(key, value)
 
         def load(self) -> Gateway:
-            gateway = Gateway(StateHome.from_env(), Project.from_env())
-            gateways.append(gateway)
-            return gateway
+            return Gateway(StateHome.from_env(), Project.from_env())
 
     GatewayServer().run()
 
