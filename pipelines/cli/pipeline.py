@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the work modules import the SageMaker SDK: loaded by the co
 # moto and the Step Functions SDK; the registry's MLflow client and its SQL stores (the gate's first step);
 # what the Lambda handlers import (powertools, whose Tracer imports the X-Ray SDK even when disabled)
 GATE_MODULES = (
-    "pipelines.local_gate", "pipelines.registry", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
+    "pipelines.local_gate", "mlflow", "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store", "sqlalchemy.dialects.sqlite", "aws_lambda_powertools",
     "aws_lambda_powertools.utilities.parser", "aws_xray_sdk.core",
 )  # fmt: skip
