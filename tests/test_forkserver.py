@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -124,6 +125,30 @@ def test_the_server_and_its_jobs_die_with_the_process_that_started_them(tmp_path
     while any(process_alive(str(pid)) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(process_alive(str(pid)) for pid in children)
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_job_that_ends_before_its_pid_is_read_still_reports_its_exit_code(tmp_path: Path, code: int) -> None:
+    """A fast job's exit line can arrive in the same read as its pid line; neither may be lost (it once was,
+    and such a job looked SIGKILLed)."""
+    path = str(tmp_path / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer_both_at_once() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            socket.recv_fds(connection, 1 << 16, 1)
+            connection.sendall(b'{"pid": 4242}\n{"exit": %d}\n' % code)
+
+    answering = threading.Thread(target=answer_both_at_once, daemon=True)
+    answering.start()
+    connection, pid = forkserver.request_job(path, [sys.executable, "x.py"], {}, str(tmp_path), 1)
+    with connection:
+        assert (pid, forkserver.wait_job(connection, 10)) == (4242, code)
+    answering.join(10)
+    listener.close()
 
 
 def test_without_a_server_the_caller_is_told_and_can_start_the_job_itself(tmp_path: Path, monkeypatch) -> None:

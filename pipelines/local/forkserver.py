@@ -83,18 +83,29 @@ def request_job(
         connection.connect(socket_path)
         message = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode() + b"\n"
         socket.send_fds(connection, [message], [output_fd])
-        reply = connection.makefile("rb").readline()
-        return connection, int(json.loads(reply)["pid"])
+        return connection, int(json.loads(_read_line(connection))["pid"])
     except (OSError, ValueError, KeyError) as error:
         connection.close()
         raise OSError(f"fork server at {socket_path}: {error}") from None
+
+
+def _read_line(connection: socket.socket) -> bytes:
+    """One reply line, and not a byte past it: a buffered reader would also swallow the exit line of a job
+    that ended before its pid was read, and the next read would find only the end of the stream."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = connection.recv(1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)
 
 
 def wait_job(connection: socket.socket, timeout: float | None) -> int:
     """The job's exit code; raises TimeoutError while it still runs after `timeout` seconds."""
     connection.settimeout(timeout)
     try:
-        line = connection.makefile("rb").readline()
+        line = _read_line(connection)
     except TimeoutError:
         raise
     except OSError:
