@@ -44,10 +44,11 @@ def aws_session(project: Project, model: str) -> PipelineSession:
 def local_session(project: Project, model: str, container_root: Path) -> LocalPipelineSession:
     """Runs jobs through the SDK's local executor; code goes to (local) S3 as on AWS."""
     from pipelines.local import sdk_patch
+    from pipelines.local.s3 import store_as_aws_does
 
     sdk_patch.install()
     session = LocalPipelineSession(
-        boto_session=boto3.Session(region_name=project.region),
+        boto_session=store_as_aws_does(boto3.Session(region_name=project.region)),
         default_bucket=project.bucket,
         disable_local_code=True,
         default_bucket_prefix=code_prefix(model),

@@ -15,8 +15,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from pipelines.config import load_config
-from pipelines.local.s3 import LocalS3, staged_in_background
+from pipelines.local.s3 import LocalS3, split, staged_in_background
 from pipelines.local.s3_server import S3Server
+from pipelines.sessions import local_session
 from pipelines.staging import stage_inputs
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import process_alive, read_json
@@ -213,3 +214,27 @@ def test_unchanged_data_is_not_stored_again_and_changed_data_is(tmp_path: Path) 
         methods.clear()
         stage_inputs(config, project, s3.client)
         assert methods == ["HEAD", "PUT"] and s3.read(uri) == b"a,label\n2,1\n"
+
+
+def test_objects_are_stored_as_aws_stores_them_not_sniffed_and_gzipped(tmp_path: Path) -> None:
+    """Written without a type, S3 keeps the bytes as `binary/octet-stream`. SeaweedFS would gzip what looks
+    like text, at twice the CPU: our clients and the SDK executor's session name AWS's default instead."""
+    home = StateHome(tmp_path / "state").ensure()
+    text = b"".join(b"%d,%d,0.5\n" % (i, i % 7) for i in range(900_000))  # over the multipart threshold
+    (tmp_path / "splits.csv").write_bytes(text)
+    project = Project()
+
+    def stored_bytes() -> int:
+        return sum(volume.stat().st_size for volume in home.s3_store.rglob("*.dat"))
+
+    with LocalS3(home) as s3:
+        s3.ensure_bucket(project.bucket)
+        before = stored_bytes()
+        s3.client.put_object(Bucket=project.bucket, Key="ours/part.csv", Body=text[:1_000_000])
+        sdk = local_session(project, "m", tmp_path / "jobs")  # the executor's: it stores the jobs' outputs
+        sdk_uri = sdk.upload_data(str(tmp_path / "splits.csv"), bucket=project.bucket, key_prefix="sdk")
+        assert stored_bytes() - before >= len(text) + 1_000_000  # gzipped, it would be a fifth of that
+        for uri, body in ((f"s3://{project.bucket}/ours/part.csv", text[:1_000_000]), (sdk_uri, text)):
+            bucket, key = split(uri)
+            assert s3.client.head_object(Bucket=bucket, Key=key)["ContentType"] == "binary/octet-stream"
+            assert s3.read(uri) == body
