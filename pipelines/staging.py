@@ -13,6 +13,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from pipelines.config import ModelConfig
+from pipelines.s3_errors import is_missing
 from pipelines.state import Project
 
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: the bytes a staged object was uploaded from
@@ -50,7 +51,7 @@ def upload_unless_stored(client: Any, path: Path, bucket: str, key: str) -> bool
     try:
         stored = client.head_object(Bucket=bucket, Key=key)["Metadata"].get(SHA256_METADATA)
     except ClientError as error:
-        if error.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
+        if not is_missing(error):
             raise
         stored = None
     if stored == digest:

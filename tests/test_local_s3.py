@@ -13,12 +13,13 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from botocore.stub import Stubber
 
 from pipelines.config import load_config
 from pipelines.local.s3 import LocalS3, split, staged_in_background
 from pipelines.local.s3_server import S3Server
 from pipelines.sessions import local_session
-from pipelines.staging import stage_inputs
+from pipelines.staging import stage_inputs, upload_unless_stored
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import process_alive, read_json
 from tests.conftest import MODELS, wait_for
@@ -238,3 +239,33 @@ def test_objects_are_stored_as_aws_stores_them_not_sniffed_and_gzipped(tmp_path:
             bucket, key = split(uri)
             assert s3.client.head_object(Bucket=bucket, Key=key)["ContentType"] == "binary/octet-stream"
             assert s3.read(uri) == body
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "uploads"),
+    [(404, "404", True), (404, "NotFound", True), (403, "403", False), (403, "AccessDenied", False)],
+)
+def test_staging_uploads_only_when_the_object_is_missing_not_when_it_cannot_be_read(
+    tmp_path: Path, status: int, code: str, uploads: bool
+) -> None:
+    """A HEAD that finds nothing means "not stored yet"; one that is refused must fail, not overwrite."""
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"a,label\n1,0\n")
+    client = boto3.session.Session().client(
+        "s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    client.meta.events.register("before-send", _reply)
+    with Stubber(client) as stubber:
+        stubber.add_client_error("head_object", code, http_status_code=status)
+        if uploads:
+            stubber.add_response("put_object", {"ETag": '"e"'})
+            assert upload_unless_stored(client, data, "bucket", "key") is True
+        else:
+            with pytest.raises(ClientError, match=code):
+                upload_unless_stored(client, data, "bucket", "key")
+        stubber.assert_no_pending_responses()
+
+
+def _reply(request: Any, **_: Any) -> None:
+    """The Stubber answers before anything is sent; a request that gets this far is a test error."""
+    raise AssertionError(f"{request.method} {request.url} reached the network")

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from pipelines.local import rollout
 from pipelines.local.s3 import fetch
 from pipelines.local.serving_metrics import version_counts
+from pipelines.s3_errors import is_missing
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import StateFileError, locked, read_json, write_json
 
@@ -300,10 +301,9 @@ class EndpointManager:
         try:
             path = self.model_archive(model_name, url)
         except ClientError as error:
-            code = error.response["Error"]["Code"]
-            if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            if is_missing(error):
                 return f"model {model_name}: model data {url} does not exist"
-            return f"model {model_name}: model data {url} cannot be read: {code}"
+            return f"model {model_name}: model data {url} cannot be read: {error.response['Error']['Code']}"
         except ValueError as error:
             return f"model {model_name}: {error}"
         try:

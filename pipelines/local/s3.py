@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from pipelines.config import ModelConfig
 from pipelines.environ import SavedEnvironment
 from pipelines.local.s3_server import S3Server
+from pipelines.s3_errors import is_missing
 from pipelines.staging import stage_inputs
 from pipelines.state import Project, StateHome
 from pipelines.statefiles import locked
@@ -122,7 +123,7 @@ class LocalS3:
         try:
             return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as error:
-            if error.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
+            if is_missing(error):
                 return None
             raise
 
