@@ -51,6 +51,12 @@ PRELOAD_LATE = (
     "mlflow", "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store", "skl2onnx", "onnxruntime",
 )  # fmt: skip
+# Work the late libraries do once per process, done once in the successor so that every job forked from it
+# inherits the result. MLflow maps installed packages to modules the first time it checks a model's
+# requirements: importlib.metadata reads every installed distribution, 0.2-0.25 s of each register job.
+# The function is MLflow's private one (mlflow is pinned in setup.cfg); tests/test_forkserver.py fails
+# when an upgrade drops it or its cache. Missing, it is skipped and the job builds the map itself.
+WARM_UP_LATE = (("mlflow.utils.requirements_utils", "_init_modules_to_packages_map"),)
 SOCKET_VARIABLE = "SAGEGATE_FORKSERVER"
 READY_TIMEOUT_SECONDS = 30  # the imports take seconds; the first job may ask before they are done
 PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
@@ -269,16 +275,26 @@ def _preload(module: str) -> None:
         pass
 
 
+def _warm_up(module: str, function: str) -> None:
+    try:
+        getattr(sys.modules[module], function)()
+    except Exception:  # not in this environment, or not in this version: each job does it itself
+        pass
+
+
 def _preload_idle(modules: tuple[str, ...]) -> None:
-    """Import `modules` at the lowest CPU priority: the successor imports while the run's first jobs and
-    uploads want both cores, and should take only what they leave. Linux sets niceness per thread, so the
-    successor's main thread, which forks the later jobs, keeps its own (a process cannot lower it back)."""
+    """Import `modules`, then do their WARM_UP_LATE work, at the lowest CPU priority: the successor imports
+    while the run's first jobs and uploads want both cores, and should take only what they leave. Linux
+    sets niceness per thread, so the successor's main thread, which forks the later jobs, keeps its own
+    (a process cannot lower it back)."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except OSError:
         pass  # not permitted here: import at normal priority
     for module in modules:
         _preload(module)
+    for module, function in WARM_UP_LATE:
+        _warm_up(module, function)
 
 
 def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: list[Any]) -> tuple[int, int]:
