@@ -16,6 +16,7 @@ jobs start as fresh interpreters.
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib
 import json
 import os
@@ -29,7 +30,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,15 @@ PRELOAD = (
 # would wait out: a successor forked from the server imports them while the server keeps accepting, then
 # takes over accepting (the server still answers for the jobs it forked).
 PRELOAD_LATE = (
-    "mlflow", "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow", "mlflow.sklearn", "mlflow.pyfunc", "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store", "skl2onnx", "onnxruntime",
 )  # fmt: skip
-# Work the late libraries do once per process, done once in the successor so that every job forked from it
-# inherits the result. MLflow maps installed packages to modules the first time it checks a model's
-# requirements: importlib.metadata reads every installed distribution, 0.2-0.25 s of each register job.
-# The function is MLflow's private one (mlflow is pinned in setup.cfg); tests/test_forkserver.py fails
-# when an upgrade drops it or its cache. Missing, it is skipped and the job builds the map itself.
+# Work the late libraries do once per process, done once by the successor (once it accepts, while idle)
+# so that every job it forks after inherits the result. MLflow maps installed packages to modules the
+# first time it checks a model's requirements: importlib.metadata reads every installed distribution,
+# 0.2-0.25 s of each register job. The function is MLflow's private one (mlflow is pinned in setup.cfg);
+# tests/test_forkserver.py fails when an upgrade drops it or its cache. Missing, it is skipped and the
+# job builds the map itself.
 WARM_UP_LATE = (("mlflow.utils.requirements_utils", "_init_modules_to_packages_map"),)
 SOCKET_VARIABLE = "SAGEGATE_FORKSERVER"
 READY_TIMEOUT_SECONDS = 30  # the imports take seconds; the first job may ask before they are done
@@ -198,11 +200,11 @@ def serve(socket_path: str) -> None:
     listener.listen(16)
     listener.setblocking(False)  # the server and its successor both watch it while they hand over
     os.replace(partial, socket_path)  # the socket appears only once the server accepts
-    _serve(listener, list(PRELOAD), PRELOAD_LATE)
+    _serve(listener, [functools.partial(_preload, module) for module in PRELOAD], PRELOAD_LATE)
 
 
-def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -> None:
-    """Accept job requests and fork each, import `pending` one at a time while idle, then fork the
+def _serve(listener: socket.socket, pending: list[Callable[[], None]], late: tuple[str, ...]) -> None:
+    """Accept job requests and fork each, do `pending` one item at a time while idle, then fork the
     successor that imports `late` and takes over accepting; answer each job's exit code until killed."""
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
@@ -216,7 +218,7 @@ def _serve(listener: socket.socket, pending: list[str], late: tuple[str, ...]) -
         watched = [wake_read, *([listener] if accepting else []), *([successor_ready] if successor_ready else [])]
         ready, _, _ = select.select(watched, [], [], 0 if pending or late else None)
         if not ready and pending:
-            _preload(pending.pop(0))
+            pending.pop(0)()
             continue
         if not ready and late:
             successor, successor_ready = _fork_successor(listener, late, [wake_read, wake_write, *waiting.values()])
@@ -283,18 +285,15 @@ def _warm_up(module: str, function: str) -> None:
 
 
 def _preload_idle(modules: tuple[str, ...]) -> None:
-    """Import `modules`, then do their WARM_UP_LATE work, at the lowest CPU priority: the successor imports
-    while the run's first jobs and uploads want both cores, and should take only what they leave. Linux
-    sets niceness per thread, so the successor's main thread, which forks the later jobs, keeps its own
-    (a process cannot lower it back)."""
+    """Import `modules` at the lowest CPU priority: the successor imports while the run's first jobs and
+    uploads want both cores, and should take only what they leave. Linux sets niceness per thread, so the
+    successor's main thread, which forks the later jobs, keeps its own (a process cannot lower it back)."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     except OSError:
         pass  # not permitted here: import at normal priority
     for module in modules:
         _preload(module)
-    for module, function in WARM_UP_LATE:
-        _warm_up(module, function)
 
 
 def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: list[Any]) -> tuple[int, int]:
@@ -312,7 +311,9 @@ def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: l
             importing.join()
             os.write(ready_write, b"+")
             os.close(ready_write)
-            _serve(listener, [], ())
+            # its warm-ups after it takes over (the imports alone delay that enough), while idle, in this
+            # thread: a fork while another thread runs could leave the job a lock held by nobody
+            _serve(listener, [functools.partial(_warm_up, module, function) for module, function in WARM_UP_LATE], ())
         finally:
             os._exit(1)
     os.close(ready_write)
