@@ -164,7 +164,8 @@ def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_serve
     script.write_text(
         "import os, sys\n"
         "warmed = getattr(sys.modules.get('mlflow.utils.requirements_utils'), '_MODULES_TO_PACKAGES', None)\n"
-        "print(os.getppid(), 'mlflow' in sys.modules, os.nice(0), bool(warmed and 'sklearn' in warmed))\n"
+        "print(os.getppid(), 'mlflow' in sys.modules, os.nice(0),"
+        " bool(warmed and 'sklearn' in warmed and 'mlflow.pyfunc' in sys.modules))\n"
     )
 
     def job() -> tuple[int, bool, bool]:
@@ -192,8 +193,8 @@ def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_serve
             assert found[1] or found[0] == server  # the server forks every job until the successor is ready
             return found if found[1] and found[2] else None
 
-        # MLflow imported, and its package map built (WARM_UP_LATE, done once the successor accepts): this
-        # times out if an MLflow upgrade drops the function or its cache
+        # MLflow imported, then (WARM_UP_LATE, once the successor accepts) mlflow.pyfunc and MLflow's package
+        # map: this times out if an MLflow upgrade drops the function or its cache
         successor = wait_for(from_the_successor, "a job forked with MLflow and its package map", timeout=60)[0]
         assert successor != server
         assert Path(f"/proc/{successor}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(server)

@@ -49,16 +49,18 @@ PRELOAD = (
 # would wait out: a successor forked from the server imports them while the server keeps accepting, then
 # takes over accepting (the server still answers for the jobs it forked).
 PRELOAD_LATE = (
-    "mlflow", "mlflow.sklearn", "mlflow.pyfunc", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow", "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store", "skl2onnx", "onnxruntime",
 )  # fmt: skip
-# Work the late libraries do once per process, done once by the successor (once it accepts, while idle)
-# so that every job it forks after inherits the result. MLflow maps installed packages to modules the
-# first time it checks a model's requirements: importlib.metadata reads every installed distribution,
-# 0.2-0.25 s of each register job. The function is MLflow's private one (mlflow is pinned in setup.cfg);
-# tests/test_forkserver.py fails when an upgrade drops it or its cache. Missing, it is skipped and the
-# job builds the map itself.
-WARM_UP_LATE = (("mlflow.utils.requirements_utils", "_init_modules_to_packages_map"),)
+# What the successor does once it accepts, while idle, so that the jobs it forks after inherit it: the
+# register job's other first-time costs, 0.2-0.25 s each, which would delay the takeover if done before
+# it (the bundled run's register job then asks first, is forked without MLflow, and imports it: +1.2 s).
+# `module` is imported (MLflow's `Model.log` imports mlflow.pyfunc lazily); `module:function` is called:
+# MLflow maps installed packages to modules the first time it checks a model's requirements, reading
+# every installed distribution. That function is MLflow's private one (mlflow is pinned in setup.cfg);
+# tests/test_forkserver.py fails when an upgrade drops it or its cache. A missing one is skipped, and
+# the job does the work itself.
+WARM_UP_LATE = ("mlflow.pyfunc", "mlflow.utils.requirements_utils:_init_modules_to_packages_map")
 SOCKET_VARIABLE = "SAGEGATE_FORKSERVER"
 READY_TIMEOUT_SECONDS = 30  # the imports take seconds; the first job may ask before they are done
 PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
@@ -277,9 +279,12 @@ def _preload(module: str) -> None:
         pass
 
 
-def _warm_up(module: str, function: str) -> None:
+def _warm_up(item: str) -> None:
+    module, _, function = item.partition(":")
     try:
-        getattr(sys.modules[module], function)()
+        imported = importlib.import_module(module)
+        if function:
+            getattr(imported, function)()
     except Exception:  # not in this environment, or not in this version: each job does it itself
         pass
 
@@ -313,7 +318,7 @@ def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: l
             os.close(ready_write)
             # its warm-ups after it takes over (the imports alone delay that enough), while idle, in this
             # thread: a fork while another thread runs could leave the job a lock held by nobody
-            _serve(listener, [functools.partial(_warm_up, module, function) for module, function in WARM_UP_LATE], ())
+            _serve(listener, [functools.partial(_warm_up, item) for item in WARM_UP_LATE], ())
         finally:
             os._exit(1)
     os.close(ready_write)
