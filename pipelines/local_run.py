@@ -15,13 +15,12 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipelines.config import ModelConfig
+from pipelines.config import ConfigError, ModelConfig
 from pipelines.definition import TRAIN_STEP, TUNE_STEP, build_pipeline
 from pipelines.environ import SavedEnvironment
 from pipelines.local import forkserver
@@ -201,10 +200,12 @@ def run_local(
     progress: Progress | None = None,
     store: PreparedStore | None = None,
     attempt: str | None = None,
-    staged: Future[dict[str, str]] | None = None,
+    checked: Callable[[], None] | None = None,
 ) -> RunRecord:
     """`attempt`: the record's id, when the caller must know it before the run starts (StartPipelineExecution);
-    `staged`: the data's upload, when the caller started it (`staged_in_background`)."""
+    `checked`: the caller's checks, done meanwhile and awaited before the first step: a ConfigError or
+    RunError from it means the run never started. The data's staged copy uploads from the start of
+    training, on the core the fit leaves idle (`staged_in_background`)."""
     home.ensure()
     started = time.monotonic()
     attempt = attempt or uuid.uuid4().hex[:12]
@@ -232,7 +233,16 @@ def run_local(
     )
     if config.training.checkpoints:  # one prefix per model: the next run of the same data and settings resumes
         job_environment.set({CHECKPOINTS_VARIABLE: f"s3://{project.bucket}/checkpoints/{config.name}/local"})
-    recorder = _RecordProgress(home, record, progress)
+    # the staged copy is what the pipeline's parameters default to (the next scheduled run's data)
+    staging = staged_in_background(home, config, project)
+
+    def progress_then_stage(step: str, status: str, seconds: float | None) -> None:
+        if progress:
+            progress(step, status, seconds)
+        if status == "Executing" and step in (TRAIN_STEP, TUNE_STEP):
+            staging.start()  # the fit leaves a core idle
+
+    recorder = _RecordProgress(home, record, progress_then_stage)
     handler = _StepProgress(recorder, recorder.graph)
     sdk_logger = logging.getLogger("sagemaker.local.entities")
     saved = (sdk_logger.level, sdk_logger.propagate)
@@ -253,8 +263,6 @@ def run_local(
                 in_place = _read_in_place(config, scratch)
             except FileNotFoundError as error:
                 raise RunError(str(error)) from None
-            # the staged copy is what the pipeline's parameters default to (the next scheduled run's data)
-            staged = staged or staged_in_background(home, config, project)
             record.parameters = {
                 **input_uris(config, project),
                 "MlflowTrackingUri": home.mlflow_tracking_uri,
@@ -268,15 +276,17 @@ def run_local(
             session = local_session(project, config.name, scratch)
             pipeline = build_pipeline(config, project, session, local=True)
             pipeline.upsert(role_arn=project.training_role_arn)
+            if checked:
+                checked()
             problem = store.problem()
             if problem:
                 raise RunError(f"the MLflow store {home.mlflow_db} could not be prepared: {problem}")
             execution = pipeline.start(parameters=values)
             _record(record, execution, session, config, project, s3, failure_log)
-            staged.result()
+            staging.result()
             if record.tuning:
                 _report_tuning(home, project.registered_model(config.name), record)
-    except RunError:  # the run never started: nothing to keep
+    except (RunError, ConfigError):  # the run never started: nothing to keep
         record_path(home, record).unlink(missing_ok=True)
         shutil.rmtree(logs, ignore_errors=True)
         raise
@@ -288,6 +298,7 @@ def run_local(
         tuning_progress.removeHandler(handler)
         sdk_logger.level, sdk_logger.propagate = saved
         job_environment.restore()
+        staging.cancel()  # a run that ended before its data was due: no upload
         shutil.rmtree(scratch, ignore_errors=True)  # the SDK leaves its container roots behind
         record.duration_seconds = round(time.monotonic() - started, 2)
         if record_path(home, record).exists():

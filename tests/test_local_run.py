@@ -13,8 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
-from concurrent.futures import Future
 
 import mlflow
 import pandas as pd
@@ -25,7 +23,7 @@ from pipelines.cli import main
 from pipelines.cli.pipeline import GATE_MODULES, GateWarmUp, import_all
 from pipelines.config import load_config
 from pipelines.containers import locked_versions
-from pipelines.local.s3 import LocalS3, staged_in_background
+from pipelines.local.s3 import LocalS3
 from pipelines.local_run import RunError, list_records, run_local
 from pipelines.registry import list_versions
 from pipelines.state import Project, StateHome
@@ -159,32 +157,28 @@ def test_bad_data_stops_the_run_with_a_named_reason_and_keeps_the_registry(state
     assert versions(state) == ["1"]
 
 
-def test_the_run_reads_its_data_in_place_while_the_staged_copy_uploads(tmp_path):
+def test_the_run_reads_its_data_in_place_and_uploads_the_staged_copy_once_the_model_trains(tmp_path):
     """The preprocessing job reads the local file (a file:// input, as SageMaker's local mode allows), so it
-    neither waits for the upload nor downloads it back; the run ends once the staged copy is in, which
-    is what the pipeline's InputDataUri defaults to. Here the upload only begins once the model trains."""
+    neither waits for the upload nor downloads it back. The staged copy, which the pipeline's InputDataUri
+    defaults to, uploads from the start of training (the core the fit leaves idle) and is in by the end."""
     home = StateHome(tmp_path / "state").ensure()  # its own: the module's registry keeps its versions
     data = tmp_path / "data.csv"
     data.write_text("".join((DATA / "breast_cancer.csv").read_text().splitlines(keepends=True)[:-20]))
     config = load_config(MODELS / "breast-cancer.yaml", [f"data.source={data}"])
-    staged: Future[dict[str, str]] = Future()
-    timeout = threading.Timer(300, lambda: staged.done() or staged.set_exception(TimeoutError("run waited")))
-    timeout.start()
+    staged_uri = f"s3://{BUCKET}/training-data/breast-cancer/data.csv"
+    seen: dict[str, bytes | None] = {}
 
     def progress(step: str, status: str, seconds: float | None) -> None:
-        if (step, status) == ("TrainModel", "Executing"):
-            staged_in_background(home, config, Project()).add_done_callback(
-                lambda done: staged.set_result(done.result())
-            )
+        if status == "Executing" and step in ("PreprocessData", "TrainModel"):
+            with LocalS3(home) as s3:
+                seen[step] = s3.read(staged_uri)
 
-    try:
-        record = run_local(config, Project(), home, progress=progress, staged=staged)
-    finally:
-        timeout.cancel()
+    record = run_local(config, Project(), home, progress=progress)
     assert record.status == "Succeeded", record.failure_reason
-    assert record.parameters["InputDataUri"] == f"s3://{BUCKET}/training-data/breast-cancer/data.csv"
+    assert seen == {"PreprocessData": None, "TrainModel": None}  # read in place; not staged before training
+    assert record.parameters["InputDataUri"] == staged_uri
     with LocalS3(home) as s3:
-        assert s3.read(record.parameters["InputDataUri"]) == data.read_bytes()
+        assert s3.read(staged_uri) == data.read_bytes()
 
 
 def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp_path):
@@ -197,8 +191,8 @@ def test_missing_data_file_is_refused_before_anything_runs(state, first_run, tmp
     assert {p.name for p in (state.runs / "logs").iterdir()} <= recorded  # no orphaned log folder
 
 
-def test_the_cli_uploads_the_data_early_and_still_refuses_a_missing_file_before_anything_runs(state, tmp_path):
-    """`sagegate run` starts the upload before its imports (`staged_in_background`): its error is the run's."""
+def test_the_cli_refuses_a_missing_data_file_before_anything_runs(state, tmp_path):
+    """The run reads the file in place before any step: no record, no staged upload."""
     before = {r.attempt for r in list_records(state)[0]}
     missing = tmp_path / "nope.csv"
     result = sagegate(state, "run", str(MODELS / "breast-cancer.yaml"), "--set", f"data.source={missing}")
@@ -208,7 +202,8 @@ def test_the_cli_uploads_the_data_early_and_still_refuses_a_missing_file_before_
 
 
 def test_bad_config_exits_2_with_the_field(state):
-    """scikit-learn's part of the check runs in the run's job server: still before anything starts."""
+    """scikit-learn's part of the check runs in the run's job server while the run builds its definition:
+    still before any step starts, and the run leaves no record."""
     before = {r.attempt for r in list_records(state)[0]}
     result = sagegate(state, "run", str(MODELS / "breast-cancer.yaml"), "--set", "model.hyperparameters.max_depth=-1")
     assert result.returncode == 2

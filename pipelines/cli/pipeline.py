@@ -159,33 +159,34 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"sagegate run: {config.name} ({config.task}) — pipeline {names.pipeline_name(config.name)}, local mode")
     from pipelines.local import forkserver
-    from pipelines.local.s3 import staged_in_background, started_early
+    from pipelines.local.s3 import started_early
     from pipelines.registry import PreparedStore
 
-    # before the heavy imports: the MLflow store, the local S3, the data's upload and the job server start meanwhile
+    # before the heavy imports: the MLflow store, the local S3 and the job server start meanwhile
     store = PreparedStore(home.ensure())
     with started_early(home), forkserver.running(home.runs):
-        staged = staged_in_background(home, config, names)
-        gc.disable()  # until the gate's modules are in (import_all)
+        gc.disable()  # until the gate's modules are in (import_all), or the run ends before that
+        warm: GateWarmUp | None = None
         try:
-            from pipelines.local_run import run_local
+            from pipelines.local_run import RunError, run_local
 
             gc.freeze()
-            # the config's scikit-learn part (0.7 s of import here), checked by the job server that has it
-            code, output = forkserver.run_module("pipelines.config", ["--", str(args.config), *overrides])
-            if code:
-                raise (ConfigError if code == EXIT_USAGE else RuntimeError)(output.strip())
-        except BaseException:
-            gc.enable()
-            raise
+            # the config's scikit-learn part (0.7 s of import here), checked by the job server once it has the
+            # estimator's module, while the run builds and uploads its definition; no step starts before it
+            estimator = config.model.class_.rpartition(".")[0]
+            check = forkserver.ModuleRun("pipelines.config", ["--", str(args.config), *overrides], after=estimator)
 
-        from pipelines.definition import TRAIN_STEP, TUNE_STEP
+            def checked() -> None:
+                code, output = check.result()
+                if code:
+                    raise (ConfigError if code == EXIT_USAGE else RunError)(output.strip())
 
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        warm = GateWarmUp((TRAIN_STEP, TUNE_STEP), None if args.json else print_progress, names, home)
-        try:
+            from pipelines.definition import TRAIN_STEP, TUNE_STEP
+
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            warm = GateWarmUp((TRAIN_STEP, TUNE_STEP), None if args.json else print_progress, names, home)
             record = run_local(
-                config, names, home, progress=warm.progress, store=store, attempt=args.attempt, staged=staged
+                config, names, home, progress=warm.progress, store=store, attempt=args.attempt, checked=checked
             )
             if not args.json:
                 print_run(record, config, home)
@@ -198,7 +199,9 @@ def run_command(args: argparse.Namespace) -> int:
                 if not args.json:
                     print_verdict(execution)
         finally:
-            warm.close()
+            if warm is not None:
+                warm.close()
+            gc.enable()
     if args.json:
         brief = None
         if execution:

@@ -85,18 +85,27 @@ def request_job(
 ) -> tuple[socket.socket, int]:
     """Ask the server to fork `argv` (`[python, script, *args]`); the open connection answers with the
     exit code when the job ends. Raises OSError when there is no server to ask."""
+    connection = _send_request(socket_path, {"argv": argv, "env": env, "cwd": cwd}, output_fd)
+    try:
+        return connection, int(json.loads(_read_line(connection))["pid"])
+    except (OSError, ValueError, KeyError) as error:
+        connection.close()
+        raise OSError(f"fork server at {socket_path}: {error}") from None
+
+
+def _send_request(socket_path: str, request: dict[str, Any], output_fd: int) -> socket.socket:
+    """The connection that answers the request: the job's pid once forked, then its exit code."""
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while not os.path.exists(socket_path) and time.monotonic() < deadline:
         time.sleep(0.02)
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         connection.connect(socket_path)
-        message = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode() + b"\n"
-        socket.send_fds(connection, [message], [output_fd])
-        return connection, int(json.loads(_read_line(connection))["pid"])
-    except (OSError, ValueError, KeyError) as error:
+        socket.send_fds(connection, [json.dumps(request).encode() + b"\n"], [output_fd])
+    except OSError as error:
         connection.close()
         raise OSError(f"fork server at {socket_path}: {error}") from None
+    return connection
 
 
 def _read_line(connection: socket.socket) -> bytes:
@@ -123,22 +132,40 @@ def wait_job(connection: socket.socket, timeout: float | None) -> int:
     return int(json.loads(line)["exit"]) if line else -signal.SIGKILL
 
 
-def run_module(module: str, arguments: list[str]) -> tuple[int, str]:
-    """`python -m module *arguments` in the caller's environment and folder: forked by the caller's
-    server (its libraries already imported), or a fresh interpreter when there is none. Its exit
-    code and output."""
-    argv = [sys.executable, "-m", module, *arguments]
-    with tempfile.TemporaryFile() as output:
+class ModuleRun:
+    """`python -m module *arguments` in the caller's environment and folder, started now and not waited
+    for: the caller goes on meanwhile and asks for `result()` (once) when it needs it. Forked by the
+    caller's server once the server has imported `after` (forked earlier, it would import the libraries
+    again itself, on the cores the caller and the server need), or a fresh interpreter when there is none."""
+
+    def __init__(self, module: str, arguments: list[str], after: str) -> None:
+        argv = [sys.executable, "-m", module, *arguments]
+        request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "after": after}
+        self._output = tempfile.TemporaryFile()
+        self._connection: socket.socket | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         try:
-            connection, _ = request_job(
-                os.environ[SOCKET_VARIABLE], argv, dict(os.environ), os.getcwd(), output.fileno()
-            )
-            with connection:
-                code = wait_job(connection, None)
+            self._connection = _send_request(os.environ[SOCKET_VARIABLE], request, self._output.fileno())
         except (KeyError, OSError):
-            code = subprocess.run(argv, stdout=output, stderr=subprocess.STDOUT, check=False).returncode
-        output.seek(0)
-        return code, output.read().decode(errors="replace")
+            self._process = subprocess.Popen(argv, stdout=self._output, stderr=subprocess.STDOUT)
+
+    def result(self) -> tuple[int, str]:
+        """Its exit code and output, once it has ended."""
+        with self._output:
+            if self._connection is not None:
+                with self._connection:
+                    forked = _read_line(self._connection)  # its pid, once the server forked it
+                    code = wait_job(self._connection, None) if forked else -signal.SIGKILL
+            else:
+                assert self._process is not None
+                code = self._process.wait()
+            self._output.seek(0)
+            return code, self._output.read().decode(errors="replace")
+
+
+def run_module(module: str, arguments: list[str], after: str = "") -> tuple[int, str]:
+    """`ModuleRun(module, arguments, after).result()`: its exit code and output."""
+    return ModuleRun(module, arguments, after).result()
 
 
 def _become_job(request: dict[str, Any], output_fd: int) -> None:
@@ -216,11 +243,32 @@ def _serve(listener: socket.socket, pending: list[Callable[[], None]], late: tup
     successor = 0
     accepting = True
     waiting: dict[int, socket.socket] = {}  # job pid -> the runner connection awaiting its exit
+    # requests to fork once the server has imported their "after" module (or has nothing left to import)
+    held: list[tuple[dict[str, Any], int, socket.socket]] = []
+
+    def fork(request: dict[str, Any], output_fd: int, connection: socket.socket) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for inherited in (listener, connection, *waiting.values(), *(other for _, _, other in held)):
+                inherited.close()
+            for descriptor in (wake_read, wake_write, *([successor_ready] if successor_ready is not None else [])):
+                os.close(descriptor)
+            _become_job(request, output_fd)
+        os.close(output_fd)
+        try:
+            connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        except OSError:
+            pass  # the runner is gone; its job runs on and is reaped with the others
+        waiting[pid] = connection
+
     while True:
         watched = [wake_read, *([listener] if accepting else []), *([successor_ready] if successor_ready else [])]
         ready, _, _ = select.select(watched, [], [], 0 if pending or late else None)
         if not ready and pending:
             pending.pop(0)()
+            for due in [item for item in held if not pending or item[0]["after"] in sys.modules]:
+                held.remove(due)
+                fork(*due)
             continue
         if not ready and late:
             successor, successor_ready = _fork_successor(listener, late, [wake_read, wake_write, *waiting.values()])
@@ -258,18 +306,10 @@ def _serve(listener: socket.socket, pending: list[Callable[[], None]], late: tup
             except (OSError, ValueError):
                 connection.close()
                 continue
-            pid = os.fork()
-            if pid == 0:
-                for inherited in (listener, connection, *waiting.values()):
-                    inherited.close()
-                os.close(wake_read)
-                os.close(wake_write)
-                if successor_ready is not None:
-                    os.close(successor_ready)
-                _become_job(request, fds[0])
-            os.close(fds[0])
-            connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-            waiting[pid] = connection
+            if pending and request.get("after") and request["after"] not in sys.modules:
+                held.append((request, fds[0], connection))
+            else:
+                fork(request, fds[0], connection)
 
 
 def _preload(module: str) -> None:
