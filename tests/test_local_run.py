@@ -157,10 +157,10 @@ def test_bad_data_stops_the_run_with_a_named_reason_and_keeps_the_registry(state
     assert versions(state) == ["1"]
 
 
-def test_the_run_reads_its_data_in_place_and_uploads_the_staged_copy_once_the_model_trains(tmp_path):
+def test_the_run_reads_its_data_in_place_and_uploads_the_staged_copy_once_the_model_is_trained(tmp_path):
     """The preprocessing job reads the local file (a file:// input, as SageMaker's local mode allows), so it
     neither waits for the upload nor downloads it back. The staged copy, which the pipeline's InputDataUri
-    defaults to, uploads from the start of training (the core the fit leaves idle) and is in by the end."""
+    defaults to, uploads once the model is trained and is in by the run's end."""
     home = StateHome(tmp_path / "state").ensure()  # its own: the module's registry keeps its versions
     data = tmp_path / "data.csv"
     data.write_text("".join((DATA / "breast_cancer.csv").read_text().splitlines(keepends=True)[:-20]))
@@ -169,13 +169,13 @@ def test_the_run_reads_its_data_in_place_and_uploads_the_staged_copy_once_the_mo
     seen: dict[str, bytes | None] = {}
 
     def progress(step: str, status: str, seconds: float | None) -> None:
-        if status == "Executing" and step in ("PreprocessData", "TrainModel"):
+        if step in ("PreprocessData", "TrainModel"):
             with LocalS3(home) as s3:
                 seen[step] = s3.read(staged_uri)
 
     record = run_local(config, Project(), home, progress=progress)
     assert record.status == "Succeeded", record.failure_reason
-    assert seen == {"PreprocessData": None, "TrainModel": None}  # read in place; not staged before training
+    assert seen == {"PreprocessData": None, "TrainModel": None}  # read in place; not staged before it is trained
     assert record.parameters["InputDataUri"] == staged_uri
     with LocalS3(home) as s3:
         assert s3.read(staged_uri) == data.read_bytes()

@@ -191,7 +191,7 @@ def started_early(home: StateHome) -> Iterator[None]:
 
 class Staging(Future[dict[str, str]]):
     """The run's data upload (`staged_in_background`): the data parameters' values, or stage_inputs' error.
-    It waits for `start()`, which the run calls as the model starts training, or `result()`; `cancel()`
+    It waits for `start()`, which the run calls once the model is trained, or `result()`; `cancel()`
     before that: it never uploads."""
 
     def __init__(self) -> None:
@@ -219,9 +219,8 @@ class Staging(Future[dict[str, str]]):
 def staged_in_background(home: StateHome, config: ModelConfig, project: Project) -> Staging:
     """Upload the run's local data files on a thread of their own, under their own lease, once started: the
     run reads the files in place, so the upload (~0.5 s of SeaweedFS's CPU per 40 MB) only has to be done
-    by the run's end, and from the start of training it takes the core the fit leaves idle instead of
-    one the start-up needs (the SDK's import, the job server's). A daemon thread: a command that fails
-    before it needs the data does not wait for the upload."""
+    by the run's end: begun at the command's start, it took CPU the start-up needs (the SDK's import,
+    the job server's). A daemon thread: a command that fails before it needs the data does not wait."""
     staging = Staging()
 
     def stage() -> None:
