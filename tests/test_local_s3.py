@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from pipelines.config import load_config
-from pipelines.local.s3 import LocalS3, split, staged_in_background
+from pipelines.local.s3 import LocalS3, split, staged_in_background, started_early
 from pipelines.local.s3_server import S3Server
 from pipelines.sessions import local_session
 from pipelines.staging import stage_inputs, upload_unless_stored
@@ -269,3 +269,16 @@ def test_staging_uploads_only_when_the_object_is_missing_not_when_it_cannot_be_r
 def _reply(request: Any, **_: Any) -> None:
     """The Stubber answers before anything is sent; a request that gets this far is a test error."""
     raise AssertionError(f"{request.method} {request.url} reached the network")
+
+
+def test_a_command_starts_the_server_early_with_its_bucket_made_and_given_its_first_volume(tmp_path: Path) -> None:
+    """`sagegate run` starts the server while it imports, makes the project's bucket and writes to it once:
+    SeaweedFS gives a bucket its first volume on its first write (~0.2 s), which the run's first step
+    would otherwise wait for. The write leaves no object behind."""
+    home = StateHome(tmp_path / "state").ensure()
+    project = Project()
+    with started_early(home, project):
+        pass  # the block waits for the start
+    assert list((home.s3_store / "data").glob(f"{project.bucket}_*.dat")), "no volume for the bucket"
+    with LocalS3(home) as s3:
+        assert s3.client.list_objects_v2(Bucket=project.bucket)["KeyCount"] == 0

@@ -164,7 +164,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     # before the heavy imports: the MLflow store, the local S3 and the job server start meanwhile
     store = PreparedStore(home.ensure())
-    with started_early(home), forkserver.running(home.runs):
+    with started_early(home, names), forkserver.running(home.runs):
         gc.disable()  # until the gate's modules are in (import_all), or the run ends before that
         warm: GateWarmUp | None = None
         try:
