@@ -69,6 +69,7 @@ def main() -> None:
     for rows in args.rows:
         folder = Path(tempfile.mkdtemp(prefix=f"sagegate-scale-{rows}-"))
         csv = write_data(folder, rows)
+        os.sync()  # the new CSV on disk first: its write-back would otherwise land on the timed runs
         env = {**os.environ, "SAGEGATE_HOME": str(folder / "state")}
         run_pss: dict[str, float] = {}
         run_seconds, run_memory = run_measured([str(BIN / "sagegate"), "run", "model.yaml"], env, folder, run_pss)
