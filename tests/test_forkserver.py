@@ -232,3 +232,18 @@ def test_a_module_run_waits_for_the_library_it_names(tmp_path: Path, monkeypatch
         unknown = forkserver.ModuleRun("probe", [forkserver.PRELOAD[-1]], after="sklearn.not_preloaded")
         assert named.result() == (0, "True\n")
         assert unknown.result() == (0, "True\n")
+
+
+def test_a_job_collects_its_own_garbage_and_never_walks_what_it_inherited(tmp_path: Path, monkeypatch) -> None:
+    """The server freezes what it made before each fork: a job's collections would otherwise walk every
+    object of the libraries it inherited, writing to each one's header and so copying its pages."""
+    (tmp_path / "probe.py").write_text(
+        "import gc, sys\n"
+        "inherited = gc.get_freeze_count()\n"
+        "gc.collect()\n"
+        "print(gc.isenabled(), inherited > 0, 'sklearn.ensemble' in sys.modules)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(forkserver.SOCKET_VARIABLE, raising=False)
+    with forkserver.running(tmp_path):
+        assert forkserver.run_module("probe", [], after="sklearn.ensemble") == (0, "True True True\n")

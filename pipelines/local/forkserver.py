@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import importlib
 import json
 import os
@@ -172,6 +173,7 @@ def _become_job(request: dict[str, Any], output_fd: int) -> None:
     """In the forked child: turn into the job and never return."""
     code = 1
     try:
+        gc.enable()  # the job's own objects only: what it inherited is frozen (`serve`)
         os.setsid()
         die_with_parent()
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -219,6 +221,11 @@ def _become_job(request: dict[str, Any], output_fd: int) -> None:
 
 
 def serve(socket_path: str) -> None:
+    """Serve job requests on `socket_path`. The collector stays off in the server and its successor, and
+    everything they made is frozen before each fork (`gc.freeze()`, as Python's documentation advises
+    for fork without exec): a job's collections then never walk the libraries it inherited, which would
+    write to the header of every object they hold and so copy each of their pages into the job."""
+    gc.disable()
     die_with_parent()  # the run that started it
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -247,6 +254,7 @@ def _serve(listener: socket.socket, pending: list[Callable[[], None]], late: tup
     held: list[tuple[dict[str, Any], int, socket.socket]] = []
 
     def fork(request: dict[str, Any], output_fd: int, connection: socket.socket) -> None:
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             for inherited in (listener, connection, *waiting.values(), *(other for _, _, other in held)):
@@ -344,6 +352,7 @@ def _preload_idle(modules: tuple[str, ...]) -> None:
 def _fork_successor(listener: socket.socket, late: tuple[str, ...], inherited: list[Any]) -> tuple[int, int]:
     """Fork the successor: its pid, and the pipe end that becomes readable when it accepts."""
     ready_read, ready_write = os.pipe()
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         try:
