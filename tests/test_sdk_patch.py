@@ -5,7 +5,9 @@ If a sagemaker upgrade moves or reshapes a patched internal, these fail first.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import sagemaker
@@ -77,3 +79,61 @@ def test_the_sdk_defaults_are_validated_once_per_distinct_config_and_still_refus
 
     with pytest.raises(jsonschema.ValidationError):
         get_sagemaker_config_value(Session({"SchemaVersion": "1.0", "NotAKey": {}}), "SageMaker.PythonSDK")
+
+
+def test_a_step_reads_what_an_earlier_step_uploaded_from_the_run_s_copy_while_s3_still_holds_it(
+    tmp_path: Path,
+) -> None:
+    """A job's outputs are uploaded as before (S3 holds them, same keys); a later step's download of
+    them is a local copy while S3 holds the same object (ETag and size), a download once it does not."""
+    from sagemaker.local.utils import move_to_destination
+    from sagemaker.utils import download_folder
+
+    from pipelines.local.s3 import LocalS3
+    from pipelines.sessions import local_session
+    from pipelines.state import Project, StateHome
+
+    home, project = StateHome(tmp_path / "state").ensure(), Project()
+    gets: list[str] = []
+
+    def job_output(name: str, files: dict[str, bytes]) -> Path:
+        folder = tmp_path / name
+        for relative, body in files.items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_bytes(body)
+        return folder
+
+    splits = {"train/train.csv": os.urandom(9 * 1024 * 1024), "test/test.csv": b"a,b\n1,2\n"}  # multipart, single
+    with LocalS3(home) as s3:
+        s3.ensure_bucket(project.bucket)
+        session = local_session(project, "m", tmp_path / "jobs")  # installs the patch
+        events = session.s3_resource.meta.client.meta.events
+        events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
+        uri = move_to_destination(str(job_output("pre", splits)), f"s3://{project.bucket}/run/pre", "", session)
+        assert not (tmp_path / "pre").exists()  # the SDK's own clean-up, as before
+        model = move_to_destination(
+            str(job_output("train", {"model.tar.gz": b"model-1"})), f"s3://{project.bucket}/run", "job", session,
+            prefix="output",
+        )  # fmt: skip
+        for relative, body in splits.items():  # S3 holds every output under the SDK's keys
+            assert s3.read(f"{uri}/{relative}") == body
+
+        whole, one = tmp_path / "in-whole", tmp_path / "in-model"
+        whole.mkdir(), one.mkdir()
+        download_folder(project.bucket, "/run/pre", str(whole), session)
+        download_folder(
+            project.bucket, f"{model.removeprefix(f's3://{project.bucket}/')}/model.tar.gz", str(one), session
+        )
+        assert {str(p.relative_to(whole)): p.read_bytes() for p in whole.rglob("*") if p.is_file()} == splits
+        assert (one / "model.tar.gz").read_bytes() == b"model-1"
+        assert gets == []  # all of it from the run's copy
+
+        (whole / "test" / "test.csv").write_bytes(b"changed by the job\n")  # a job writes over its input
+        s3.client.put_object(Bucket=project.bucket, Key="run/job/output/model.tar.gz", Body=b"model-2")  # replaced
+        again, model_again = tmp_path / "again", tmp_path / "model-again"
+        again.mkdir(), model_again.mkdir()
+        download_folder(project.bucket, "run/pre/test", str(again), session)
+        download_folder(project.bucket, "run/job/output/model.tar.gz", str(model_again), session)
+        assert (again / "test.csv").read_bytes() == splits["test/test.csv"]  # the run's copy is not the job's
+        assert (model_again / "model.tar.gz").read_bytes() == b"model-2"  # S3's object, not the stale copy
+        assert gets == ["run/job/output/model.tar.gz"]

@@ -9,7 +9,10 @@ gets TuningStep (which it refuses): `pipelines.local.tuning` runs it, and the st
 metadata names the tuning job as on AWS. Also patched: the compose
 binary lookup (there is no Docker), the ECR login (no registry), and the credential probe; and
 the SDK-defaults validation, which the SDK repeats against its JSON schema on every config
-lookup (hundreds per run): each distinct config is validated once.
+lookup (hundreds per run): each distinct config is validated once. And the S3 transfers between
+steps: every output a job uploads is also kept in the run's container root (a hard link of the file
+the SDK deletes after its upload), and a later step's download of that object is a local copy of it
+when S3 still holds what was uploaded (the same ETag and size); anything else is downloaded.
 
 The patched names are private, so the SDK is pinned exactly; `tests/test_sdk_patch.py`
 fails if an upgrade moves or reshapes any of them.
@@ -20,10 +23,16 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import sys
+import tempfile
+import threading
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import sagemaker
+import sagemaker.local.utils
 import sagemaker.utils
 from sagemaker.local import entities, image, local_session
 from sagemaker.local import pipeline as local_pipeline
@@ -44,6 +53,14 @@ _EXPECTED_SIGNATURES = {
     (image, "_ecr_login_if_needed"): ["boto_session", "image"],
     (image, "_aws_credentials"): ["session"],
     (sagemaker.utils, "validate_sagemaker_config"): ["sagemaker_config"],
+    (sagemaker.utils, "download_folder"): ["bucket_name", "prefix", "target", "sagemaker_session"],
+    (sagemaker.local.utils, "move_to_destination"): [
+        "source",
+        "destination",
+        "job_name",
+        "sagemaker_session",
+        "prefix",
+    ],
     (local_pipeline, "_StepExecutorFactory.get"): ["self", "step"],
     (entities, "_LocalPipelineExecution._initialize_step_execution"): ["self", "steps"],
     (local_pipeline, "_StepExecutor.__init__"): ["self", "pipeline_executor", "step"],
@@ -75,7 +92,13 @@ _original_validate = sagemaker.utils.validate_sagemaker_config
 _original_executor_for = local_pipeline._StepExecutorFactory.get
 _original_step_init = entities._LocalPipelineExecutionStep.__init__
 _original_initialize = entities._LocalPipelineExecution._initialize_step_execution
+_original_download_folder = sagemaker.utils.download_folder
+_original_move_to_destination = sagemaker.local.utils.move_to_destination
 _validated: set[str] = set()
+KEPT_OUTPUTS = ".uploaded"  # in a run's container root: the files its jobs uploaded, as they uploaded them
+# container root -> (bucket, key) -> (kept file, ETag, size); only roots that still exist are kept
+_uploaded: dict[str, dict[tuple[str, str], tuple[Path, str, int]]] = {}
+_uploaded_lock = threading.Lock()
 
 
 class SdkPatchError(RuntimeError):
@@ -145,6 +168,73 @@ def _validate_once(sagemaker_config: dict | None = None) -> None:
         _validated.add(key)
 
 
+def _container_root(session: Any) -> str | None:
+    return ((getattr(session, "config", None) or {}).get("local") or {}).get("container_root")
+
+
+def _listed(session: Any, bucket: str, prefix: str) -> dict[str, tuple[str, int]]:
+    pages = session.s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {item["Key"]: (item["ETag"], item["Size"]) for page in pages for item in page.get("Contents", [])}
+
+
+def _move_to_destination(source: str, destination: str, job_name: str, sagemaker_session: Any, prefix: str = "") -> str:
+    """The SDK's upload (which deletes `source`), the files first hard-linked beside the run."""
+    root, target = _container_root(sagemaker_session), urlparse(destination)
+    if not root or target.scheme != "s3" or not os.path.isdir(source):
+        return _original_move_to_destination(source, destination, job_name, sagemaker_session, prefix)
+    os.makedirs(os.path.join(root, KEPT_OUTPUTS), exist_ok=True)
+    kept = Path(tempfile.mkdtemp(dir=os.path.join(root, KEPT_OUTPUTS)))
+    links: dict[str, Path] = {}
+    for folder, _, names in os.walk(source):
+        for name in names:
+            relative = os.path.relpath(os.path.join(folder, name), source)
+            link = kept / relative
+            try:
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.link(os.path.join(folder, name), link)
+            except OSError:  # another file system, say: that file is downloaded as before
+                continue
+            links[relative] = link
+    uri = _original_move_to_destination(source, destination, job_name, sagemaker_session, prefix)
+    if links:  # the keys upload_data gave the files, with what S3 now holds under them
+        bucket, _, key_prefix = uri.removeprefix("s3://").partition("/")
+        stored = _listed(sagemaker_session, bucket, key_prefix)
+        keys = {f"{key_prefix}/{relative.replace(os.sep, '/')}": link for relative, link in links.items()}
+        with _uploaded_lock:
+            for gone in [r for r in _uploaded if not os.path.isdir(r)]:
+                del _uploaded[gone]
+            entries = _uploaded.setdefault(root, {})
+            for key, link in keys.items():
+                if key in stored and stored[key][1] == link.stat().st_size:
+                    entries[(bucket, key)] = (link, *stored[key])
+    return uri
+
+
+def _download_folder(bucket_name: str, prefix: str, target: str, sagemaker_session: Any) -> None:
+    """The SDK's download; objects this run uploaded and S3 still holds as uploaded are copied locally.
+
+    Which objects a prefix names is the SDK's reading: the object itself if one has that exact key,
+    else every object whose key starts with it."""
+    with _uploaded_lock:
+        kept = dict(_uploaded.get(_container_root(sagemaker_session) or "", {}))
+    key_prefix = prefix.lstrip("/")
+    if kept and any(bucket == bucket_name and key.startswith(key_prefix) for bucket, key in kept):
+        stored = _listed(sagemaker_session, bucket_name, key_prefix)
+        if not key_prefix.endswith("/") and key_prefix in stored:
+            wanted = {key_prefix: os.path.basename(key_prefix)}
+        else:
+            wanted = {k: k[len(key_prefix) :].lstrip("/") for k in stored if not k.endswith("/")}
+        copies = {k: kept[(bucket_name, k)][0] for k in wanted if kept.get((bucket_name, k), ())[1:] == stored[k]}
+        if wanted and len(copies) == len(wanted) and all(path.is_file() for path in copies.values()):
+            for key, relative in wanted.items():
+                destination = os.path.join(target, relative)
+                sagemaker.utils.validate_path_within_directory(destination, target, source_description=key)
+                os.makedirs(os.path.dirname(destination), exist_ok=True)
+                shutil.copyfile(copies[key], destination)  # a copy, not a link: a job may write over its inputs
+            return
+    _original_download_folder(bucket_name, prefix, target, sagemaker_session)
+
+
 class _TuningStepExecutor(local_pipeline._StepExecutor):
     """CreateHyperParameterTuningJob with the step's evaluated arguments, run by LocalTuningJob."""
 
@@ -204,6 +294,8 @@ def install() -> None:
     local_pipeline._StepExecutorFactory.get = _executor_for
     entities._LocalPipelineExecutionStep.__init__ = _step_init
     entities._LocalPipelineExecution._initialize_step_execution = _initialize_step_execution
+    sagemaker.local.utils.move_to_destination = _move_to_destination
+    sagemaker.utils.download_folder = _download_folder
     validate_config_once()
 
 
