@@ -473,9 +473,12 @@ def discovered_configs(overrides: list[str] | None = None) -> Iterator[tuple[Pat
             yield path, config
 
 
+INVALID_CONFIG_EXIT = 2  # `python -m pipelines.config`'s exit code for an invalid config (any other: it broke)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipelines.config FILE [FIELD.PATH=VALUE ...]`: exit 0 when the config is valid, else 2
-    and why (what `sagegate run` asks its job server, which has scikit-learn imported already)."""
+    """`python -m pipelines.config FILE [FIELD.PATH=VALUE ...]`: exit 0 when the config is valid, else
+    INVALID_CONFIG_EXIT and why (what `sagegate run` asks its job server, which has scikit-learn imported already)."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.config", description="check a model config")
     parser.add_argument("file", help="the model YAML")
     parser.add_argument("overrides", nargs="*", default=[], metavar="FIELD.PATH=VALUE", help="as `sagegate run --set`")
@@ -484,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         load_config(args.file, args.overrides)
     except ConfigError as error:
         print(error, file=sys.stderr)
-        return 2
+        return INVALID_CONFIG_EXIT
     return 0
 
 

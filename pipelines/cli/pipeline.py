@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from pipelines.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     AddParser,
     add_common,
     model_config,
@@ -24,7 +23,7 @@ from pipelines.cli.common import (
     report_skipped,
 )
 from pipelines.cli.gate import print_verdict
-from pipelines.config import ConfigError, ModelConfig, check_estimator, read_config
+from pipelines.config import INVALID_CONFIG_EXIT, ConfigError, ModelConfig, check_estimator, read_config
 from pipelines.state import Project, StateHome
 
 if TYPE_CHECKING:  # the work modules import the SageMaker SDK: loaded by the commands that need them
@@ -179,7 +178,7 @@ def run_command(args: argparse.Namespace) -> int:
             def checked() -> None:
                 code, output = check.result()
                 if code:
-                    raise (ConfigError if code == EXIT_USAGE else RunError)(output.strip())
+                    raise (ConfigError if code == INVALID_CONFIG_EXIT else RunError)(output.strip())
 
             from pipelines.definition import TRAIN_STEP, TUNE_STEP
 
