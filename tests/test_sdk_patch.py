@@ -15,6 +15,7 @@ from sagemaker.local import image
 
 from pipelines.local import sdk_patch
 from pipelines.local.pins import PINNED
+from tests.conftest import MODELS
 
 
 def test_sagemaker_is_the_pinned_version_and_below_3():
@@ -137,3 +138,36 @@ def test_a_step_reads_what_an_earlier_step_uploaded_from_the_run_s_copy_while_s3
         assert (again / "test.csv").read_bytes() == splits["test/test.csv"]  # the run's copy is not the job's
         assert (model_again / "model.tar.gz").read_bytes() == b"model-2"  # S3's object, not the stale copy
         assert gets == ["run/job/output/model.tar.gz"]
+
+
+def test_the_executor_uses_the_step_graph_its_execution_built_and_is_otherwise_the_sdk_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK builds the step graph twice as an execution starts (~0.1 s each): once for the execution,
+    once for its executor. The patched executor takes the execution's and sets up what the SDK's does."""
+    from sagemaker.local.pipeline import LocalPipelineExecutor
+    from sagemaker.workflow.pipeline import PipelineGraph
+
+    from pipelines.config import load_config
+    from pipelines.definition import build_pipeline
+    from pipelines.local.s3 import LocalS3
+    from pipelines.sessions import local_session
+    from pipelines.state import Project, StateHome
+
+    project = Project()
+    with LocalS3(StateHome(tmp_path / "state").ensure()) as s3:
+        s3.ensure_bucket(project.bucket)
+        session = local_session(project, "breast-cancer", tmp_path / "jobs")  # installs the patch
+        pipeline = build_pipeline(load_config(MODELS / "breast-cancer.yaml"), project, session, local=True)
+        graph = PipelineGraph.from_pipeline(pipeline)  # as the execution builds it (its steps upload their code)
+        execution = type("Execution", (), {"pipeline": pipeline, "pipeline_dag": graph})()
+        builds: list[object] = []
+        build = PipelineGraph.from_pipeline
+        monkeypatch.setattr(PipelineGraph, "from_pipeline", classmethod(lambda cls, p: builds.append(p) or build(p)))
+        ours = LocalPipelineExecutor(execution, session)
+        assert builds == [] and ours.pipeline_dag is graph
+        theirs = LocalPipelineExecutor.__new__(LocalPipelineExecutor)
+        sdk_patch._original_executor_init(theirs, execution, session)
+    assert builds == [pipeline]  # the SDK's own set-up builds it again
+    assert sorted(vars(ours)) == sorted(vars(theirs))  # an upgrade that sets up more fails here
+    assert [step.name for step in ours.pipeline_dag] == [step.name for step in theirs.pipeline_dag]

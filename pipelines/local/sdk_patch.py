@@ -6,10 +6,11 @@ the SDK does (input download, config files, volume layout, artifact upload) and 
 only the command it launches: `_compose()` returns a call to `pipelines.local.container`,
 which runs the job as a subprocess from that same compose file. The executor's step factory also
 gets TuningStep (which it refuses): `pipelines.local.tuning` runs it, and the step's list-steps
-metadata names the tuning job as on AWS. Also patched: the compose
-binary lookup (there is no Docker), the ECR login (no registry), and the credential probe; and
-the SDK-defaults validation, which the SDK repeats against its JSON schema on every config
-lookup (hundreds per run): each distinct config is validated once. And the S3 transfers between
+metadata names the tuning job as on AWS. Also patched: the compose binary lookup (there is no
+Docker), the ECR login (no registry), and the credential probe; the executor's second build of the
+step graph its execution has just built; and the SDK-defaults validation, which the SDK repeats
+against its JSON schema on every config lookup (hundreds per run): each distinct config is
+validated once. And the S3 transfers between
 steps: every output a job uploads is also kept in the run's container root (a hard link of the file
 the SDK deletes after its upload), and a later step's download of that object is a local copy of it
 when S3 still holds what was uploaded (the same ETag and size); anything else is downloaded.
@@ -64,6 +65,7 @@ _EXPECTED_SIGNATURES = {
     (local_pipeline, "_StepExecutorFactory.get"): ["self", "step"],
     (entities, "_LocalPipelineExecution._initialize_step_execution"): ["self", "steps"],
     (local_pipeline, "_StepExecutor.__init__"): ["self", "pipeline_executor", "step"],
+    (local_pipeline, "LocalPipelineExecutor.__init__"): ["self", "execution", "sagemaker_session"],
     (entities, "_LocalPipelineExecutionStep.__init__"): [
         "self",
         "name",
@@ -91,6 +93,7 @@ _original_create_training_job = local_session.LocalSagemakerClient.create_traini
 _original_validate = sagemaker.utils.validate_sagemaker_config
 _original_executor_for = local_pipeline._StepExecutorFactory.get
 _original_step_init = entities._LocalPipelineExecutionStep.__init__
+_original_executor_init = local_pipeline.LocalPipelineExecutor.__init__
 _original_initialize = entities._LocalPipelineExecution._initialize_step_execution
 _original_download_folder = sagemaker.utils.download_folder
 _original_move_to_destination = sagemaker.local.utils.move_to_destination
@@ -256,6 +259,17 @@ def _executor_for(self: Any, step: Any) -> Any:
     return _original_executor_for(self, step)
 
 
+def _executor_init(self: Any, execution: Any, sagemaker_session: Any) -> None:
+    """The SDK's executor set-up, without building the step graph again (~0.1 s): the execution built it
+    from the same pipeline a moment before (`tests/test_sdk_patch.py` compares it with the SDK's)."""
+    self.sagemaker_session = sagemaker_session
+    self.execution = execution
+    self.pipeline_dag = execution.pipeline_dag
+    self.local_sagemaker_client = sagemaker_session.sagemaker_client
+    self._blocked_steps = set()
+    self._step_executor_factory = local_pipeline._StepExecutorFactory(self)
+
+
 def _step_init(self: Any, *args: Any, **kwargs: Any) -> None:
     _original_step_init(self, *args, **kwargs)
     self._step_type_to_output_format_map[StepTypeEnum.TUNING] = lambda: {
@@ -292,6 +306,7 @@ def install() -> None:
     image._aws_credentials = _credentials_from_environment
     local_session.LocalSagemakerClient.create_training_job = _create_training_job
     local_pipeline._StepExecutorFactory.get = _executor_for
+    local_pipeline.LocalPipelineExecutor.__init__ = _executor_init
     entities._LocalPipelineExecutionStep.__init__ = _step_init
     entities._LocalPipelineExecution._initialize_step_execution = _initialize_step_execution
     sagemaker.local.utils.move_to_destination = _move_to_destination
