@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from pipelines.statefiles import (
 )
 
 Progress = Callable[[str, str, float | None], None]
+SCRATCH_OWNER = ".owner"  # in a run's job folder: the process token of the run it belongs to
 
 
 class RunError(RuntimeError):
@@ -166,6 +168,30 @@ class _RecordProgress:
         save_record(self.home, self.record)
 
 
+def _scratch_folder(home: StateHome, attempt: str) -> Path:
+    """The run's folder for its jobs (the SDK's container root), removed when the run ends. A run killed
+    outright leaves its own behind (the splits and the model: as large as the data), so each run first
+    removes those of runs whose process is gone. A folder appears with its owner's process token inside
+    (made aside, then renamed): one without is never taken for a dead run's."""
+    home.jobs.mkdir(parents=True, exist_ok=True)
+    for folder in home.jobs.iterdir():
+        try:
+            owner = (folder / SCRATCH_OWNER).read_text()
+        except OSError:
+            continue
+        if not process_alive(owner):
+            shutil.rmtree(folder, ignore_errors=True)
+    aside = Path(tempfile.mkdtemp(dir=home.jobs, prefix=".new-"))
+    (aside / SCRATCH_OWNER).write_text(process_token())
+    scratch = home.jobs / attempt
+    try:
+        os.rename(aside, scratch)
+    except OSError:  # a caller's attempt id whose folder exists already: it is this run's now
+        shutil.rmtree(aside, ignore_errors=True)
+        (scratch / SCRATCH_OWNER).write_text(process_token())
+    return scratch
+
+
 def _read_in_place(config: ModelConfig, scratch: Path) -> dict[str, str]:
     """file:// sources for the run's local data files: SageMaker's local mode reads a file:// input where
     it is, so the preprocessing job does not wait for the data's upload nor download it back (0.6 s and
@@ -210,7 +236,7 @@ def run_local(
     started = time.monotonic()
     attempt = attempt or uuid.uuid4().hex[:12]
     logs = attempt_logs(home, attempt)
-    scratch = home.jobs / attempt  # this run's job containers; concurrent runs have their own
+    scratch = _scratch_folder(home, attempt)  # this run's job containers; concurrent runs have their own
     record = RunRecord.starting(
         config,
         project,
@@ -221,7 +247,6 @@ def run_local(
         artifacts={"logs": str(logs)},
     )
     logs.mkdir(parents=True, exist_ok=True)
-    scratch.mkdir(parents=True, exist_ok=True)
     failure_log = logs / "failures.jsonl"
     job_environment = SavedEnvironment()
     job_environment.set(

@@ -110,6 +110,7 @@ def test_sigkill_at_each_step_leaves_a_consistent_state(tmp_path: Path, shared: 
     # no job outlives the killed run (they die with their parent), so nothing registers later
     wait_for(lambda: not job_processes(home), "the killed run's jobs to exit", 20)
     versions = assert_registry_consistent(home)
+    assert (home.jobs / killed["attempt"]).is_dir() == (step != "gate")  # what the kill left behind
     records, problems = list_records(home)
     assert problems == []
     shown = {r.attempt: r for r in records}[killed["attempt"]]
@@ -130,6 +131,7 @@ def test_sigkill_at_each_step_leaves_a_consistent_state(tmp_path: Path, shared: 
     assert int(record["registered_version"]) == max(int(v) for v in [*versions, "0"]) + 1
     assert record["deployment"]["status"] == "SUCCEEDED", record["deployment"]
     assert assert_registry_consistent(home)[-1] == record["registered_version"]
+    assert list(home.jobs.iterdir()) == []  # the good run also removed the killed run's job folder
     listing = subprocess.run(sagegate_command("runs"), capture_output=True, text=True, env=environment(home))
     assert killed["attempt"] in listing.stdout or killed["run_id"] in listing.stdout
     assert record["run_id"] in listing.stdout
