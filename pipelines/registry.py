@@ -36,10 +36,14 @@ def ensure_experiment(home: StateHome, name: str) -> None:
                 raise
 
 
-def store_template() -> Path:
+def store_template() -> Path | None:
     """An empty store with MLflow's schema, one per MLflow version, in the user's cache (as matplotlib
-    keeps its font cache): migrating a new store runs MLflow's ~60 schema migrations, ~1.3 s."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sagegate"
+    keeps its font cache): migrating a new store runs MLflow's ~60 schema migrations, ~1.3 s. None for a
+    user with no cache to name (no XDG_CACHE_HOME, no HOME, no passwd entry): stores are migrated in place."""
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sagegate"
+    except RuntimeError:  # Path.home(): "Could not determine home directory."
+        return None
     return cache / f"mlflow-{installed_version('mlflow')}.db"
 
 
@@ -48,11 +52,10 @@ def prepare_store(home: StateHome) -> None:
     commands starting together on a fresh state folder: the first copies, under the store's lock."""
     if home.mlflow_db.is_file():
         return
-    template = store_template()
+    source = store_template()
     try:
-        if not template.is_file():
-            _migrated(template)
-        source = template
+        if source is not None and not source.is_file():
+            _migrated(source)
     except Exception:  # no writable cache (OSError, or sqlite's own error): migrated in place instead
         source = None
     home.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,8 @@ class PreparedStore:
     def __init__(self, home: StateHome) -> None:
         self.process: subprocess.Popen[str] | None = None
         self.error: str | None = None
-        if home.mlflow_db.is_file() or store_template().is_file():
+        template = store_template()
+        if home.mlflow_db.is_file() or template is None or template.is_file():
             try:
                 prepare_store(home)
             except (OSError, sqlite3.Error) as error:

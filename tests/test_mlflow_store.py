@@ -77,3 +77,22 @@ def test_without_a_writable_cache_the_store_is_migrated_in_place(tmp_path: Path,
         assert connection.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
     ensure_experiment(home, "model")
     assert "model" in experiments(home)
+
+
+def test_a_user_with_no_cache_to_name_gets_a_store_migrated_in_place(tmp_path: Path, monkeypatch) -> None:
+    """No XDG_CACHE_HOME, no HOME and no passwd entry (a bare container user): `Path.home()` raises."""
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert store_template() is None
+    home = StateHome(tmp_path / "state").ensure()
+    store = PreparedStore(home)
+    assert store.problem() is None
+    with sqlite3.connect(home.mlflow_db) as connection:
+        assert connection.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
+    ensure_experiment(home, "model")
+    assert "model" in experiments(home)
