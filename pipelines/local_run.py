@@ -40,6 +40,7 @@ from pipelines.statefiles import (
     process_token,
     read_json,
     read_records,
+    write_bytes,
     write_json,
 )
 
@@ -188,7 +189,7 @@ def _scratch_folder(home: StateHome, attempt: str) -> Path:
         os.rename(aside, scratch)
     except OSError:  # a caller's attempt id whose folder exists already: it is this run's now
         shutil.rmtree(aside, ignore_errors=True)
-        (scratch / SCRATCH_OWNER).write_text(process_token())
+        write_bytes(scratch / SCRATCH_OWNER, process_token().encode())  # visible already: replaced whole
     return scratch
 
 

@@ -107,13 +107,14 @@ def _publish(database: Path, write: Callable[[Path], object]) -> None:
 class PreparedStore:
     """`prepare_store` before the register job needs it. A copy of the template takes milliseconds and is
     made at once; the first run on a machine makes the template (MLflow's import and migrations, ~3 s) in a
-    process of its own while the caller builds its run (`problem()` waits)."""
+    process of its own while the caller builds its run (`problem()` waits), as does a user with no cache,
+    whose store is migrated in place there."""
 
     def __init__(self, home: StateHome) -> None:
         self.process: subprocess.Popen[str] | None = None
         self.error: str | None = None
         template = store_template()
-        if home.mlflow_db.is_file() or template is None or template.is_file():
+        if home.mlflow_db.is_file() or (template is not None and template.is_file()):
             try:
                 prepare_store(home)
             except (OSError, sqlite3.Error) as error:

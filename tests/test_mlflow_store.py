@@ -90,8 +90,7 @@ def test_a_user_with_no_cache_to_name_gets_a_store_migrated_in_place(tmp_path: P
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
     assert store_template() is None
     home = StateHome(tmp_path / "state").ensure()
-    store = PreparedStore(home)
-    assert store.problem() is None
+    prepare_store(home)  # in this process, where there is no home (a `PreparedStore` migrates in a child)
     with sqlite3.connect(home.mlflow_db) as connection:
         assert connection.execute("SELECT count(*) FROM alembic_version").fetchone() == (1,)
     ensure_experiment(home, "model")
