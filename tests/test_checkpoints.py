@@ -51,7 +51,8 @@ def test_a_resumed_forest_is_the_forest_an_uninterrupted_fit_grows(tmp_path: Pat
         hyperparameters = {"n_estimators": trees, "random_state": 7, "max_depth": 4}
         model = train.build_estimator(args.model_class, hyperparameters)
         folder.mkdir(exist_ok=True)
-        return train.fit_in_stages(model, features, target, folder, train.fingerprint(args, hyperparameters, csv))
+        scaled = train.scale_in_place(model, features.to_numpy(dtype="float64", copy=True), list(features.columns))
+        return train.fit_in_stages(model, scaled, target, folder, train.fingerprint(args, hyperparameters, csv))
 
     whole = fit(tmp_path / "whole", 50)
     fit(tmp_path / "resumed", 20)  # a job that got to 20 trees

@@ -135,6 +135,44 @@ def test_training_script_takes_hyperparameters_as_sagemaker_passes_them(tmp_path
     assert (model_dir / "model.joblib").stat().st_size > 0
 
 
+@pytest.mark.parametrize("ending", ["\n", ""], ids=["newline-terminated", "unterminated"])
+@pytest.mark.parametrize("labels", [(0, 1), ("no", "yes")], ids=["numeric", "text"])
+def test_the_job_fits_the_model_pipeline_fit_makes_from_the_frame(tmp_path, monkeypatch, ending, labels):
+    """Read into one array and scaled in place, the job's model is the one `Pipeline.fit` makes from the frame."""
+    import joblib
+    import numpy as np
+
+    random = np.random.default_rng(3)
+    rows = pd.DataFrame(random.normal(size=(250_123, 3)), columns=["a", "b", "c"])  # 3 chunks, the last partial
+    rows["label"] = np.where(rows["a"] + random.normal(size=len(rows)) > 0, *labels[::-1])
+    folders = {name: tmp_path / name for name in ("train", "schema", "model")}
+    for folder in folders.values():
+        folder.mkdir()
+    (folders["train"] / "train.csv").write_text(rows.to_csv(index=False).removesuffix("\n") + ending)
+    schema = {"task": "classification", "target": "label", "features": ["c", "a", "b"]}  # not the file's order
+    (folders["schema"] / "schema.json").write_text(json.dumps(schema))
+    for name, folder in (("SM_MODEL_DIR", "model"), ("SM_CHANNEL_TRAIN", "train"), ("SM_CHANNEL_SCHEMA", "schema")):
+        monkeypatch.setenv(name, str(folders[folder]))
+    hyperparameters = {"n_estimators": 3, "max_depth": 4, "random_state": 0}
+    train.main(["--model_class", "sklearn.ensemble.RandomForestClassifier", "--n_estimators", "3", "--max_depth", "4",
+                "--random_state", "0"])  # fmt: skip
+    expected = train.build_estimator("sklearn.ensemble.RandomForestClassifier", hyperparameters)
+    frame = pd.read_csv(folders["train"] / "train.csv")  # what the job fitted on before: the parsed frame
+    expected.fit(frame[schema["features"]], frame["label"])
+    fitted = joblib.load(folders["model"] / "model.joblib")
+    for name in ("mean_", "var_", "scale_", "n_samples_seen_", "feature_names_in_"):
+        np.testing.assert_array_equal(getattr(fitted["scale"], name), getattr(expected["scale"], name))
+    assert len(fitted["model"].estimators_) == len(expected["model"].estimators_) == 3
+    for tree, same in zip(fitted["model"].estimators_, expected["model"].estimators_, strict=True):
+        state, expected_state = tree.tree_.__getstate__(), same.tree_.__getstate__()
+        assert state.keys() == expected_state.keys()
+        for key, value in state.items():
+            np.testing.assert_array_equal(value, expected_state[key], err_msg=key)
+    np.testing.assert_array_equal(fitted.predict_proba(frame[schema["features"]]),
+                                  expected.predict_proba(frame[schema["features"]]))  # fmt: skip
+    assert list(fitted.feature_names_in_) == schema["features"]
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
