@@ -259,6 +259,23 @@ def test_realtime_scales_to_zero_and_back(served) -> None:
     assert len(after["cold_starts_seconds"]) == min(10, starts + 1)  # and its start was recorded as a cold start
 
 
+def test_model_latency_leaves_out_the_model_servers_cold_start(served) -> None:
+    """SageMaker's ModelLatency never counts provisioning: the request that started a model server
+    records the start as a cold start, and only the model's answer as its latency (what a rollout's
+    p99 latency alarm judges)."""
+    home = served
+    cold = Project(prefix="coldtest")  # its own endpoint: a model no request has reached
+    provision_local(breast_cancer("deployment.type=realtime"), cold, home, register(home, 20, cold))
+    runtime(home).invoke_endpoint(
+        EndpointName=cold.endpoint_name("breast-cancer", "realtime"), ContentType="text/csv", Body=csv(ROWS)
+    )
+    component = cold.inference_component_name("breast-cancer")
+    model = EndpointManager(home, cold).snapshot()["inference_components"][component]["Specification"]["ModelName"]
+    seen = metrics(home, lambda m: m["models"].get(model, {}).get("invocations") == 1)
+    (start,) = seen["servers"][model]["cold_starts_seconds"]
+    assert seen["models"][model]["p99_ms"] < 1000 * start / 2, (seen["models"][model], start)
+
+
 class Load:
     """Clients invoking an endpoint in a loop until stopped; every outcome recorded."""
 

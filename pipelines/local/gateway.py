@@ -151,8 +151,9 @@ class Gateway:
         limit = self._concurrency_slot(endpoint_name, chosen.max_concurrency) if chosen.max_concurrency else None
         server = self._server(chosen.model, chosen.workers, chosen.cooldown)
         server.enter()
-        started = time.perf_counter()
         try:
+            await server.ready()  # a cold start (recorded as one) is not the model's latency
+            started = time.perf_counter()
             forwarded = {
                 "Content-Type": headers.get("content-type", "application/json"),
                 "Accept": headers.get("accept", "application/json"),

@@ -241,6 +241,12 @@ class ModelServer:
             self.cold_starts.append(round(cold, 3))
             return cold
 
+    async def ready(self) -> None:
+        """Started, off the event loop, when it is not running. The gateway awaits this before it times
+        a request: SageMaker's ModelLatency never counts provisioning, so a cold start is not latency."""
+        if not self.running:
+            await asyncio.get_running_loop().run_in_executor(None, self.ensure_started)
+
     def _ping(self) -> bool:
         try:
             connection = UnixConnection(str(self.socket), timeout=2)
