@@ -59,17 +59,35 @@ def test_a_verified_conversion_is_kept_and_answers_as_scikit_learn():
     }
 
 
-def test_verification_refuses_a_conversion_that_changes_a_label():
+def test_verification_refuses_a_conversion_that_changes_a_label(monkeypatch):
     model = fitted(RandomForestClassifier(20, random_state=0), BREAST_CANCER["label"])
     # another model's conversion: a real ONNX graph that labels some rows differently
     other = fitted(LogisticRegression(C=1e-4), BREAST_CANCER["label"])
     converted = register.compile_onnx(other, metadata("LogisticRegression"), BREAST_CANCER)[0]
     assert converted is not None
-    differ = int((model.predict(BREAST_CANCER[FEATURES]) != other.predict(BREAST_CANCER[FEATURES])).sum())
-    assert differ > 0
+    changed = np.flatnonzero(model.predict(BREAST_CANCER[FEATURES]) != other.predict(BREAST_CANCER[FEATURES]))
+    assert len(changed) > 0
+    monkeypatch.setattr(register, "VERIFY_BATCH_ROWS", 100)  # 569 rows: the count spans six batches
     reason = register.verify(model, converted, BREAST_CANCER[FEATURES], "classification")
-    assert reason is not None and reason.startswith(f"ONNX changes the label of {differ} of {len(BREAST_CANCER)}")
+    assert reason is not None
+    assert reason.startswith(
+        f"ONNX changes the label of {len(changed)} of {len(BREAST_CANCER)} test rows (row {changed[0]}:"
+    )
     assert register.verify(other, converted, BREAST_CANCER[FEATURES], "classification") is None
+
+
+def test_onnx_runtime_answers_the_split_in_batches_as_it_answers_it_whole(monkeypatch):
+    import onnxruntime
+
+    model = fitted(RandomForestClassifier(30, max_depth=6, random_state=0), BREAST_CANCER["label"])
+    converted = register.compile_onnx(model, metadata("RandomForestClassifier"), BREAST_CANCER)[0]
+    session = onnxruntime.InferenceSession(converted, providers=["CPUExecutionProvider"])
+    whole = session.run(None, {session.get_inputs()[0].name: BREAST_CANCER[FEATURES].to_numpy(dtype=np.float64)})
+    monkeypatch.setattr(register, "VERIFY_BATCH_ROWS", 64)  # 569 rows: eight full batches and a short one
+    batched = register.onnx_answers(session, BREAST_CANCER[FEATURES])
+    assert len(batched) == len(whole) == 2
+    for part, full in zip(batched, whole, strict=True):
+        assert part.shape == full.shape and np.array_equal(part, full)
 
 
 def test_verification_refuses_predictions_outside_the_tolerance():
