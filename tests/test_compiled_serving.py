@@ -15,6 +15,7 @@ from types import ModuleType
 import boto3
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -193,17 +194,20 @@ def test_tolerance_is_relative_above_one_and_absolute_below():
     assert register.mismatch(expected, expected + np.array([0, 0, 2e-2]), "predictions") is not None
 
 
-def test_a_bagged_forest_converts_to_the_same_graph_without_redrawing_its_samples():
+@pytest.mark.parametrize("bootstrap", [True, False])
+def test_a_forest_converts_to_the_same_graph_without_computing_its_sample_indices(bootstrap: bool):
     from skl2onnx import to_onnx
 
-    model = fitted(RandomForestClassifier(10, max_depth=4, random_state=3), BREAST_CANCER["label"])
-    forest = model.steps[-1][1]
+    forest = RandomForestClassifier(10, max_depth=4, bootstrap=bootstrap, random_state=3)
+    model = fitted(forest, BREAST_CANCER["label"])
     sample = BREAST_CANCER[FEATURES].to_numpy(dtype=np.float32)[:1]
     options = {"zipmap": False}
-    shallow = register.without_bootstrap(forest)
-    assert shallow is not forest and not shallow.bootstrap and forest.bootstrap  # the fitted model is untouched
-    assert shallow.estimators_ is forest.estimators_
+    shallow = register.without_sample_indices(forest)
+    assert shallow is not forest and shallow.estimators_ is forest.estimators_
+    assert not hasattr(shallow, "estimators_samples_")  # what skl2onnx would compute, tree by tree
+    assert [len(rows) for rows in forest.estimators_samples_] == [len(BREAST_CANCER)] * 10  # the model is untouched
     original = to_onnx(forest, sample, options=options, target_opset=register.ONNX_OPSETS).SerializeToString()
     assert to_onnx(shallow, sample, options=options, target_opset=register.ONNX_OPSETS).SerializeToString() == original
+    assert model.steps[-1][1] is forest
     linear = LogisticRegression()
-    assert register.without_bootstrap(linear) is linear
+    assert register.without_sample_indices(linear) is linear
