@@ -134,7 +134,7 @@ def verify(model: Any, onnx_bytes: bytes, features: pd.DataFrame, task: str) -> 
 
 
 def without_sample_indices(estimator: Any) -> Any:
-    """A bagged forest as skl2onnx should see it. Resolving options, skl2onnx reads every public fitted
+    """A forest as skl2onnx should see it. Resolving options, skl2onnx reads every public fitted
     attribute, and a forest computes `estimators_samples_` on each read from its training-set size:
     each tree's bootstrap sample redrawn (0.77 s of a 50-tree forest on 140k rows, twice) or, without
     bootstrapping, each tree's row numbers (140 MB at 700k rows). A shallow copy without that size
