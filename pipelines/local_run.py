@@ -28,7 +28,7 @@ from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
 from pipelines.local.container import CODE_CACHE_VARIABLE
 from pipelines.local.s3 import LocalS3, staged_in_background
-from pipelines.local.sdk_patch import GRAPH_MESSAGE
+from pipelines.local.sdk_patch import GRAPH_MESSAGE, uploads_behind
 from pipelines.local.tuning import logger as tuning_progress
 from pipelines.local.tuning import trials_table
 from pipelines.registry import PreparedStore
@@ -309,7 +309,8 @@ def run_local(
             problem = store.problem()
             if problem:
                 raise RunError(f"the MLflow store {home.mlflow_db} could not be prepared: {problem}")
-            execution = pipeline.start(parameters=values)
+            with uploads_behind(session):  # each step's outputs reach S3 while the next step runs
+                execution = pipeline.start(parameters=values)
             _record(record, execution, session, config, project, s3, failure_log)
             staging.result()
             if record.tuning:

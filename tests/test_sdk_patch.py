@@ -202,3 +202,91 @@ def test_the_executor_uses_the_step_graph_its_execution_built_and_is_otherwise_t
     assert builds == [pipeline]  # the SDK's own set-up builds it again
     assert sorted(vars(ours)) == sorted(vars(theirs))  # an upgrade that sets up more fails here
     assert [step.name for step in ours.pipeline_dag] == [step.name for step in theirs.pipeline_dag]
+
+
+def test_within_a_run_outputs_upload_behind_it_the_next_step_copies_them_and_s3_reads_wait(tmp_path: Path) -> None:
+    """`uploads_behind`: a job's outputs are moved (the SDK's keys, its clean-up) before S3 holds them; a later
+    step copies them meanwhile, the executor's own S3 reads (JsonGet) wait for them, and leaving the block
+    leaves S3 holding every one of them."""
+    import threading
+
+    from botocore.exceptions import ClientError
+    from sagemaker.local.utils import move_to_destination
+    from sagemaker.utils import download_folder
+
+    from pipelines.local.s3 import LocalS3
+    from pipelines.sessions import local_session
+    from pipelines.state import Project, StateHome
+
+    home, project = StateHome(tmp_path / "state").ensure(), Project()
+    outputs = {"train/train.csv": os.urandom(9 * 1024 * 1024), "evaluation.json": b'{"metrics": {"f1": 0.9}}'}
+    folder = tmp_path / "out"
+    for relative, body in outputs.items():
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(body)
+    uploading, release, gets = threading.Event(), threading.Event(), []
+
+    def held(**_: object) -> None:  # every write to S3 waits for the test
+        uploading.set()
+        assert release.wait(60), "the test never released the upload"
+
+    with LocalS3(home) as s3:
+        s3.ensure_bucket(project.bucket)
+        session = local_session(project, "m", tmp_path / "jobs")
+        events = session.s3_resource.meta.client.meta.events
+        for operation in ("PutObject", "CreateMultipartUpload"):
+            events.register(f"before-call.s3.{operation}", held)
+        events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
+        with sdk_patch.uploads_behind(session):
+            uri = move_to_destination(str(folder), f"s3://{project.bucket}/run/eval", "", session)
+            assert not folder.exists()  # the SDK's clean-up, as before
+            assert uploading.wait(30)
+            with pytest.raises(ClientError):  # S3 does not hold it yet
+                s3.client.head_object(Bucket=project.bucket, Key="run/eval/evaluation.json")
+            copied = tmp_path / "in"
+            copied.mkdir()
+            download_folder(project.bucket, "run/eval", str(copied), session)
+            assert {str(p.relative_to(copied)): p.read_bytes() for p in copied.rglob("*") if p.is_file()} == outputs
+            assert gets == []  # the run's copy, while the upload waits
+
+            read: list[str] = []
+            reader = threading.Thread(
+                target=lambda: read.append(session.read_s3_file(project.bucket, "run/eval/evaluation.json"))
+            )
+            reader.start()
+            reader.join(0.5)
+            assert reader.is_alive() and not read  # the JsonGet read waits for the upload instead of failing
+            release.set()
+            reader.join(30)
+            assert read == [outputs["evaluation.json"].decode()]
+        for relative, body in outputs.items():
+            assert s3.read(f"{uri}/{relative}") == body
+        assert "read_s3_file" not in vars(session)  # the session's own method again
+
+
+def test_an_upload_behind_the_run_that_fails_fails_the_run_naming_the_object(tmp_path: Path) -> None:
+    from sagemaker.local.utils import move_to_destination
+
+    from pipelines.local.s3 import LocalS3
+    from pipelines.sessions import local_session
+    from pipelines.state import Project, StateHome
+
+    home, project = StateHome(tmp_path / "state").ensure(), Project()
+
+    def output(name: str) -> str:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.tar.gz").write_bytes(b"model")
+        return str(tmp_path / name)
+
+    with LocalS3(home) as s3:
+        s3.ensure_bucket(project.bucket)
+        session = local_session(project, "m", tmp_path / "jobs")
+        failure = r"uploading s3://no-such-bucket/run/job/output/model\.tar\.gz failed: S3UploadFailedError"
+        with pytest.raises(sdk_patch.UploadError, match=failure):
+            with sdk_patch.uploads_behind(session):
+                move_to_destination(output("a"), "s3://no-such-bucket/run", "job", session, prefix="output")
+        # a block that fails for its own reason raises that, not the upload's
+        with pytest.raises(KeyError, match="the run's own"):
+            with sdk_patch.uploads_behind(session):
+                move_to_destination(output("b"), "s3://no-such-bucket/run", "job", session, prefix="output")
+                raise KeyError("the run's own")

@@ -13,7 +13,9 @@ against its JSON schema on every config lookup (hundreds per run): each distinct
 validated once, and without re-checking the SDK's constant schema itself first. And the S3 transfers between
 steps: every output a job uploads is also kept in the run's container root (a hard link of the file
 the SDK deletes after its upload), and a later step's download of that object is a local copy of it
-when S3 still holds what was uploaded (the same ETag and size); anything else is downloaded.
+when S3 still holds what was uploaded (the same ETag and size); anything else is downloaded. Within
+`uploads_behind(session)` (a local run) those uploads go on behind the run instead of between its
+steps: a later step copies the kept files, and anything that reads S3 itself waits for them first.
 
 The patched names are private, so the SDK is pinned exactly; `tests/test_sdk_patch.py`
 fails if an upgrade moves or reshapes any of them.
@@ -28,6 +30,9 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -103,6 +108,13 @@ KEPT_OUTPUTS = ".uploaded"  # in a run's container root: the files its jobs uplo
 # container root -> (bucket, key) -> (kept file, ETag, size); only roots that still exist are kept
 _uploaded: dict[str, dict[tuple[str, str], tuple[Path, str, int]]] = {}
 _uploaded_lock = threading.Lock()
+# container root -> its uploads behind the run: (bucket, key) -> (kept file, the upload storing it)
+_behind: dict[str, dict[tuple[str, str], tuple[Path, Future[None]]]] = {}
+_uploaders: dict[str, ThreadPoolExecutor] = {}
+
+
+class UploadError(RuntimeError):
+    """A job's output, uploaded behind the run, did not reach S3."""
 
 
 class SdkPatchError(RuntimeError):
@@ -192,11 +204,19 @@ def _listed(session: Any, bucket: str, prefix: str) -> dict[str, tuple[str, int]
     return {item["Key"]: (item["ETag"], item["Size"]) for page in pages for item in page.get("Contents", [])}
 
 
-def _move_to_destination(source: str, destination: str, job_name: str, sagemaker_session: Any, prefix: str = "") -> str:
-    """The SDK's upload (which deletes `source`), the files first hard-linked beside the run."""
-    root, target = _container_root(sagemaker_session), urlparse(destination)
-    if not root or target.scheme != "s3" or not os.path.isdir(source):
-        return _original_move_to_destination(source, destination, job_name, sagemaker_session, prefix)
+class _UploadCall:
+    """Stands in for the session in the SDK's `move_to_destination`: records the `upload_data` call it makes
+    (the SDK's bucket and key prefix), so that the upload itself can be made later, from the run's copy."""
+
+    def __init__(self) -> None:
+        self.bucket = self.key_prefix = ""
+
+    def upload_data(self, path: str, bucket: str, key_prefix: str) -> None:
+        self.bucket, self.key_prefix = bucket, key_prefix
+
+
+def _keep(source: str, root: str) -> tuple[Path, dict[str, Path]]:
+    """Hard links of `source`'s files in the run's container root, by relative path (none across devices)."""
     os.makedirs(os.path.join(root, KEPT_OUTPUTS), exist_ok=True)
     kept = Path(tempfile.mkdtemp(dir=os.path.join(root, KEPT_OUTPUTS)))
     links: dict[str, Path] = {}
@@ -210,36 +230,132 @@ def _move_to_destination(source: str, destination: str, job_name: str, sagemaker
             except OSError:  # another file system, say: that file is downloaded as before
                 continue
             links[relative] = link
-    uri = _original_move_to_destination(source, destination, job_name, sagemaker_session, prefix)
-    if links:  # the keys upload_data gave the files, with what S3 now holds under them
-        bucket, _, key_prefix = uri.removeprefix("s3://").partition("/")
-        stored = _listed(sagemaker_session, bucket, key_prefix)
-        keys = {f"{key_prefix}/{relative.replace(os.sep, '/')}": link for relative, link in links.items()}
-        with _uploaded_lock:
-            for gone in [r for r in _uploaded if not os.path.isdir(r)]:
-                del _uploaded[gone]
-            entries = _uploaded.setdefault(root, {})
-            for key, link in keys.items():
-                if key in stored and stored[key][1] == link.stat().st_size:
-                    entries[(bucket, key)] = (link, *stored[key])
+    return kept, links
+
+
+def _remember(root: str, session: Any, bucket: str, key_prefix: str, links: dict[str, Path]) -> None:
+    """Record the kept files S3 now holds under the keys `upload_data` gave them, with their ETags."""
+    stored = _listed(session, bucket, key_prefix)
+    keys = {f"{key_prefix}/{relative.replace(os.sep, '/')}": link for relative, link in links.items()}
+    with _uploaded_lock:
+        for gone in [r for r in _uploaded if not os.path.isdir(r)]:
+            del _uploaded[gone]
+        entries = _uploaded.setdefault(root, {})
+        for key, link in keys.items():
+            if key in stored and stored[key][1] == link.stat().st_size:
+                entries[(bucket, key)] = (link, *stored[key])
+            behind = _behind.get(root, {})
+            if behind.get((bucket, key), (None,))[0] == link:  # not a later upload of the same key
+                del behind[(bucket, key)]
+
+
+def _move_to_destination(source: str, destination: str, job_name: str, sagemaker_session: Any, prefix: str = "") -> str:
+    """The SDK's upload (which deletes `source`), the files first hard-linked beside the run; behind the run
+    when the run asked for it (`uploads_behind`) and every file could be kept."""
+    root, target = _container_root(sagemaker_session), urlparse(destination)
+    if not root or target.scheme != "s3" or not os.path.isdir(source):
+        return _original_move_to_destination(source, destination, job_name, sagemaker_session, prefix)
+    files = sum(len(names) for _, _, names in os.walk(source))
+    kept, links = _keep(source, root)
+    uploader = _uploaders.get(root)
+    if uploader is None or len(links) != files:
+        uri = _original_move_to_destination(source, destination, job_name, sagemaker_session, prefix)
+        if links:
+            bucket, _, key_prefix = uri.removeprefix("s3://").partition("/")
+            _remember(root, sagemaker_session, bucket, key_prefix, links)
+        return uri
+    call = _UploadCall()  # the SDK names the keys and removes `source`; its files live on in `kept`
+    uri = _original_move_to_destination(source, destination, job_name, call, prefix)
+
+    def upload() -> None:
+        sagemaker_session.upload_data(str(kept), call.bucket, call.key_prefix)
+        _remember(root, sagemaker_session, call.bucket, call.key_prefix, links)
+
+    with _uploaded_lock:
+        future = uploader.submit(upload)
+        behind = _behind.setdefault(root, {})
+        for relative, link in links.items():
+            behind[(call.bucket, f"{call.key_prefix}/{relative.replace(os.sep, '/')}")] = (link, future)
     return uri
 
 
+def _caught_up(root: str, bucket: str | None = None, prefix: str = "") -> None:
+    """Wait for the run's uploads behind it (those of keys under `prefix` in `bucket`, if named); raise
+    UploadError naming the first that failed."""
+    with _uploaded_lock:
+        waiting = [
+            (f"s3://{in_bucket}/{key}", future)
+            for (in_bucket, key), (_, future) in _behind.get(root, {}).items()
+            if bucket is None or (in_bucket == bucket and key.startswith(prefix))
+        ]
+    for uri, future in waiting:
+        try:
+            future.result()
+        except Exception as error:
+            raise UploadError(f"uploading {uri} failed: {type(error).__name__}: {error}") from error
+
+
+@contextmanager
+def uploads_behind(session: Any) -> Iterator[None]:
+    """Within it, the session's jobs' outputs upload on a thread of their own while the run goes on: the next
+    step copies the kept files, as it would once uploaded. Whatever reads S3 itself first waits for them
+    (downloads of anything else, the executor's JsonGet reads), and so does leaving, which raises
+    UploadError if an upload failed (unless the block itself raised). One upload at a time: a core's worth."""
+    root = _container_root(session)
+    if not root:
+        raise ValueError("uploads behind a run need the session's local container_root")
+    read_s3_file = session.read_s3_file
+
+    def read_after_uploads(bucket: str, key: str) -> str:
+        _caught_up(root, bucket, key)
+        return read_s3_file(bucket, key)
+
+    with _uploaded_lock:
+        _uploaders[root] = ThreadPoolExecutor(1, thread_name_prefix="upload-behind")
+    session.read_s3_file = read_after_uploads
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        del session.read_s3_file
+        with _uploaded_lock:
+            uploader = _uploaders.pop(root)
+        uploader.shutdown(wait=True)
+        try:
+            _caught_up(root)
+        except UploadError:
+            if not failed:
+                raise
+        finally:
+            with _uploaded_lock:
+                _behind.pop(root, None)
+
+
 def _download_folder(bucket_name: str, prefix: str, target: str, sagemaker_session: Any) -> None:
-    """The SDK's download; objects this run uploaded and S3 still holds as uploaded are copied locally.
+    """The SDK's download; objects this run uploaded (or is uploading behind it) are copied locally, while S3
+    holds them as uploaded. Anything else is downloaded, once the run's uploads behind it are in.
 
     Which objects a prefix names is the SDK's reading: the object itself if one has that exact key,
     else every object whose key starts with it."""
-    with _uploaded_lock:
-        kept = dict(_uploaded.get(_container_root(sagemaker_session) or "", {}))
+    root = _container_root(sagemaker_session) or ""
     key_prefix = prefix.lstrip("/")
-    if kept and any(bucket == bucket_name and key.startswith(key_prefix) for bucket, key in kept):
+    with _uploaded_lock:
+        kept = {key: entry for (bucket, key), entry in _uploaded.get(root, {}).items() if bucket == bucket_name}
+        behind = {
+            key: link
+            for (bucket, key), (link, future) in _behind.get(root, {}).items()
+            if bucket == bucket_name and not (future.done() and future.exception())
+        }
+    if any(key.startswith(key_prefix) for key in [*kept, *behind]):
         stored = _listed(sagemaker_session, bucket_name, key_prefix)
-        if not key_prefix.endswith("/") and key_prefix in stored:
+        names = set(stored) | {key for key in behind if key.startswith(key_prefix)}
+        if not key_prefix.endswith("/") and key_prefix in names:
             wanted = {key_prefix: os.path.basename(key_prefix)}
         else:
-            wanted = {k: k[len(key_prefix) :].lstrip("/") for k in stored if not k.endswith("/")}
-        copies = {k: kept[(bucket_name, k)][0] for k in wanted if kept.get((bucket_name, k), ())[1:] == stored[k]}
+            wanted = {k: k[len(key_prefix) :].lstrip("/") for k in names if not k.endswith("/")}
+        copies = {k: behind[k] for k in wanted if k in behind}
+        copies |= {k: kept[k][0] for k in wanted if k not in copies and kept.get(k, ())[1:] == stored.get(k)}
         if wanted and len(copies) == len(wanted) and all(path.is_file() for path in copies.values()):
             for key, relative in wanted.items():
                 destination = os.path.join(target, relative)
@@ -247,6 +363,7 @@ def _download_folder(bucket_name: str, prefix: str, target: str, sagemaker_sessi
                 os.makedirs(os.path.dirname(destination), exist_ok=True)
                 shutil.copyfile(copies[key], destination)  # a copy, not a link: a job may write over its inputs
             return
+    _caught_up(root, bucket_name, key_prefix)  # S3 must hold what the run sent there before it is read
     _original_download_folder(bucket_name, prefix, target, sagemaker_session)
 
 
