@@ -47,6 +47,10 @@ def fitted(estimator: object, target: pd.Series) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("model", estimator)]).fit(BREAST_CANCER[FEATURES], target)
 
 
+def answers(model: Pipeline, task: str = "classification") -> dict:
+    return register.sklearn_answers(model, BREAST_CANCER[FEATURES], task)
+
+
 def metadata(model_class: str, task: str = "classification") -> dict:
     return {"features": FEATURES, "task": task, "classes": [0, 1], "model_class": model_class}
 
@@ -69,12 +73,12 @@ def test_verification_refuses_a_conversion_that_changes_a_label(monkeypatch):
     changed = np.flatnonzero(model.predict(BREAST_CANCER[FEATURES]) != other.predict(BREAST_CANCER[FEATURES]))
     assert len(changed) > 0
     monkeypatch.setattr(register, "VERIFY_BATCH_ROWS", 100)  # 569 rows: the count spans six batches
-    reason = register.verify(model, converted, BREAST_CANCER[FEATURES], "classification")
+    reason = register.verify(answers(model), converted, BREAST_CANCER[FEATURES], "classification")
     assert reason is not None
     assert reason.startswith(
         f"ONNX changes the label of {len(changed)} of {len(BREAST_CANCER)} test rows (row {changed[0]}:"
     )
-    assert register.verify(other, converted, BREAST_CANCER[FEATURES], "classification") is None
+    assert register.verify(answers(other), converted, BREAST_CANCER[FEATURES], "classification") is None
 
 
 def test_onnx_runtime_answers_the_split_in_batches_as_it_answers_it_whole(monkeypatch):
@@ -96,7 +100,7 @@ def test_verification_refuses_predictions_outside_the_tolerance():
     model = fitted(GradientBoostingRegressor(n_estimators=20, random_state=0), target)
     shifted = fitted(GradientBoostingRegressor(n_estimators=21, random_state=0), target)
     converted = register.compile_onnx(shifted, metadata("GradientBoostingRegressor", "regression"), BREAST_CANCER)[0]
-    reason = register.verify(model, converted, BREAST_CANCER[FEATURES], "regression")
+    reason = register.verify(answers(model, "regression"), converted, BREAST_CANCER[FEATURES], "regression")
     assert reason is not None and reason.startswith("ONNX predictions differ by up to")
 
 
@@ -211,3 +215,46 @@ def test_a_forest_converts_to_the_same_graph_without_computing_its_sample_indice
     assert model.steps[-1][1] is forest
     linear = LogisticRegression()
     assert register.without_sample_indices(linear) is linear
+
+
+def test_the_register_job_checks_onnx_against_the_evaluate_job_s_answers_for_the_same_archive(tmp_path):
+    """The evaluate job saves the model's answers on the test split with the archive's sha256; the register job
+    verifies the conversion against them (without asking the forest again), and only for that archive and split."""
+    import joblib
+
+    evaluate = container_module("evaluate", "evaluate.py")
+    model = fitted(RandomForestClassifier(30, max_depth=5, random_state=0), BREAST_CANCER["label"])
+    meta = {**metadata("RandomForestClassifier"), "target": "label"}
+    packed, model_dir, test_dir, output = (tmp_path / name for name in ("packed", "model", "test", "evaluation"))
+    for folder in (packed, model_dir, test_dir):
+        folder.mkdir()
+    joblib.dump(model, packed / "model.joblib")
+    (packed / "metadata.json").write_text(json.dumps(meta))
+    archive = model_dir / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("model.joblib", "metadata.json"):
+            tar.add(packed / name, arcname=name)
+    BREAST_CANCER.to_csv(test_dir / "test.csv", index=False)
+    evaluate.main(["--model-dir", str(model_dir), "--test-dir", str(test_dir), "--output-dir", str(output)])
+    assert register.ANSWERS == evaluate.ANSWERS
+
+    evaluated = register.evaluated_answers(output, archive, len(BREAST_CANCER))
+    assert evaluated is not None and set(evaluated) == {"predicted", "probabilities"}
+    for name, values in answers(model).items():
+        assert np.array_equal(evaluated[name], values)
+    other = tmp_path / "other.tar.gz"
+    other.write_bytes(archive.read_bytes() + b"\0")  # another archive: its answers are not these
+    assert register.evaluated_answers(output, other, len(BREAST_CANCER)) is None
+    assert register.evaluated_answers(output, archive, len(BREAST_CANCER) - 1) is None
+    assert register.evaluated_answers(tmp_path, archive, len(BREAST_CANCER)) is None  # no answers saved
+
+    def asked(*_: object) -> None:
+        raise AssertionError("the forest was asked again")
+
+    model.predict = model.predict_proba = asked
+    assert register.compile_onnx(model, meta, BREAST_CANCER, evaluated)[1]["runtime"] == "onnx"
+    doctored = {**evaluated, "predicted": evaluated["predicted"].copy()}
+    doctored["predicted"][7] = 1 - doctored["predicted"][7]
+    onnx_bytes, serving = register.compile_onnx(model, meta, BREAST_CANCER, doctored)
+    assert onnx_bytes is None
+    assert serving["reason"].startswith(f"ONNX changes the label of 1 of {len(BREAST_CANCER)} test rows (row 7:")

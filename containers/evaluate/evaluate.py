@@ -9,6 +9,7 @@ Runs on the stock scikit-learn image: imports nothing from `pipelines/`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -26,6 +27,9 @@ from sklearn.inspection import permutation_importance
 
 IMPORTANCE_REPEATS = 3  # shuffles per feature (each costs a predict per feature: ~0.6 s on the bundled example)
 IMPORTANCE_ROWS = 2000  # rows of the test split used at most (permutation importance costs a predict per shuffle)
+# the model's answers on the test split, with the sha256 of the archive that answered: the register job checks
+# its ONNX conversion against them instead of asking the forest again (two passes over the split)
+ANSWERS = "test_answers.npz"
 
 
 def fail(message: str) -> None:
@@ -81,8 +85,9 @@ def classification_report(
         for i, actual in enumerate(classes)
     }
     plots: dict[str, Any] = {"confusion_matrix": (matrix, classes)}
+    answers = {"predicted": labels_array(predicted)}
     if hasattr(model, "predict_proba"):
-        proba = model.predict_proba(x)
+        proba = answers["probabilities"] = model.predict_proba(x)
         if binary:
             scores = proba[:, list(model.classes_).index(positive)]
             values["auc"] = skm.roc_auc_score(y == positive, scores)
@@ -98,7 +103,7 @@ def classification_report(
             )
         section["auc"] = stat(values["auc"])
     kind = "binary_classification_metrics" if binary else "multiclass_classification_metrics"
-    return kind, section, {"values": values, "plots": plots}
+    return kind, section, {"values": values, "plots": plots, "answers": answers}
 
 
 def regression_report(model: Any, x: pd.DataFrame, y: pd.Series) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -111,7 +116,14 @@ def regression_report(model: Any, x: pd.DataFrame, y: pd.Series) -> tuple[str, d
         "r2": skm.r2_score(y, predicted),
     }
     plots = {"residuals": (np.asarray(predicted), np.asarray(y) - np.asarray(predicted))}
-    return "regression_metrics", {name: stat(v) for name, v in values.items()}, {"values": values, "plots": plots}
+    extra = {"values": values, "plots": plots, "answers": {"predicted": np.asarray(predicted)}}
+    return "regression_metrics", {name: stat(v) for name, v in values.items()}, extra
+
+
+def labels_array(predicted: Any) -> np.ndarray:
+    """Labels as an array NumPy saves without pickling: text labels (an object array) as strings."""
+    labels = np.asarray(predicted)
+    return labels.astype(str) if labels.dtype.kind == "O" else labels
 
 
 def scores(model: Any, rows: pd.DataFrame, metadata: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -189,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         model, metadata = load_model(Path(args.model_dir))
+        archive_sha256 = hashlib.sha256((Path(args.model_dir) / "model.tar.gz").read_bytes()).hexdigest()
     except (OSError, tarfile.TarError, KeyError, json.JSONDecodeError) as error:
         fail(f"cannot load the trained model from {args.model_dir}: {error}")
         return
@@ -211,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         "plots": draw(extra["plots"], output),
     }
     (output / "evaluation.json").write_text(json.dumps(report, indent=2))
+    np.savez(output / ANSWERS, model_sha256=np.array(archive_sha256), **extra["answers"])
     print("evaluate: " + ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
 
 

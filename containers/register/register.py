@@ -4,16 +4,18 @@ Runs in every mode (locally against a sqlite store, on AWS against a SageMaker m
 MLflow tracking server ARN), only after the quality gate passed. The fitted pipeline is
 converted to ONNX (skl2onnx) and the conversion is kept only if ONNX Runtime answers the
 held-out test split as scikit-learn does: the same labels, probabilities / predictions within
-`TOLERANCE` (relative, and absolute below 1). The served archive (model.joblib, metadata.json,
-serving.json and, when verified, model.onnx) is uploaded before the version is created, so no
-version ever names an archive that is not there. Runs on the project's runtime image;
-imports nothing from `pipelines/`.
+`TOLERANCE` (relative, and absolute below 1). scikit-learn's answers are the evaluate job's, which
+scored the same archive on the same split (`ANSWERS`, matched by the archive's sha256). The served
+archive (model.joblib, metadata.json, serving.json and, when verified, model.onnx) is uploaded
+before the version is created, so no version ever names an archive that is not there. Runs on the
+project's runtime image; imports nothing from `pipelines/`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import sys
@@ -27,9 +29,10 @@ import numpy as np
 import pandas as pd
 
 TOLERANCE = 1e-5
-# ONNX Runtime answers the test split this many rows at a time: its buffers are one batch's, not the
-# split's (scikit-learn answers it whole: per call, a forest's thread pool costs more than it saves).
+# ONNX Runtime answers the test split this many rows at a time: its buffers are one batch's, not the split's.
 VERIFY_BATCH_ROWS = 10_000
+# written by the evaluate job beside evaluation.json (its ANSWERS): the model's answers on the test split
+ANSWERS = "test_answers.npz"
 # Pinned so a converter upgrade cannot silently change the operators the image's runtime must run.
 ONNX_OPSETS = {"": 18, "ai.onnx.ml": 3}
 
@@ -110,8 +113,29 @@ def onnx_answers(session: Any, features: pd.DataFrame) -> list[np.ndarray]:
     return [np.concatenate(output) for output in zip(*batches, strict=True)]
 
 
-def verify(model: Any, onnx_bytes: bytes, features: pd.DataFrame, task: str) -> str | None:
-    """None if ONNX Runtime answers every test row as the fitted pipeline does, else the reason it does not."""
+def sklearn_answers(model: Any, features: pd.DataFrame, task: str) -> dict[str, np.ndarray]:
+    """What the fitted pipeline answers for every row: its labels (and probabilities), or its predictions."""
+    answers = {"predicted": np.asarray(model.predict(features))}
+    if task == "classification" and hasattr(model, "predict_proba"):
+        answers["probabilities"] = model.predict_proba(features)
+    return answers
+
+
+def evaluated_answers(evaluation_dir: Path, archive: Path, rows: int) -> dict[str, np.ndarray] | None:
+    """The evaluate job's answers (`ANSWERS`), if it scored this very archive on as many rows; else None."""
+    try:
+        with np.load(evaluation_dir / ANSWERS, allow_pickle=False) as saved:
+            answers = {name: saved[name] for name in saved.files}
+    except (OSError, ValueError):  # absent or unreadable: the register job asks the model itself
+        return None
+    scored = str(answers.pop("model_sha256", ""))
+    if scored != hashlib.sha256(archive.read_bytes()).hexdigest() or len(answers.get("predicted", ())) != rows:
+        return None
+    return answers
+
+
+def verify(expected: dict[str, np.ndarray], onnx_bytes: bytes, features: pd.DataFrame, task: str) -> str | None:
+    """None if ONNX Runtime answers every test row as scikit-learn did (`expected`), else the reason it does not."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -119,17 +143,17 @@ def verify(model: Any, onnx_bytes: bytes, features: pd.DataFrame, task: str) -> 
     session = onnxruntime.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     outputs = onnx_answers(session, features)
     if task == "regression":
-        return mismatch(model.predict(features), outputs[0], "predictions")
-    expected, labels = model.predict(features), outputs[0].ravel()
-    changed = np.flatnonzero(expected.astype(str) != labels.astype(str))
+        return mismatch(expected["predicted"], outputs[0], "predictions")
+    predicted, labels = expected["predicted"], outputs[0].ravel()
+    changed = np.flatnonzero(predicted.astype(str) != labels.astype(str))
     if len(changed):
         row = int(changed[0])
         return (
-            f"ONNX changes the label of {len(changed)} of {len(expected)} test rows "
-            f"(row {row}: scikit-learn {expected[row]!r}, ONNX {labels[row]!r})"
+            f"ONNX changes the label of {len(changed)} of {len(predicted)} test rows "
+            f"(row {row}: scikit-learn {predicted[row]!r}, ONNX {labels[row]!r})"
         )
-    if hasattr(model, "predict_proba") and len(outputs) > 1:
-        return mismatch(model.predict_proba(features), outputs[1], "probabilities")
+    if "probabilities" in expected and len(outputs) > 1:
+        return mismatch(expected["probabilities"], outputs[1], "probabilities")
     return None
 
 
@@ -189,16 +213,20 @@ def to_onnx(model: Any, features: pd.DataFrame, task: str) -> bytes:
     return merged.SerializeToString()
 
 
-def compile_onnx(model: Any, metadata: dict[str, Any], test: pd.DataFrame) -> tuple[bytes | None, dict[str, Any]]:
-    """The ONNX model if it converts and verifies on the test split, and the record of why or why not."""
+def compile_onnx(
+    model: Any, metadata: dict[str, Any], test: pd.DataFrame, evaluated: dict[str, np.ndarray] | None = None
+) -> tuple[bytes | None, dict[str, Any]]:
+    """The ONNX model if it converts and answers the test split as scikit-learn does (`evaluated`: the
+    evaluate job's answers for this model, else the model is asked), and the record of why or why not."""
     features = test[metadata["features"]]
     try:
         converted = to_onnx(model, features, metadata["task"])
     except Exception as error:  # skl2onnx raises many types for estimators it does not know
         reason = f"skl2onnx cannot convert {metadata['model_class']}: {_first_line(error)}"
         return None, {"runtime": "sklearn", "reason": reason}
+    expected = evaluated or sklearn_answers(model, features, metadata["task"])
     try:
-        problem = verify(model, converted, features, metadata["task"])
+        problem = verify(expected, converted, features, metadata["task"])
     except Exception as error:  # the runtime refuses the converted graph
         problem = f"ONNX Runtime cannot run the converted {metadata['model_class']}: {_first_line(error)}"
     if problem:
@@ -270,7 +298,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"register: incomplete inputs, nothing registered: {error}")
         return
 
-    onnx_bytes, serving = compile_onnx(model, metadata, test)
+    evaluated = evaluated_answers(Path(args.evaluation_dir), Path(args.model_dir) / "model.tar.gz", len(test))
+    onnx_bytes, serving = compile_onnx(model, metadata, test, evaluated)
     if onnx_bytes is not None:
         from importlib.metadata import version as installed
 
