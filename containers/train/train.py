@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from importlib.metadata import version
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         report = validation_reporter(Path(args.validation), schema)
         checkpoints = Path(args.checkpoint_dir)
         staged = report is not None and os.environ.get(STAGED_METRICS) == "1"
+        fitting = time.perf_counter()
         if grows(model) and (checkpoints.is_dir() or staged):
             model = fit_in_stages(
                 model,
@@ -246,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         else:
             model.named_steps["model"].fit(scaled, target)
+        fit_seconds = time.perf_counter() - fitting
         if report is not None:
             report(model)  # the final value: the last match is the job's objective
     except TrainingError as error:
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         "libraries": {library: version(library) for library in LIBRARIES},
     }
     (model_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    print(f"train: fitted {args.model_class} on {len(target)} rows with {hyperparameters}")
+    print(f"train: fitted {args.model_class} on {len(target)} rows with {hyperparameters} in {fit_seconds:.2f} s")
 
 
 if __name__ == "__main__":
