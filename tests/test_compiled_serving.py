@@ -247,6 +247,10 @@ def test_the_register_job_checks_onnx_against_the_evaluate_job_s_answers_for_the
     assert register.evaluated_answers(output, other, len(BREAST_CANCER)) is None
     assert register.evaluated_answers(output, archive, len(BREAST_CANCER) - 1) is None
     assert register.evaluated_answers(tmp_path, archive, len(BREAST_CANCER)) is None  # no answers saved
+    saved = (output / register.ANSWERS).read_bytes()
+    for damaged in (saved[: len(saved) // 2], b"", b"not an archive"):  # cut short, empty, not a zip
+        (tmp_path / register.ANSWERS).write_bytes(damaged)
+        assert register.evaluated_answers(tmp_path, archive, len(BREAST_CANCER)) is None
 
     def asked(*_: object) -> None:
         raise AssertionError("the forest was asked again")

@@ -21,6 +21,7 @@ import os
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +127,8 @@ def evaluated_answers(evaluation_dir: Path, archive: Path, rows: int) -> dict[st
     try:
         with np.load(evaluation_dir / ANSWERS, allow_pickle=False) as saved:
             answers = {name: saved[name] for name in saved.files}
-    except (OSError, ValueError):  # absent or unreadable: the register job asks the model itself
-        return None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # absent, cut short or not an archive:
+        return None  # the register job asks the model itself
     scored = str(answers.pop("model_sha256", ""))
     if scored != hashlib.sha256(archive.read_bytes()).hexdigest() or len(answers.get("predicted", ())) != rows:
         return None
