@@ -215,11 +215,13 @@ class _UploadCall:
         self.bucket, self.key_prefix = bucket, key_prefix
 
 
-def _keep(source: str, root: str) -> tuple[Path, dict[str, Path]]:
-    """Hard links of `source`'s files in the run's container root, by relative path (none across devices)."""
+def _keep(source: str, root: str) -> tuple[Path, dict[str, Path], bool]:
+    """Hard links of `source`'s files in the run's container root, by relative path, and whether every file
+    could be linked (not across devices, say: such a file is downloaded as before)."""
     os.makedirs(os.path.join(root, KEPT_OUTPUTS), exist_ok=True)
     kept = Path(tempfile.mkdtemp(dir=os.path.join(root, KEPT_OUTPUTS)))
     links: dict[str, Path] = {}
+    every = True
     for folder, _, names in os.walk(source):
         for name in names:
             relative = os.path.relpath(os.path.join(folder, name), source)
@@ -227,16 +229,22 @@ def _keep(source: str, root: str) -> tuple[Path, dict[str, Path]]:
             try:
                 link.parent.mkdir(parents=True, exist_ok=True)
                 os.link(os.path.join(folder, name), link)
-            except OSError:  # another file system, say: that file is downloaded as before
+            except OSError:
+                every = False
                 continue
             links[relative] = link
-    return kept, links
+    return kept, links, every
+
+
+def _keys(key_prefix: str, links: dict[str, Path]) -> dict[str, Path]:
+    """The key `upload_data` gives each file of the folder it uploads under `key_prefix`."""
+    return {f"{key_prefix}/{relative.replace(os.sep, '/')}": link for relative, link in links.items()}
 
 
 def _remember(root: str, session: Any, bucket: str, key_prefix: str, links: dict[str, Path]) -> None:
     """Record the kept files S3 now holds under the keys `upload_data` gave them, with their ETags."""
     stored = _listed(session, bucket, key_prefix)
-    keys = {f"{key_prefix}/{relative.replace(os.sep, '/')}": link for relative, link in links.items()}
+    keys = _keys(key_prefix, links)
     with _uploaded_lock:
         for gone in [r for r in _uploaded if not os.path.isdir(r)]:
             del _uploaded[gone]
@@ -255,10 +263,9 @@ def _move_to_destination(source: str, destination: str, job_name: str, sagemaker
     root, target = _container_root(sagemaker_session), urlparse(destination)
     if not root or target.scheme != "s3" or not os.path.isdir(source):
         return _original_move_to_destination(source, destination, job_name, sagemaker_session, prefix)
-    files = sum(len(names) for _, _, names in os.walk(source))
-    kept, links = _keep(source, root)
+    kept, links, every = _keep(source, root)
     uploader = _uploaders.get(root)
-    if uploader is None or len(links) != files:
+    if uploader is None or not every:
         uri = _original_move_to_destination(source, destination, job_name, sagemaker_session, prefix)
         if links:
             bucket, _, key_prefix = uri.removeprefix("s3://").partition("/")
@@ -274,8 +281,8 @@ def _move_to_destination(source: str, destination: str, job_name: str, sagemaker
     with _uploaded_lock:
         future = uploader.submit(upload)
         behind = _behind.setdefault(root, {})
-        for relative, link in links.items():
-            behind[(call.bucket, f"{call.key_prefix}/{relative.replace(os.sep, '/')}")] = (link, future)
+        for key, link in _keys(call.key_prefix, links).items():
+            behind[(call.bucket, key)] = (link, future)
     return uri
 
 
