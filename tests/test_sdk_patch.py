@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import sagemaker
+import sagemaker.local.utils
+import sagemaker.utils
 from sagemaker.local import image
 
 from pipelines.local import sdk_patch
@@ -118,8 +121,6 @@ def test_a_step_reads_what_an_earlier_step_uploaded_from_the_run_s_copy_while_s3
 ) -> None:
     """A job's outputs are uploaded as before (S3 holds them, same keys); a later step's download of
     them is a local copy while S3 holds the same object (ETag and size), a download once it does not."""
-    from sagemaker.local.utils import move_to_destination
-    from sagemaker.utils import download_folder
 
     from pipelines.local.s3 import LocalS3
     from pipelines.sessions import local_session
@@ -141,9 +142,11 @@ def test_a_step_reads_what_an_earlier_step_uploaded_from_the_run_s_copy_while_s3
         session = local_session(project, "m", tmp_path / "jobs")  # installs the patch
         events = session.s3_resource.meta.client.meta.events
         events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
-        uri = move_to_destination(str(job_output("pre", splits)), f"s3://{project.bucket}/run/pre", "", session)
+        uri = sagemaker.local.utils.move_to_destination(
+            str(job_output("pre", splits)), f"s3://{project.bucket}/run/pre", "", session
+        )
         assert not (tmp_path / "pre").exists()  # the SDK's own clean-up, as before
-        model = move_to_destination(
+        model = sagemaker.local.utils.move_to_destination(
             str(job_output("train", {"model.tar.gz": b"model-1"})), f"s3://{project.bucket}/run", "job", session,
             prefix="output",
         )  # fmt: skip
@@ -152,8 +155,8 @@ def test_a_step_reads_what_an_earlier_step_uploaded_from_the_run_s_copy_while_s3
 
         whole, one = tmp_path / "in-whole", tmp_path / "in-model"
         whole.mkdir(), one.mkdir()
-        download_folder(project.bucket, "/run/pre", str(whole), session)
-        download_folder(
+        sagemaker.utils.download_folder(project.bucket, "/run/pre", str(whole), session)
+        sagemaker.utils.download_folder(
             project.bucket, f"{model.removeprefix(f's3://{project.bucket}/')}/model.tar.gz", str(one), session
         )
         assert {str(p.relative_to(whole)): p.read_bytes() for p in whole.rglob("*") if p.is_file()} == splits
@@ -164,8 +167,8 @@ def test_a_step_reads_what_an_earlier_step_uploaded_from_the_run_s_copy_while_s3
         s3.client.put_object(Bucket=project.bucket, Key="run/job/output/model.tar.gz", Body=b"model-2")  # replaced
         again, model_again = tmp_path / "again", tmp_path / "model-again"
         again.mkdir(), model_again.mkdir()
-        download_folder(project.bucket, "run/pre/test", str(again), session)
-        download_folder(project.bucket, "run/job/output/model.tar.gz", str(model_again), session)
+        sagemaker.utils.download_folder(project.bucket, "run/pre/test", str(again), session)
+        sagemaker.utils.download_folder(project.bucket, "run/job/output/model.tar.gz", str(model_again), session)
         assert (again / "test.csv").read_bytes() == splits["test/test.csv"]  # the run's copy is not the job's
         assert (model_again / "model.tar.gz").read_bytes() == b"model-2"  # S3's object, not the stale copy
         assert gets == ["run/job/output/model.tar.gz"]
@@ -211,8 +214,6 @@ def test_within_a_run_outputs_upload_behind_it_the_next_step_copies_them_and_s3_
     import threading
 
     from botocore.exceptions import ClientError
-    from sagemaker.local.utils import move_to_destination
-    from sagemaker.utils import download_folder
 
     from pipelines.local.s3 import LocalS3
     from pipelines.sessions import local_session
@@ -226,6 +227,13 @@ def test_within_a_run_outputs_upload_behind_it_the_next_step_copies_them_and_s3_
         (folder / relative).write_bytes(body)
     uploading, release, gets = threading.Event(), threading.Event(), []
 
+    def waits_for_upload(thread: threading.Thread) -> bool:
+        """`thread` is blocked on an upload's result (`Future.result`), as its stack shows."""
+        frame = sys._current_frames().get(thread.ident or 0)
+        while frame is not None and frame.f_code.co_name != "result":
+            frame = frame.f_back
+        return frame is not None and "concurrent/futures" in frame.f_code.co_filename
+
     def held(**_: object) -> None:  # every write to S3 waits for the test
         uploading.set()
         assert release.wait(60), "the test never released the upload"
@@ -238,14 +246,14 @@ def test_within_a_run_outputs_upload_behind_it_the_next_step_copies_them_and_s3_
             events.register(f"before-call.s3.{operation}", held)
         events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
         with sdk_patch.uploads_behind(session):
-            uri = move_to_destination(str(folder), f"s3://{project.bucket}/run/eval", "", session)
+            uri = sagemaker.local.utils.move_to_destination(str(folder), f"s3://{project.bucket}/run/eval", "", session)
             assert not folder.exists()  # the SDK's clean-up, as before
             assert uploading.wait(30)
             with pytest.raises(ClientError):  # S3 does not hold it yet
                 s3.client.head_object(Bucket=project.bucket, Key="run/eval/evaluation.json")
             copied = tmp_path / "in"
             copied.mkdir()
-            download_folder(project.bucket, "run/eval", str(copied), session)
+            sagemaker.utils.download_folder(project.bucket, "run/eval", str(copied), session)
             assert {str(p.relative_to(copied)): p.read_bytes() for p in copied.rglob("*") if p.is_file()} == outputs
             assert gets == []  # the run's copy, while the upload waits
 
@@ -254,8 +262,10 @@ def test_within_a_run_outputs_upload_behind_it_the_next_step_copies_them_and_s3_
                 target=lambda: read.append(session.read_s3_file(project.bucket, "run/eval/evaluation.json"))
             )
             reader.start()
-            reader.join(0.5)
-            assert reader.is_alive() and not read  # the JsonGet read waits for the upload instead of failing
+            deadline = time.monotonic() + 30
+            while not waits_for_upload(reader) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert waits_for_upload(reader) and not read  # the JsonGet read waits for the upload instead of failing
             release.set()
             reader.join(30)
             assert read == [outputs["evaluation.json"].decode()]
@@ -265,7 +275,6 @@ def test_within_a_run_outputs_upload_behind_it_the_next_step_copies_them_and_s3_
 
 
 def test_an_upload_behind_the_run_that_fails_fails_the_run_naming_the_object(tmp_path: Path) -> None:
-    from sagemaker.local.utils import move_to_destination
 
     from pipelines.local.s3 import LocalS3
     from pipelines.sessions import local_session
@@ -284,9 +293,13 @@ def test_an_upload_behind_the_run_that_fails_fails_the_run_naming_the_object(tmp
         failure = r"uploading s3://no-such-bucket/run/job/output/model\.tar\.gz failed: S3UploadFailedError"
         with pytest.raises(sdk_patch.UploadError, match=failure):
             with sdk_patch.uploads_behind(session):
-                move_to_destination(output("a"), "s3://no-such-bucket/run", "job", session, prefix="output")
+                sagemaker.local.utils.move_to_destination(
+                    output("a"), "s3://no-such-bucket/run", "job", session, prefix="output"
+                )
         # a block that fails for its own reason raises that, not the upload's
         with pytest.raises(KeyError, match="the run's own"):
             with sdk_patch.uploads_behind(session):
-                move_to_destination(output("b"), "s3://no-such-bucket/run", "job", session, prefix="output")
+                sagemaker.local.utils.move_to_destination(
+                    output("b"), "s3://no-such-bucket/run", "job", session, prefix="output"
+                )
                 raise KeyError("the run's own")
