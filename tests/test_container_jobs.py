@@ -297,6 +297,48 @@ def test_evaluation_ranks_the_features_the_model_uses_by_permutation_importance(
     assert "feature_importance.png" in report["plots"] and (output / "feature_importance.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize(
+    ("task", "model_class", "rows", "cells"),
+    [
+        ("classification", "sklearn.ensemble.RandomForestClassifier", 2600, 4_000_000),  # sampled to 2000 rows
+        ("classification", "sklearn.linear_model.LogisticRegression", 300, 4_000),  # every row; 3 predicts
+        ("regression", "sklearn.ensemble.RandomForestRegressor", 2300, 50_000),  # sampled; a copy per predict
+    ],
+)
+def test_permutation_importance_is_scikit_learns_scored_in_chunks(task, model_class, rows, cells, monkeypatch):
+    """The evaluate job's batched permutation importance gives what `sklearn.inspection.permutation_importance`
+    gives with the same settings: the same sampled rows, the same shuffles, the same scores."""
+    import numpy as np
+    from sklearn.inspection import permutation_importance
+    from sklearn.metrics import accuracy_score, r2_score
+
+    evaluate = load_job("evaluate")
+    monkeypatch.setattr(evaluate, "IMPORTANCE_CELLS", cells)
+    random = np.random.default_rng(1)
+    frame = pd.DataFrame(random.normal(size=(rows, 4)), columns=["a", "b", "c", "d"])
+    signal = frame["a"] * 2 + frame["b"] - frame["c"] * 0.5 + random.normal(scale=0.3, size=rows)
+    frame["target"] = (signal > 0).astype(int) if task == "classification" else signal
+    features = ["a", "b", "c", "d"]
+    model = train.build_estimator(model_class, {"random_state": 0} if "Forest" in model_class else {})
+    model.fit(frame[features][:1000], frame["target"][:1000])
+    test = frame[1000:] if rows > 1000 else frame
+    metadata = {"task": task, "target": "target", "features": features}
+    scoring = "accuracy" if task == "classification" else "r2"
+    expected = permutation_importance(
+        model, test[features], test["target"], scoring=scoring, n_repeats=evaluate.IMPORTANCE_REPEATS,
+        random_state=0, max_samples=min(len(test), evaluate.IMPORTANCE_ROWS),
+    )  # fmt: skip
+    score = accuracy_score if task == "classification" else r2_score
+    baseline = score(test["target"], model.predict(test[features]))
+    report = evaluate.feature_importance(model, test, metadata, baseline)
+    got = {f["name"]: (f["importance_mean"], f["importance_std"]) for f in report["features"]}
+    for i, name in enumerate(features):
+        assert got[name] == pytest.approx(
+            (round(expected.importances_mean[i], 6), round(expected.importances_std[i], 6)), abs=1e-6
+        ), name
+    assert report["features"][0]["name"] == "a" and report["features"][0]["importance_mean"] > 0.05
+
+
 def general_csv(text: str) -> list[list[float]]:
     """What `float()` makes of each value: the reference the model server's fast path must match."""
     return [[float(value) for value in line.split(",")] for line in text.strip().splitlines() if line.strip()]
