@@ -28,7 +28,7 @@ from pipelines.local import forkserver
 from pipelines.local.checkpoints import CHECKPOINTS_VARIABLE
 from pipelines.local.container import CODE_CACHE_VARIABLE
 from pipelines.local.s3 import LocalS3, staged_in_background
-from pipelines.local.sdk_patch import GRAPH_MESSAGE, uploads_behind
+from pipelines.local.sdk_patch import GRAPH_MESSAGE, code_fetched_ahead, uploads_behind
 from pipelines.local.tuning import logger as tuning_progress
 from pipelines.local.tuning import trials_table
 from pipelines.registry import PreparedStore
@@ -238,6 +238,7 @@ def run_local(
     attempt = attempt or uuid.uuid4().hex[:12]
     logs = attempt_logs(home, attempt)
     scratch = _scratch_folder(home, attempt)  # this run's job containers; concurrent runs have their own
+    code_cache = scratch / ".code"  # the training code, unpacked once for the run's training jobs
     record = RunRecord.starting(
         config,
         project,
@@ -254,7 +255,7 @@ def run_local(
         {
             "SAGEGATE_FAILURE_LOG": str(failure_log),
             "SAGEGATE_JOB_LOGS": str(logs),
-            CODE_CACHE_VARIABLE: str(scratch / ".code"),
+            CODE_CACHE_VARIABLE: str(code_cache),
         }
     )
     if config.training.checkpoints:  # one prefix per model: the next run of the same data and settings resumes
@@ -309,7 +310,8 @@ def run_local(
             problem = store.problem()
             if problem:
                 raise RunError(f"the MLflow store {home.mlflow_db} could not be prepared: {problem}")
-            with uploads_behind(session):  # each step's outputs reach S3 while the next step runs
+            # each step's outputs reach S3 while the next step runs; the training code is unpacked meanwhile
+            with uploads_behind(session), code_fetched_ahead(code_cache):
                 execution = pipeline.start(parameters=values)
             _record(record, execution, session, config, project, s3, failure_log)
             staging.result()

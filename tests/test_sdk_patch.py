@@ -303,3 +303,45 @@ def test_an_upload_behind_the_run_that_fails_fails_the_run_naming_the_object(tmp
                     output("b"), "s3://no-such-bucket/run", "job", session, prefix="output"
                 )
                 raise KeyError("the run's own")
+
+
+def test_within_a_run_the_training_code_the_sdk_uploads_is_unpacked_into_the_runners_cache(tmp_path: Path) -> None:
+    """`code_fetched_ahead`: the code archive the estimator uploads (through the SDK's `tar_and_upload_dir`)
+    is fetched back from S3 and unpacked into the code cache while the run goes on, where the training
+    job's runner (`container.cached_code`) finds it without asking S3; outside the block nothing is."""
+    import sagemaker.estimator
+
+    from pipelines.local.container import cached_code
+    from pipelines.local.s3 import LocalS3
+    from pipelines.sessions import local_session
+    from pipelines.state import Project, StateHome
+
+    home, project = StateHome(tmp_path / "state").ensure(), Project()
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text("print('trained')\n")
+    cache, gets = tmp_path / "jobs" / ".code", []
+    with LocalS3(home) as s3:
+        s3.ensure_bucket(project.bucket)
+        session = local_session(project, "m", tmp_path / "jobs")  # installs the patch
+        client = session.s3_resource.meta.client
+        client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params))
+
+        def upload(prefix: str) -> str:
+            return sagemaker.estimator.tar_and_upload_dir(
+                session=session.boto_session, bucket=project.bucket, s3_key_prefix=prefix, script="train.py",
+                directory=str(source), s3_resource=session.s3_resource, settings=session.settings,
+            ).s3_prefix  # fmt: skip
+
+        with sdk_patch.code_fetched_ahead(cache):
+            uri = upload("code/one")
+        assert uri == f"s3://{project.bucket}/code/one/sourcedir.tar.gz"
+        assert [get["Key"] for get in gets] == ["code/one/sourcedir.tar.gz"]  # by the run's own S3 client
+        (unpacked,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+        assert (unpacked / "train.py").read_text() == "print('trained')\n"
+        client.delete_object(Bucket=project.bucket, Key="code/one/sourcedir.tar.gz")
+        assert cached_code(project.bucket, "code/one/sourcedir.tar.gz", cache) == unpacked  # S3 not asked
+
+        upload("code/two")  # not within a run: uploaded, not unpacked
+        assert len(gets) == 1 and [p for p in cache.iterdir() if not p.name.startswith(".")] == [unpacked]
+        assert s3.read(f"s3://{project.bucket}/code/two/sourcedir.tar.gz")

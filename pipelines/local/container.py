@@ -33,8 +33,9 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlparse
 
 import yaml
@@ -105,7 +106,7 @@ def _fetch_code(uri: str, volumes: Volumes, code_dir: Path) -> None:
         if not cache:
             _download_code(parsed.netloc, parsed.path.lstrip("/"), code_dir)
             return
-        source = _cached_code(parsed.netloc, parsed.path.lstrip("/"), Path(cache))
+        source = cached_code(parsed.netloc, parsed.path.lstrip("/"), Path(cache))
     else:
         source = Path(volumes.rewrite(parsed.path if parsed.scheme == "file" else uri))
         if source.is_file():
@@ -118,23 +119,27 @@ def _fetch_code(uri: str, volumes: Volumes, code_dir: Path) -> None:
             target.symlink_to(item.resolve())
 
 
-def _download_code(bucket: str, key: str, folder: Path) -> None:
-    import boto3
+def _download_code(bucket: str, key: str, folder: Path, client: Any = None) -> None:
+    if client is None:
+        import boto3
 
-    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        client = boto3.client("s3")
+    body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         tar.extractall(folder, filter="data")
 
 
-def _cached_code(bucket: str, key: str, cache: Path) -> Path:
+def cached_code(bucket: str, key: str, cache: Path, client: Any = None) -> Path:
     """The code unpacked once per run and key (the SDK's code keys are content-addressed): a tuning job's
-    trials share one download (~0.2 s each, mostly importing boto3, measured with py-spy)."""
+    trials share one download (~0.2 s each, mostly importing boto3, measured with py-spy), and a run
+    unpacks it ahead of its training job (`sdk_patch.code_fetched_ahead`). `client`: an S3 client to
+    fetch it with, instead of a new one."""
     folder = cache / hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:24]
     if folder.is_dir():
         return folder
-    partial = cache / f".{folder.name}.{os.getpid()}"
+    partial = cache / f".{folder.name}.{os.getpid()}.{threading.get_ident()}"
     partial.mkdir(parents=True)
-    _download_code(bucket, key, partial)
+    _download_code(bucket, key, partial, client)
     try:
         os.rename(partial, folder)  # atomic; a concurrent trial that unpacked it first wins
     except OSError:
