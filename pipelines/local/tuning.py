@@ -111,7 +111,10 @@ class LocalTuningJob:
         pruner: Any = optuna.pruners.NopPruner()
         if self.strategy == "Hyperband":
             pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=10, reduction_factor=3)
-        return optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
+        # Hyperband puts each trial in a bracket by a hash of the study's name and the trial's number: a
+        # name from the seed (Optuna's default is a fresh UUID) seeds which trials compete, as the sampler is
+        name = f"sagegate-tuning-seed-{self.seed}" if self.seed is not None else None
+        return optuna.create_study(study_name=name, direction=direction, sampler=sampler, pruner=pruner)
 
     def _grid(self) -> list[dict[str, str]]:
         names_values = [(name, r["Values"]) for kind, name, r in self._ranges() if kind == "categorical"]
