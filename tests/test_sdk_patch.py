@@ -31,7 +31,7 @@ def test_install_replaces_only_the_compose_hooks():
     sdk_patch.install()
     sdk_patch.install()  # idempotent
     container = image._SageMakerContainer.__new__(image._SageMakerContainer)
-    container.container_root = "/tmp/job"
+    container.container_root, container.sagemaker_session = "/tmp/job", None  # no run: nothing held to release
     command = container._compose()
     assert command == [sys.executable, "-m", "pipelines.local.container", "/tmp/job/docker-compose.yaml"]
     assert image._SageMakerContainer._get_compose_cmd_prefix() == []
@@ -248,13 +248,22 @@ def test_within_a_run_outputs_upload_behind_it_the_next_step_copies_them_and_s3_
         with sdk_patch.uploads_behind(session):
             uri = sagemaker.local.utils.move_to_destination(str(folder), f"s3://{project.bucket}/run/eval", "", session)
             assert not folder.exists()  # the SDK's clean-up, as before
-            assert uploading.wait(30)
-            with pytest.raises(ClientError):  # S3 does not hold it yet
-                s3.client.head_object(Bucket=project.bucket, Key="run/eval/evaluation.json")
             copied = tmp_path / "in"
             copied.mkdir()
             sagemaker.utils.download_folder(project.bucket, "run/eval", str(copied), session)
             assert {str(p.relative_to(copied)): p.read_bytes() for p in copied.rglob("*") if p.is_file()} == outputs
+            assert gets == []  # the run's copy
+            assert not uploading.is_set()  # held: the next step's own S3 calls (its listing above) go first
+            job = sagemaker.local.image._SageMakerContainer("local", 1, "image", session)
+            job.container_root = str(tmp_path / "jobs" / "next")
+            assert job._compose()[-1].endswith("docker-compose.yaml")  # the next job launches: the upload starts
+            assert uploading.wait(30)
+            with pytest.raises(ClientError):  # S3 does not hold it yet
+                s3.client.head_object(Bucket=project.bucket, Key="run/eval/evaluation.json")
+            again = tmp_path / "again"
+            again.mkdir()
+            sagemaker.utils.download_folder(project.bucket, "run/eval", str(again), session)
+            assert {str(p.relative_to(again)): p.read_bytes() for p in again.rglob("*") if p.is_file()} == outputs
             assert gets == []  # the run's copy, while the upload waits
 
             read: list[str] = []
