@@ -49,6 +49,7 @@ from pipelines.state import Project
 
 REGISTER_STEP = "RegisterModelPackage"
 TRAIN_STEP, TUNE_STEP = "TrainModel", "TuneModel"
+MLFLOW_STEP = "RegisterMlflowModel"  # the register job: the last job of a local run
 PROCESSING_ROOT = "/opt/ml/processing"
 # the line containers/train/train.py prints per metric on the validation split (the last match counts)
 METRIC_REGEX = r"validation:{metric}=([-+0-9.eE]+|nan|inf);"
@@ -260,7 +261,7 @@ def build_pipeline(config: ModelConfig, project: Project, session: Session, *, l
     registrar = script_processor(project, session, name, "register", processing_instance)
     registration = PropertyFile(name="Registration", output_name="registration", path="registration.json")
     step_register_mlflow = ProcessingStep(
-        name="RegisterMlflowModel",
+        name=MLFLOW_STEP,
         step_args=registrar.run(
             code=str(container_code("register", "register.py")),
             inputs=[

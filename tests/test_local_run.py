@@ -23,6 +23,7 @@ from pipelines.cli import main
 from pipelines.cli.pipeline import GATE_MODULES, GateWarmUp, import_all
 from pipelines.config import load_config
 from pipelines.containers import locked_versions
+from pipelines.definition import MLFLOW_STEP
 from pipelines.local.s3 import LocalS3
 from pipelines.local_run import RunError, list_records, run_local
 from pipelines.registry import list_versions
@@ -310,17 +311,19 @@ def test_data_given_as_channels_reaches_each_split_as_given(tmp_path):
     assert len(pd.read_csv(io.BytesIO(test_split))) == len(rows) - 400
 
 
-def test_the_gate_warms_up_once_the_model_trains_and_every_step_is_still_shown(tmp_path):
-    """Before training the run's uploads and preprocessing want both cores; then the gate's modules import and
-    the gate is prepared (moto, its functions and state machine) on a thread; joining earlier does it anyway."""
+def test_the_gate_warms_up_once_the_register_job_starts_and_every_step_is_still_shown(tmp_path):
+    """Before the register job the run's jobs, uploads and the job server's successor want the cores; then the
+    gate's modules import and the gate is prepared (moto, its functions and state machine) on a thread;
+    joining earlier does it anyway."""
     home = StateHome(tmp_path / "state").ensure()
     environment = dict(os.environ)
     shown: list[tuple[str, str, float | None]] = []
-    warm = GateWarmUp(("TrainModel", "TuneModel"), lambda *step: shown.append(step), Project(), home)
-    warm.progress("PreprocessData", "Executing", None)
-    warm.progress("PreprocessData", "Succeeded", 1.5)
+    warm = GateWarmUp(MLFLOW_STEP, lambda *step: shown.append(step), Project(), home)
+    for step in ("PreprocessData", "TrainModel", "EvaluateModel"):
+        warm.progress(step, "Executing", None)
+        warm.progress(step, "Succeeded", 1.5)
     assert warm.thread.ident is None
-    warm.progress("TrainModel", "Executing", None)
+    warm.progress(MLFLOW_STEP, "Executing", None)
     assert warm.thread.ident is not None
     gate = warm.join()
     assert all(module in sys.modules for module in GATE_MODULES)
@@ -328,11 +331,13 @@ def test_the_gate_warms_up_once_the_model_trains_and_every_step_is_still_shown(t
     machines = gate.client("stepfunctions").list_state_machines()["stateMachines"]
     assert [m["stateMachineArn"] for m in machines] == [gate.state_machine_arn]
     assert dict(os.environ) == environment  # the run's jobs go on meanwhile: the gate's variables wait for entry
-    assert [step for step, _, _ in shown] == ["PreprocessData", "PreprocessData", "TrainModel"]
+    assert [step for step, _, _ in shown] == [
+        s for s in ("PreprocessData", "TrainModel", "EvaluateModel") for _ in "ab"
+    ] + [MLFLOW_STEP]
     endpoint = gate.endpoint_url
     warm.close()  # the run failed after all: its moto server stops
     with pytest.raises(requests.ConnectionError):
         requests.get(endpoint, timeout=5)
-    never_trained = GateWarmUp(("TrainModel",), None, Project(), home)
-    assert never_trained.join() is not None  # a gate due before training: prepared at once
+    never_trained = GateWarmUp(MLFLOW_STEP, None, Project(), home)
+    assert never_trained.join() is not None  # a gate due before the register job: prepared at once
     never_trained.close()
