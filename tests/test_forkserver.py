@@ -159,7 +159,7 @@ def test_without_a_server_the_caller_is_told_and_can_start_the_job_itself(tmp_pa
 
 def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_servers_place(tmp_path: Path) -> None:
     """The server forks the first job at once; MLflow (the register job's) is imported by a successor
-    meanwhile (at the lowest CPU priority), which then forks the jobs (at the caller's), and dies with the server."""
+    meanwhile (at a lower CPU priority), which then forks the jobs (at the caller's), and dies with the server."""
     script = tmp_path / "parent.py"
     script.write_text(
         "import os, sys\n"
@@ -181,7 +181,7 @@ def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_serve
             with connection:
                 assert forkserver.wait_job(connection, 60) == 0
         parent, preloaded, niceness, warmed = log.read_text().split()
-        assert int(niceness) == os.nice(0)  # the successor imported at niceness 19, in a thread of its own
+        assert int(niceness) == os.nice(0)  # the successor imported niced, in a thread of its own
         return int(parent), preloaded == "True", warmed == "True"
 
     with forkserver.running(tmp_path):
