@@ -207,6 +207,42 @@ def test_a_successor_imports_the_late_libraries_then_forks_the_jobs_in_the_serve
     wait_for(lambda: not process_alive(str(successor)), "the successor to die with its server", timeout=10)
 
 
+def test_a_job_that_imports_a_successor_library_waits_for_the_successor_the_others_do_not(tmp_path: Path) -> None:
+    """The register job imports MLflow: asked for while the successor still imports it, it is forked by the
+    successor once it has taken over (it would otherwise import MLflow again itself, beside the successor);
+    a job that does not import it, asked for at the same moment, is forked at once by the server. The runner
+    reads which from the job's script."""
+    register = Path(__file__).resolve().parent.parent / "containers" / "register" / "register.py"
+    assert forkserver.successor_library(str(register)) == "mlflow"
+    assert forkserver.successor_library(str(register.parent.parent / "evaluate" / "evaluate.py")) == ""
+    script = tmp_path / "job.py"
+    script.write_text("import os, sys\nprint(os.getppid(), 'mlflow' in sys.modules)\n")
+
+    def ask(after: str, log: Path) -> tuple[socket.socket, int]:
+        with log.open("w") as output:
+            return forkserver.request_job(
+                os.environ[forkserver.SOCKET_VARIABLE], [sys.executable, str(script)], {}, str(tmp_path),
+                output.fileno(), after,
+            )  # fmt: skip
+
+    with forkserver.running(tmp_path):  # both asked for at once: the server is still importing its own libraries
+        asked: dict[str, tuple[socket.socket, int]] = {}
+        waiting = threading.Thread(target=lambda: asked.update(late=ask("mlflow", tmp_path / "late.log")))
+        waiting.start()
+        early = ask("", tmp_path / "early.log")
+        with early[0]:
+            assert forkserver.wait_job(early[0], 60) == 0
+        server, preloaded = (tmp_path / "early.log").read_text().split()
+        assert preloaded == "False"  # forked at once, by the server
+        waiting.join(90)
+        connection, _ = asked["late"]
+        with connection:
+            assert forkserver.wait_job(connection, 60) == 0
+        parent, preloaded = (tmp_path / "late.log").read_text().split()
+        assert parent != server and preloaded == "True"  # by the successor, MLflow in
+        assert Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[1] == server  # the server's child
+
+
 @pytest.mark.parametrize("with_server", [True, False])
 def test_a_module_runs_as_python_m_would_with_or_without_a_server(tmp_path: Path, monkeypatch, with_server) -> None:
     """`sagegate run` checks the config's scikit-learn part this way: exit 2 and the reason, or 0."""

@@ -277,12 +277,15 @@ def run_service(service: dict, workdir: Path) -> int:
 def _supervise(
     command: list[str], env: dict[str, str], cwd: Path, log: TextIO | None, limit: int | None, started: Path | None
 ) -> tuple[int, str | None]:
-    """Run the job in its own process group (forked warm by the run's fork server when there is one);
-    past `limit` seconds kill the group (MaxRuntimeExceeded). `started` gets the group's id."""
+    """Run the job in its own process group (forked warm by the run's fork server when there is one, once
+    the server has the libraries of its successor's that the job's script imports); past `limit` seconds
+    kill the group (MaxRuntimeExceeded). `started` gets the group's id."""
     server = os.environ.get(forkserver.SOCKET_VARIABLE)
     if server and command[0] == sys.executable:
+        after = forkserver.successor_library(command[1]) if len(command) > 1 else ""
         try:
-            connection, pid = forkserver.request_job(server, command, env, str(cwd), (log or sys.stdout).fileno())
+            output = (log or sys.stdout).fileno()
+            connection, pid = forkserver.request_job(server, command, env, str(cwd), output, after)
         except OSError as error:
             print(f"warm job start unavailable ({error}): starting a fresh interpreter", file=sys.stderr)
         else:

@@ -21,6 +21,7 @@ import gc
 import importlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -48,7 +49,8 @@ PRELOAD = (
 )  # fmt: skip
 # Only the register job needs these, and importing MLflow alone takes ~0.8 s, which a job asking meanwhile
 # would wait out: a successor forked from the server imports them while the server keeps accepting, then
-# takes over accepting (the server still answers for the jobs it forked).
+# takes over accepting (the server still answers for the jobs it forked). A job that imports one of them
+# (`successor_library`) and asks before that waits for the successor instead of importing it again itself.
 PRELOAD_LATE = (
     "mlflow", "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store", "skl2onnx", "onnxruntime",
@@ -87,16 +89,36 @@ def die_with_parent() -> None:
 
 
 def request_job(
-    socket_path: str, argv: list[str], env: dict[str, str], cwd: str, output_fd: int
+    socket_path: str, argv: list[str], env: dict[str, str], cwd: str, output_fd: int, after: str = ""
 ) -> tuple[socket.socket, int]:
     """Ask the server to fork `argv` (`[python, script, *args]`); the open connection answers with the
-    exit code when the job ends. Raises OSError when there is no server to ask."""
-    connection = _send_request(socket_path, {"argv": argv, "env": env, "cwd": cwd}, output_fd)
+    exit code when the job ends. `after`: a library of the successor's (`successor_library`) that the job
+    imports: the job is forked once the successor has it (asked again when the server says to retry).
+    Raises OSError when there is no server to ask."""
+    request = {"argv": argv, "env": env, "cwd": cwd, **({"after": after} if after else {})}
+    while True:
+        connection = _send_request(socket_path, request, output_fd)
+        try:
+            reply = json.loads(_read_line(connection))
+            if not reply.get("retry"):
+                return connection, int(reply["pid"])
+        except (OSError, ValueError, KeyError) as error:
+            connection.close()
+            raise OSError(f"fork server at {socket_path}: {error}") from None
+        connection.close()  # the successor has taken over: it accepts the request now
+
+
+def successor_library(script: str) -> str:
+    """The first of the successor's libraries (`PRELOAD_LATE`) that the job script at `script` imports, or
+    "" (also for a script it cannot read). Such a job that asks while the successor is still importing
+    waits for it: forked before, it would import that library itself on top of the successor's import."""
     try:
-        return connection, int(json.loads(_read_line(connection))["pid"])
-    except (OSError, ValueError, KeyError) as error:
-        connection.close()
-        raise OSError(f"fork server at {socket_path}: {error}") from None
+        source = Path(script).read_text(errors="replace")
+    except OSError:
+        return ""
+    names = "|".join(re.escape(name) for name in PRELOAD_LATE if "." not in name)
+    found = re.search(rf"^\s*(?:import|from)\s+({names})\b", source, re.MULTILINE)
+    return found.group(1) if found else ""
 
 
 def _send_request(socket_path: str, request: dict[str, Any], output_fd: int) -> socket.socket:
@@ -257,12 +279,15 @@ def _serve(listener: socket.socket, pending: list[Callable[[], None]], late: tup
     waiting: dict[int, socket.socket] = {}  # job pid -> the runner connection awaiting its exit
     # requests to fork once the server has imported their "after" module (or has nothing left to import)
     held: list[tuple[dict[str, Any], int, socket.socket]] = []
+    # requests whose "after" module the successor imports: told to ask again once it has taken over
+    for_successor: list[tuple[dict[str, Any], int, socket.socket]] = []
 
     def fork(request: dict[str, Any], output_fd: int, connection: socket.socket) -> None:
         gc.freeze()
         pid = os.fork()
         if pid == 0:
-            for inherited in (listener, connection, *waiting.values(), *(other for _, _, other in held)):
+            others = (other for _, _, other in (*held, *for_successor))
+            for inherited in (listener, connection, *waiting.values(), *others):
                 inherited.close()
             for descriptor in (wake_read, wake_write, *([successor_ready] if successor_ready is not None else [])):
                 os.close(descriptor)
@@ -284,13 +309,26 @@ def _serve(listener: socket.socket, pending: list[Callable[[], None]], late: tup
                 fork(*due)
             continue
         if not ready and late:
-            successor, successor_ready = _fork_successor(listener, late, [wake_read, wake_write, *waiting.values()])
+            waiting_for_it = [item for _, fd, connection in for_successor for item in (fd, connection)]
+            inherited = [wake_read, wake_write, *waiting.values(), *waiting_for_it]
+            successor, successor_ready = _fork_successor(listener, late, inherited)
             late = ()
             continue
         if successor_ready is not None and successor_ready in ready:
             accepting = os.read(successor_ready, 1) != b"+"  # else it died importing: this server goes on
             os.close(successor_ready)
             successor_ready = None
+            for request, output_fd, connection in for_successor:
+                if accepting:  # no successor: forked here, the job imports the library itself
+                    fork(request, output_fd, connection)
+                    continue
+                os.close(output_fd)
+                try:
+                    connection.sendall(b'{"retry": true}\n')
+                except OSError:
+                    pass  # the runner is gone
+                connection.close()
+            for_successor.clear()
         if wake_read in ready:
             os.read(wake_read, 4096)
         while waiting or successor:
@@ -319,7 +357,9 @@ def _serve(listener: socket.socket, pending: list[Callable[[], None]], late: tup
             except (OSError, ValueError):
                 connection.close()
                 continue
-            if pending and request.get("after") and request["after"] not in sys.modules:
+            if request.get("after") in PRELOAD_LATE and (late or successor_ready is not None):
+                for_successor.append((request, fds[0], connection))
+            elif pending and request.get("after") and request["after"] not in sys.modules:
                 held.append((request, fds[0], connection))
             else:
                 fork(request, fds[0], connection)
