@@ -56,7 +56,7 @@ class GateWarmUp:
     """The gate, imported and prepared (`LocalGate.prepare`) on a thread of its own from the moment the
     run's last job (`step`, the register job) starts, beside it. Before that, its ~1.2 s of CPU competes
     with what the jobs need: the run's uploads and preprocessing want both cores, and the job server's
-    successor imports MLflow and the ONNX converter for the register job at the lowest priority, on what
+    successor imports MLflow and the ONNX converter for the register job at a lower priority, on what
     the jobs leave. Begun with training, the imports took that core on the bundled example, the successor
     was not ready in time and the register job imported MLflow itself (register 4.1-5.2 s, now 1.2-1.5 s
     in most runs). `gate`: the prepared gate, or None if preparing failed (the gate then prepares as it
