@@ -91,7 +91,10 @@ def run_measured(
     `proportional`, when given, is filled with the peak proportional set size (PSS) per label: a page
     shared by n processes counts 1/n in each. A job forked from the job server shares the server's
     imported libraries, which its resident size counts in full although they take no memory of its own."""
-    peaks: dict[int, tuple[str, float, float]] = {}
+    # (pid, label) -> peak resident and proportional MB. Keyed by label too: a process forked to exec a
+    # program is, until the exec, a copy of its parent (its high-water mark the parent's size), which
+    # counts under the parent's label, not the program's (a job runner once showed the CLI's 247 MB)
+    peaks: dict[tuple[int, str], tuple[float, float]] = {}
     names: dict[tuple[int, str], str] = {}  # (pid, kernel name) -> label: a fork renamed is labelled again
     started = time.perf_counter()
     process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL)
@@ -115,9 +118,10 @@ def run_measured(
                         pss = psutil.Process(pid).memory_full_info().pss / 2**20  # smaps_rollup
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         pass
-                previous_label, previous_rss, previous_pss = peaks.get(pid, ("?", 0.0, 0.0))
                 name = names[pid, kernel_name]
-                peaks[pid] = (previous_label if name == "?" else name, max(previous_rss, rss), max(previous_pss, pss))
+                if name != "?":  # gone before it was named
+                    previous_rss, previous_pss = peaks.get((pid, name), (0.0, 0.0))
+                    peaks[pid, name] = (max(previous_rss, rss), max(previous_pss, pss))
             done.wait(SAMPLE_SECONDS)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -129,9 +133,7 @@ def run_measured(
     if code != 0:
         raise SystemExit(f"{' '.join(command)} exited with {code}")
     by_label: dict[str, float] = {}
-    for name, rss, pss in peaks.values():
-        if name == "?":  # gone before its first sample named it
-            continue
+    for (_, name), (rss, pss) in peaks.items():
         by_label[name] = max(by_label.get(name, 0.0), rss)
         if proportional is not None:
             proportional[name] = max(proportional.get(name, 0.0), pss)
