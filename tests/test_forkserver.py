@@ -259,15 +259,18 @@ def test_a_module_runs_as_python_m_would_with_or_without_a_server(tmp_path: Path
 def test_a_module_run_waits_for_the_library_it_names(tmp_path: Path, monkeypatch) -> None:
     """`sagegate run` asks for its config check as the SDK's import ends, while the server still imports:
     forked before the estimator's module is in, the check would import it again itself. A module the
-    server never preloads: forked once the preloading is done."""
+    server never preloads: forked once the preloading is done. A library of the successor's: the server
+    tells the caller to ask again once the successor has taken over, which forks it with the library in."""
     (tmp_path / "probe.py").write_text("import sys\nprint(*(name in sys.modules for name in sys.argv[1:]))\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(forkserver.SOCKET_VARIABLE, raising=False)
     with forkserver.running(tmp_path):
         named = forkserver.ModuleRun("probe", ["sklearn.ensemble"], after="sklearn.ensemble")
         unknown = forkserver.ModuleRun("probe", [forkserver.PRELOAD[-1]], after="sklearn.not_preloaded")
+        late = forkserver.ModuleRun("probe", ["mlflow"], after="mlflow")
         assert named.result() == (0, "True\n")
         assert unknown.result() == (0, "True\n")
+        assert late.result() == (0, "True\n")
 
 
 def test_a_job_collects_its_own_garbage_and_never_walks_what_it_inherited(tmp_path: Path, monkeypatch) -> None:

@@ -96,8 +96,16 @@ def request_job(
     imports: the job is forked once the successor has it (asked again when the server says to retry).
     Raises OSError when there is no server to ask."""
     request = {"argv": argv, "env": env, "cwd": cwd, **({"after": after} if after else {})}
+    return _forked(socket_path, request, output_fd, _send_request(socket_path, request, output_fd))
+
+
+def _forked(
+    socket_path: str, request: dict[str, Any], output_fd: int, connection: socket.socket
+) -> tuple[socket.socket, int]:
+    """The connection and the job's pid once the request sent on `connection` is forked, asked again while
+    the server says to retry (a library in `after` is the successor's, and it has taken over accepting).
+    Raises OSError (the connection closed) when the server answers nothing or is gone."""
     while True:
-        connection = _send_request(socket_path, request, output_fd)
         try:
             reply = json.loads(_read_line(connection))
             if not reply.get("retry"):
@@ -106,6 +114,7 @@ def request_job(
             connection.close()
             raise OSError(f"fork server at {socket_path}: {error}") from None
         connection.close()  # the successor has taken over: it accepts the request now
+        connection = _send_request(socket_path, request, output_fd)
 
 
 def successor_library(script: str) -> str:
@@ -168,12 +177,13 @@ class ModuleRun:
 
     def __init__(self, module: str, arguments: list[str], after: str) -> None:
         argv = [sys.executable, "-m", module, *arguments]
-        request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "after": after}
+        self._request = {"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "after": after}
         self._output = tempfile.TemporaryFile()
         self._connection: socket.socket | None = None
         self._process: subprocess.Popen[bytes] | None = None
         try:
-            self._connection = _send_request(os.environ[SOCKET_VARIABLE], request, self._output.fileno())
+            self._server = os.environ[SOCKET_VARIABLE]
+            self._connection = _send_request(self._server, self._request, self._output.fileno())
         except (KeyError, OSError):
             self._process = subprocess.Popen(argv, stdout=self._output, stderr=subprocess.STDOUT)
 
@@ -181,9 +191,13 @@ class ModuleRun:
         """Its exit code and output, once it has ended."""
         with self._output:
             if self._connection is not None:
-                with self._connection:
-                    forked = _read_line(self._connection)  # its pid, once the server forked it
-                    code = wait_job(self._connection, None) if forked else -signal.SIGKILL
+                try:  # its pid, once the server (or its successor, for a library of the successor's) forked it
+                    connection, _ = _forked(self._server, self._request, self._output.fileno(), self._connection)
+                except OSError:
+                    code = -signal.SIGKILL
+                else:
+                    with connection:
+                        code = wait_job(connection, None)
             else:
                 assert self._process is not None
                 code = self._process.wait()
